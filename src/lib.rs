@@ -1,0 +1,6 @@
+//! hcc: a model-compression compiler. ONNX in, a typed graph, declarative compression passes,
+//! a smaller ONNX model out, with an honest report.
+
+pub mod ir;
+pub mod onnx;
+pub mod report;

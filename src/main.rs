@@ -1,0 +1,175 @@
+//! The `hcc` command line: parses flags, calls the library, prints. No logic lives here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use hcc::onnx::{self, ExternalData, SaveOptions};
+use hcc::report::inspect;
+
+/// hcc: a model-compression compiler for ONNX models.
+#[derive(Parser)]
+#[command(name = "hcc", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Print no progress or info messages.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Summarise a model: producer, opsets, inputs/outputs, ops, parameters by dtype, the
+    /// largest initializers and the weight sharing (shared, duplicated, transposed tensors).
+    Inspect {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// How many of the largest initializers to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Print a model in the ONNX textual syntax (large constants as digests).
+    Print {
+        /// The ONNX model.
+        model: PathBuf,
+    },
+    /// Re-save a model, e.g. into or out of external data.
+    Convert {
+        /// The ONNX model to read.
+        input: PathBuf,
+        /// Where to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        ext: ExtArgs,
+    },
+    /// Compile a model: import, verify, run the pipeline, write the result.
+    Compile {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Where to write (default: MODEL with `.hcc.onnx` in place of `.onnx`).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        ext: ExtArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExtArgs {
+    /// Store initializers in a side file next to the output (`OUTPUT.data`).
+    #[arg(long)]
+    external_data: bool,
+    /// Initializers smaller than this many bytes stay inline (with --external-data).
+    #[arg(long, default_value_t = 1024, requires = "external_data")]
+    external_threshold: usize,
+}
+
+impl ExtArgs {
+    fn options(&self) -> SaveOptions {
+        SaveOptions {
+            external_data: self.external_data.then_some(ExternalData {
+                location: None,
+                threshold: self.external_threshold,
+            }),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("hcc={level}")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { model, json, top } => {
+            let m = onnx::load(&model)?;
+            let i = inspect::inspect(&m, top);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                print!("{}", inspect::render(&i));
+            }
+        }
+        Command::Print { model } => {
+            let bytes = onnx::import::map_file(&model)?;
+            let proto = onnx::import::decode(bytes, &model)?;
+            print!("{}", onnx::text::print_model(&proto));
+        }
+        Command::Convert { input, output, ext } => {
+            refuse_overwrite_input(&input, &output)?;
+            let m = onnx::load(&input)?;
+            let stats = onnx::save(&m, &output, &ext.options())?;
+            report_saved(&output, &stats, cli.quiet);
+        }
+        Command::Compile { model, output, ext } => {
+            let output = output.unwrap_or_else(|| default_output(&model));
+            refuse_overwrite_input(&model, &output)?;
+            let m = onnx::load(&model)?;
+            hcc::ir::verify::verify(&m.graph).with_context(|| format!("'{}' does not verify", model.display()))?;
+            let stats = onnx::save(&m, &output, &ext.options())?;
+            report_saved(&output, &stats, cli.quiet);
+        }
+    }
+    Ok(())
+}
+
+fn default_output(model: &Path) -> PathBuf {
+    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    model.with_file_name(format!("{stem}.hcc.onnx"))
+}
+
+/// Writing over the input while its weights are memory-mapped would corrupt what we read.
+fn refuse_overwrite_input(input: &Path, output: &Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
+        if a == b {
+            bail!("output '{}' is the input file; write to another path", output.display());
+        }
+    }
+    Ok(())
+}
+
+fn report_saved(path: &Path, stats: &onnx::SaveStats, quiet: bool) {
+    if quiet {
+        return;
+    }
+    match &stats.external_path {
+        Some(p) => eprintln!(
+            "wrote {} ({}) + {} ({})",
+            path.display(),
+            inspect::human_bytes(stats.model_bytes),
+            p.display(),
+            inspect::human_bytes(stats.external_bytes)
+        ),
+        None => eprintln!("wrote {} ({})", path.display(), inspect::human_bytes(stats.model_bytes)),
+    }
+}

@@ -1,0 +1,14 @@
+//! ONNX: the wire format (prost), import into the IR, export from it, and the textual syntax.
+//! The only module that sees protobuf types.
+
+pub mod error;
+pub mod proto;
+pub mod tensor;
+pub mod text;
+
+pub use error::{ExportError, ImportError};
+pub mod export;
+pub mod import;
+
+pub use export::{save, ExternalData, SaveOptions, SaveStats};
+pub use import::load;
