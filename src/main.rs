@@ -81,6 +81,7 @@ impl ExtArgs {
                 location: None,
                 threshold: self.external_threshold,
             }),
+            ..SaveOptions::default()
         }
     }
 }
@@ -100,6 +101,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(d) = diagnostic(&e) {
+                eprintln!("{d}");
+                return ExitCode::FAILURE;
+            }
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
@@ -107,6 +112,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Errors that point into a source text are rendered with the text and a label under the place.
+fn diagnostic(e: &anyhow::Error) -> Option<String> {
+    let d: &dyn miette::Diagnostic = match e.downcast_ref::<onnx::ImportError>()? {
+        onnx::ImportError::Text(t) => t,
+        _ => return None,
+    };
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new().render_report(&mut out, d).ok()?;
+    Some(out)
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -95,7 +95,10 @@ impl Out {
         Some(ValueType {
             ty: Type::Tensor {
                 elem: self.elem,
-                shape: self.shape.clone().map(|s| s.into_iter().map(dims::public).collect()),
+                shape: self
+                    .shape
+                    .clone()
+                    .map(|s| s.into_iter().map(dims::public).collect()),
                 dim_denotations: Vec::new(),
             },
             denotation: None,
@@ -159,7 +162,9 @@ pub fn infer_shapes(graph: &mut Graph, opset: i64) -> InferStats {
                 infer_node(graph, n, opset, &mut contents, &mut stats);
             }
         }
-        Err(e) => stats.warnings.push(format!("shape inference skipped the nodes: {e}")),
+        Err(e) => stats
+            .warnings
+            .push(format!("shape inference skipped the nodes: {e}")),
     }
 
     for (_, val) in graph.values() {
@@ -171,7 +176,13 @@ pub fn infer_shapes(graph: &mut Graph, opset: i64) -> InferStats {
     stats
 }
 
-fn infer_node(g: &mut Graph, n: NodeId, opset: i64, contents: &mut HashMap<ValueId, Content>, stats: &mut InferStats) {
+fn infer_node(
+    g: &mut Graph,
+    n: NodeId,
+    opset: i64,
+    contents: &mut HashMap<ValueId, Content>,
+    stats: &mut InferStats,
+) {
     let node = g.node(n);
     let label = format!("node '{}' ({})", node.name, node.op_type);
     let outs = {
@@ -211,7 +222,9 @@ fn infer_node(g: &mut Graph, n: NodeId, opset: i64, contents: &mut HashMap<Value
         if let Some(decl) = &val.declared {
             if let Some(why) = conflict(&ty, decl) {
                 stats.conflicts += 1;
-                stats.warnings.push(format!("value '{}' of {label}: {why}", val.name));
+                stats
+                    .warnings
+                    .push(format!("value '{}' of {label}: {why}", val.name));
             } else {
                 refine(&mut ty, decl);
             }
@@ -329,7 +342,9 @@ fn content_fits(c: &Content, ty: &ValueType) -> bool {
 /// Why `ours` contradicts `decl`, if it does.
 fn conflict(ours: &ValueType, decl: &ValueType) -> Option<String> {
     let Type::Tensor {
-        elem: de, shape: ds, ..
+        elem: de,
+        shape: ds,
+        ..
     } = &decl.ty
     else {
         return Some(format!("inferred {ours} but declared {decl}"));
@@ -340,7 +355,11 @@ fn conflict(ours: &ValueType, decl: &ValueType) -> Option<String> {
         }
     }
     if let (Some(a), Some(b)) = (ours.shape(), ds) {
-        if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| matches!((x, y), (Dim::Known(p), Dim::Known(q)) if p != q)) {
+        if a.len() != b.len()
+            || a.iter()
+                .zip(b)
+                .any(|(x, y)| matches!((x, y), (Dim::Known(p), Dim::Known(q)) if p != q))
+        {
             return Some(format!("inferred {ours} but declared {decl}"));
         }
     }
@@ -349,7 +368,14 @@ fn conflict(ours: &ValueType, decl: &ValueType) -> Option<String> {
 
 /// Fill what `ours` does not know from a compatible declared type.
 fn refine(ours: &mut ValueType, decl: &ValueType) {
-    let (Type::Tensor { elem, shape, .. }, Type::Tensor { elem: de, shape: ds, .. }) = (&mut ours.ty, &decl.ty)
+    let (
+        Type::Tensor { elem, shape, .. },
+        Type::Tensor {
+            elem: de,
+            shape: ds,
+            ..
+        },
+    ) = (&mut ours.ty, &decl.ty)
     else {
         return;
     };

@@ -16,8 +16,11 @@ pub enum ImportError {
     #[error("'{path}' is not a valid ONNX model (protobuf decoding failed: {reason}); is the file truncated or of another format?")]
     Decode { path: PathBuf, reason: String },
     /// The model has no graph.
-    #[error("'{0}' has no graph")]
+    #[error("'{0}' holds no graph: it is not an ONNX model, or an empty one")]
     NoGraph(PathBuf),
+    /// A model in the ONNX textual syntax did not parse.
+    #[error("{0}")]
+    Text(#[from] super::text::TextError),
     /// A tensor names a data type code this version does not know.
     #[error("tensor '{tensor}': unknown data type code {code}")]
     UnknownDType { tensor: String, code: i32 },

@@ -17,10 +17,22 @@ use crate::ir::{verify, AttrValue, Attribute, Dim, Graph, Model, Type, ValueDef,
 pub const PROTOBUF_LIMIT: u64 = (1 << 31) - 1;
 
 /// How to write a model.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SaveOptions {
     /// Write initializers of at least `threshold` bytes into a side file.
     pub external_data: Option<ExternalData>,
+    /// A model whose protobuf would exceed this many bytes is written with external data even
+    /// when `external_data` is `None` (default: protobuf's 2 GiB limit).
+    pub inline_limit: u64,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions {
+            external_data: None,
+            inline_limit: PROTOBUF_LIMIT,
+        }
+    }
 }
 
 /// External data settings.
@@ -280,7 +292,8 @@ pub fn type_to_proto(t: &ValueType) -> proto::TypeProto {
 pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveStats, ExportError> {
     let mut p = to_proto(model)?;
     let mut ext = opts.external_data.clone();
-    if ext.is_none() && p.encoded_len() as u64 > PROTOBUF_LIMIT {
+    if ext.is_none() && p.encoded_len() as u64 > opts.inline_limit.min(PROTOBUF_LIMIT) {
+        tracing::info!("the model would pass {} bytes inline: writing external data", opts.inline_limit);
         ext = Some(ExternalData::default());
     }
     let io = |path: &Path| {

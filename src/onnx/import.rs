@@ -41,12 +41,26 @@ pub fn decode(bytes: Bytes, path: &Path) -> Result<ModelProto, ImportError> {
 }
 
 /// Load an ONNX model file into the IR. Weights (raw and external) stay in memory maps.
+/// A file named `*.onnxtxt` is read in the ONNX textual syntax.
 pub fn load(path: &Path) -> Result<Model, ImportError> {
+    if path.extension().is_some_and(|e| e == "onnxtxt") {
+        let src = std::fs::read_to_string(path).map_err(|source| ImportError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        return from_text(&src, &path.display().to_string());
+    }
     let bytes = map_file(path)?;
     let proto = decode(bytes, path)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let resolver = FileResolver::new(base);
     import(proto, &resolver, path)
+}
+
+/// Read a model written in the ONNX textual syntax; `origin` names it in diagnostics.
+pub fn from_text(src: &str, origin: &str) -> Result<Model, ImportError> {
+    let proto = super::text::parse_model(src, origin)?;
+    import(proto, &super::tensor::NoExternal, Path::new(origin))
 }
 
 /// Resolves external data relative to a model's folder, mapping each file once.

@@ -11,4 +11,10 @@ pub mod export;
 pub mod import;
 
 pub use export::{save, ExternalData, SaveOptions, SaveStats};
-pub use import::load;
+pub use import::{from_text, load};
+
+/// The model in the ONNX textual syntax (constants over [`text::INLINE_LIMIT`] elements as
+/// digests): what snapshot tests compare.
+pub fn to_text(model: &crate::ir::Model) -> Result<String, ExportError> {
+    Ok(text::print_model(&export::to_proto(model)?))
+}

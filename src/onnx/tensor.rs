@@ -71,6 +71,14 @@ pub fn tensor_from_proto(t: &TensorProto, resolver: &dyn ExternalResolver) -> Re
             tensor: name.clone(),
             detail: "has no 'location'".into(),
         })?;
+        if location == super::text::ELIDED_LOCATION {
+            return Err(ImportError::BadTensor {
+                tensor: name.clone(),
+                detail: "its values were elided to a digest when the model was printed as text; \
+                         only tensors with at most 16 elements can be read back from text"
+                    .into(),
+            });
+        }
         TensorData::Raw(resolver.read(&name, &location, offset, length)?)
     } else if let Some(raw) = &t.raw_data {
         if dtype == DType::String {

@@ -186,7 +186,9 @@ pub(super) fn broadcast(shapes: &[&[Dim]]) -> R<Vec<Dim>> {
 /// specific one, or an error when both are known and differ.
 pub(super) fn unify(a: &Dim, b: &Dim) -> R<Dim> {
     Ok(match (a, b) {
-        (Dim::Known(x), Dim::Known(y)) if x != y => return bad(format!("dimension {x} does not match {y}")),
+        (Dim::Known(x), Dim::Known(y)) if x != y => {
+            return bad(format!("dimension {x} does not match {y}"))
+        }
         (Dim::Known(_), _) => a.clone(),
         (_, Dim::Known(_)) => b.clone(),
         (Dim::Sym(_), _) => a.clone(),

@@ -1,7 +1,7 @@
 //! Per-operator inference rules.
 
 use super::dims::{self, broadcast, fmt_shape, product, product_dim, unify};
-use super::{bad, tensor_content, Content, Cx, Fail, Out, R, MAX_CONTENT};
+use super::{bad, tensor_content, Content, Cx, Fail, Out, MAX_CONTENT, R};
 use crate::ir::{AttrValue, DType, Dim, Shape};
 
 /// The rule for the node's operator: `None` when the operator is unknown.
@@ -11,18 +11,62 @@ pub(super) fn infer(cx: &Cx) -> Option<R<Vec<Out>>> {
         "Identity" => unary(cx, Unary::Keep),
         "Neg" => unary(cx, Unary::Neg),
         "Abs" => unary(cx, Unary::Abs),
-        "Erf" | "Tanh" | "Sigmoid" | "Sqrt" | "Relu" | "Gelu" | "Exp" | "Log" | "Reciprocal" | "Floor" | "Ceil"
-        | "Round" | "Sin" | "Cos" | "Tan" | "Asin" | "Acos" | "Atan" | "Sinh" | "Cosh" | "Asinh" | "Acosh"
-        | "Atanh" | "Softplus" | "Softsign" | "HardSigmoid" | "HardSwish" | "LeakyRelu" | "Elu" | "Selu"
-        | "Celu" | "Mish" | "Sign" | "ThresholdedRelu" | "Softmax" | "LogSoftmax" | "Hardmax" | "Trilu"
-        | "Clip" | "CumSum" | "BitwiseNot" | "Shrink" | "LpNormalization" | "PRelu" | "ScatterND"
-        | "ScatterElements" | "Scatter" | "InstanceNormalization" | "BatchNormalization"
-        | "MeanVarianceNormalization" | "RMSNormalization" => unary(cx, Unary::Other),
+        "Erf"
+        | "Tanh"
+        | "Sigmoid"
+        | "Sqrt"
+        | "Relu"
+        | "Gelu"
+        | "Exp"
+        | "Log"
+        | "Reciprocal"
+        | "Floor"
+        | "Ceil"
+        | "Round"
+        | "Sin"
+        | "Cos"
+        | "Tan"
+        | "Asin"
+        | "Acos"
+        | "Atan"
+        | "Sinh"
+        | "Cosh"
+        | "Asinh"
+        | "Acosh"
+        | "Atanh"
+        | "Softplus"
+        | "Softsign"
+        | "HardSigmoid"
+        | "HardSwish"
+        | "LeakyRelu"
+        | "Elu"
+        | "Selu"
+        | "Celu"
+        | "Mish"
+        | "Sign"
+        | "ThresholdedRelu"
+        | "Softmax"
+        | "LogSoftmax"
+        | "Hardmax"
+        | "Trilu"
+        | "Clip"
+        | "CumSum"
+        | "BitwiseNot"
+        | "Shrink"
+        | "LpNormalization"
+        | "PRelu"
+        | "ScatterND"
+        | "ScatterElements"
+        | "Scatter"
+        | "InstanceNormalization"
+        | "BatchNormalization"
+        | "MeanVarianceNormalization"
+        | "RMSNormalization" => unary(cx, Unary::Other),
         "Not" => unary(cx, Unary::Bool),
         "IsNaN" | "IsInf" => unary(cx, Unary::ToBool),
         "Dropout" => dropout(cx),
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" | "Sum" | "Mean" | "BitShift"
-        | "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" => elementwise(cx, op),
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" | "Sum" | "Mean"
+        | "BitShift" | "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" => elementwise(cx, op),
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" => {
             elementwise(cx, op)
         }
@@ -49,8 +93,8 @@ pub(super) fn infer(cx: &Cx) -> Option<R<Vec<Out>>> {
         "Range" => range(cx),
         "Flatten" => flatten(cx),
         "Tile" => tile(cx),
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
-        | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => reduce(cx, op),
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
+        | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => reduce(cx, op),
         "ArgMax" | "ArgMin" => argmax(cx),
         _ => return None,
     })
@@ -117,12 +161,20 @@ fn unary(cx: &Cx, kind: Unary) -> R<Vec<Out>> {
     let c = cx.content(0).and_then(|c| {
         let items = match kind {
             Unary::Keep => c.items.clone(),
-            Unary::Neg => c.items.iter().map(|d| dims::sub(&Dim::Known(0), d)).collect(),
-            Unary::Abs => c.items.iter().map(|d| match d {
-                Dim::Known(k) => k.checked_abs().map_or(Dim::Unknown, Dim::Known),
-                Dim::Sym(_) => d.clone(),
-                Dim::Unknown => Dim::Unknown,
-            }).collect(),
+            Unary::Neg => c
+                .items
+                .iter()
+                .map(|d| dims::sub(&Dim::Known(0), d))
+                .collect(),
+            Unary::Abs => c
+                .items
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(k) => k.checked_abs().map_or(Dim::Unknown, Dim::Known),
+                    Dim::Sym(_) => d.clone(),
+                    Dim::Unknown => Dim::Unknown,
+                })
+                .collect(),
             _ => return None,
         };
         content(c.scalar, items)
@@ -135,7 +187,10 @@ fn unary(cx: &Cx, kind: Unary) -> R<Vec<Out>> {
 
 fn dropout(cx: &Cx) -> R<Vec<Out>> {
     let shape = cx.shape(0).ok();
-    Ok(vec![Out::new(cx.elem(0), shape.clone()), Out::new(Some(DType::Bool), shape)])
+    Ok(vec![
+        Out::new(cx.elem(0), shape.clone()),
+        Out::new(Some(DType::Bool), shape),
+    ])
 }
 
 /// Broadcasting binary and variadic ops, with contents for the integer arithmetic.
@@ -145,7 +200,9 @@ fn elementwise(cx: &Cx, op: &str) -> R<Vec<Out>> {
         return bad("no inputs");
     }
     let elem = match op {
-        "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" => Some(DType::Bool),
+        "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" => {
+            Some(DType::Bool)
+        }
         "Pow" => cx.elem(0),
         _ => present.iter().find_map(|&i| cx.elem(i)),
     };
@@ -203,7 +260,12 @@ fn zip_content(a: &Content, b: &Content, f: impl Fn(&Dim, &Dim) -> Dim) -> Optio
         return None;
     };
     let items = (0..n)
-        .map(|i| f(&a.items[if la == 1 { 0 } else { i }], &b.items[if lb == 1 { 0 } else { i }]))
+        .map(|i| {
+            f(
+                &a.items[if la == 1 { 0 } else { i }],
+                &b.items[if lb == 1 { 0 } else { i }],
+            )
+        })
         .collect();
     content(a.scalar && b.scalar, items)
 }
@@ -267,7 +329,11 @@ fn matmul(cx: &Cx) -> R<Vec<Out>> {
     }
     let (ra, rb) = (a.len(), b.len());
     unify(&a[ra - 1], &b[rb - 2]).map_err(|_| {
-        Fail::Bad(format!("inner dimensions differ: {} times {}", fmt_shape(&a), fmt_shape(&b)))
+        Fail::Bad(format!(
+            "inner dimensions differ: {} times {}",
+            fmt_shape(&a),
+            fmt_shape(&b)
+        ))
     })?;
     let mut out = broadcast(&[&a[..ra - 2], &b[..rb - 2]])?;
     if !a_vec {
@@ -286,14 +352,23 @@ fn gemm(cx: &Cx) -> R<Vec<Out>> {
         _ => return one(Out::new(elem, None)),
     };
     if a.len() != 2 || b.len() != 2 {
-        return bad(format!("Gemm needs 2-D inputs, got {} and {}", fmt_shape(&a), fmt_shape(&b)));
+        return bad(format!(
+            "Gemm needs 2-D inputs, got {} and {}",
+            fmt_shape(&a),
+            fmt_shape(&b)
+        ));
     }
     let ta = cx.attr_int("transA", 0)? != 0;
     let tb = cx.attr_int("transB", 0)? != 0;
     let (m, ka) = if ta { (&a[1], &a[0]) } else { (&a[0], &a[1]) };
     let (kb, n) = if tb { (&b[1], &b[0]) } else { (&b[0], &b[1]) };
-    unify(ka, kb)
-        .map_err(|_| Fail::Bad(format!("inner dimensions differ: {} times {}", fmt_shape(&a), fmt_shape(&b))))?;
+    unify(ka, kb).map_err(|_| {
+        Fail::Bad(format!(
+            "inner dimensions differ: {} times {}",
+            fmt_shape(&a),
+            fmt_shape(&b)
+        ))
+    })?;
     let out = vec![m.clone(), n.clone()];
     if let Ok(c) = cx.shape(2) {
         broadcast(&[&c, &out])?;
@@ -334,7 +409,11 @@ fn gather_elements(cx: &Cx) -> R<Vec<Out>> {
     let idx = cx.shape(1).ok();
     if let (Ok(d), Some(i)) = (cx.shape(0), &idx) {
         if d.len() != i.len() {
-            return bad(format!("data {} and indices {} differ in rank", fmt_shape(&d), fmt_shape(i)));
+            return bad(format!(
+                "data {} and indices {} differ in rank",
+                fmt_shape(&d),
+                fmt_shape(i)
+            ));
         }
         norm_axis(cx.attr_int("axis", 0)?, d.len())?;
     }
@@ -356,7 +435,10 @@ fn transpose(cx: &Cx) -> R<Vec<Out>> {
         }
         None => (0..x.len()).rev().collect(),
     };
-    one(Out::new(elem, Some(perm.iter().map(|&i| x[i].clone()).collect())))
+    one(Out::new(
+        elem,
+        Some(perm.iter().map(|&i| x[i].clone()).collect()),
+    ))
 }
 
 fn reshape(cx: &Cx) -> R<Vec<Out>> {
@@ -377,7 +459,12 @@ fn reshape(cx: &Cx) -> R<Vec<Out>> {
             Dim::Known(0) if !allowzero => match &data {
                 Some(x) => match x.get(i) {
                     Some(d) => out.push(d.clone()),
-                    None => return bad(format!("shape entry {i} copies a dim the input (rank {}) lacks", x.len())),
+                    None => {
+                        return bad(format!(
+                            "shape entry {i} copies a dim the input (rank {}) lacks",
+                            x.len()
+                        ))
+                    }
                 },
                 None => out.push(Dim::Unknown),
             },
@@ -413,7 +500,9 @@ fn reshape(cx: &Cx) -> R<Vec<Out>> {
                 }
             };
         }
-    } else if let (Some(Dim::Known(a)), Some(Dim::Known(b))) = (total.map(|t| t.dim()), product(&out).map(|p| p.dim())) {
+    } else if let (Some(Dim::Known(a)), Some(Dim::Known(b))) =
+        (total.map(|t| t.dim()), product(&out).map(|p| p.dim()))
+    {
         if a != b {
             return bad(format!(
                 "cannot reshape {} into {}",
@@ -486,7 +575,9 @@ fn split(cx: &Cx) -> R<Vec<Out>> {
     if sizes.len() != n {
         return bad(format!("{} split sizes for {n} outputs", sizes.len()));
     }
-    let sum = sizes.iter().try_fold(0i64, |acc, s| acc.checked_add(s.known()?));
+    let sum = sizes
+        .iter()
+        .try_fold(0i64, |acc, s| acc.checked_add(s.known()?));
     if let (Dim::Known(k), Some(sum)) = (&d, sum) {
         if sum != *k {
             return bad(format!("split sizes sum to {sum}, the axis has {k}"));
@@ -532,12 +623,19 @@ fn concat(cx: &Cx) -> R<Vec<Out>> {
     let shapes: Option<Vec<Shape>> = present.iter().map(|&i| cx.shape(i).ok()).collect();
     let Some(shapes) = shapes else {
         // The rank is that of any input whose rank is known.
-        let rank = present.iter().find_map(|&i| cx.shape(i).ok()).map(|s| s.len());
+        let rank = present
+            .iter()
+            .find_map(|&i| cx.shape(i).ok())
+            .map(|s| s.len());
         return one(Out::new(elem, rank.map(|r| vec![Dim::Unknown; r])));
     };
     let rank = shapes[0].len();
     if let Some(s) = shapes.iter().find(|s| s.len() != rank) {
-        return bad(format!("inputs differ in rank: {} and {}", fmt_shape(&shapes[0]), fmt_shape(s)));
+        return bad(format!(
+            "inputs differ in rank: {} and {}",
+            fmt_shape(&shapes[0]),
+            fmt_shape(s)
+        ));
     }
     let ax = norm_axis(axis, rank)?;
     let mut out = shapes[0].clone();
@@ -545,13 +643,20 @@ fn concat(cx: &Cx) -> R<Vec<Out>> {
         for (j, d) in s.iter().enumerate() {
             if j != ax {
                 out[j] = unify(&out[j], d).map_err(|_| {
-                    Fail::Bad(format!("inputs differ off the axis: {} and {}", fmt_shape(&shapes[0]), fmt_shape(s)))
+                    Fail::Bad(format!(
+                        "inputs differ off the axis: {} and {}",
+                        fmt_shape(&shapes[0]),
+                        fmt_shape(s)
+                    ))
                 })?;
             }
         }
     }
     let along: Vec<&Dim> = shapes.iter().map(|s| &s[ax]).collect();
-    out[ax] = along.iter().skip(1).fold(along[0].clone(), |acc, d| dims::add(&acc, d));
+    out[ax] = along
+        .iter()
+        .skip(1)
+        .fold(along[0].clone(), |acc, d| dims::add(&acc, d));
     let cs: Option<Vec<&Content>> = present.iter().map(|&i| cx.content(i)).collect();
     let c = cs.filter(|cs| cs.iter().all(|c| !c.scalar)).and_then(|cs| {
         let items: Vec<Dim> = cs.iter().flat_map(|c| c.items.iter().cloned()).collect();
@@ -623,7 +728,11 @@ fn squeeze(cx: &Cx) -> R<Vec<Out>> {
                     }
                 }
             }
-            x.iter().enumerate().filter(|(i, _)| !a.contains(i)).map(|(_, d)| d.clone()).collect()
+            x.iter()
+                .enumerate()
+                .filter(|(i, _)| !a.contains(i))
+                .map(|(_, d)| d.clone())
+                .collect()
         }
         None => {
             if x.iter().any(|d| d.known().is_none()) {
@@ -676,15 +785,39 @@ fn slice(cx: &Cx) -> R<Vec<Out>> {
         return one(Out::new(elem, None));
     };
     let from_inputs = cx.opset >= 10;
-    let (starts, ends, axes, steps): (Option<Vec<Dim>>, Option<Vec<Dim>>, R<Option<Vec<i64>>>, R<Option<Vec<i64>>>) =
-        if from_inputs {
-            let opt = |i: usize| if cx.has(i) { cx.ints(i).map(Some).ok_or(Fail::Missing) } else { Ok(None) };
-            (cx.content(1).map(|c| c.items.clone()), cx.content(2).map(|c| c.items.clone()), opt(3), opt(4))
-        } else {
-            let s = cx.attr_ints("starts")?.ok_or_else(|| Fail::Bad("attribute 'starts' is missing".into()))?;
-            let e = cx.attr_ints("ends")?.ok_or_else(|| Fail::Bad("attribute 'ends' is missing".into()))?;
-            (Some(known_items(&s)), Some(known_items(&e)), cx.attr_ints("axes"), Ok(None))
+    let (starts, ends, axes, steps): (
+        Option<Vec<Dim>>,
+        Option<Vec<Dim>>,
+        R<Option<Vec<i64>>>,
+        R<Option<Vec<i64>>>,
+    ) = if from_inputs {
+        let opt = |i: usize| {
+            if cx.has(i) {
+                cx.ints(i).map(Some).ok_or(Fail::Missing)
+            } else {
+                Ok(None)
+            }
         };
+        (
+            cx.content(1).map(|c| c.items.clone()),
+            cx.content(2).map(|c| c.items.clone()),
+            opt(3),
+            opt(4),
+        )
+    } else {
+        let s = cx
+            .attr_ints("starts")?
+            .ok_or_else(|| Fail::Bad("attribute 'starts' is missing".into()))?;
+        let e = cx
+            .attr_ints("ends")?
+            .ok_or_else(|| Fail::Bad("attribute 'ends' is missing".into()))?;
+        (
+            Some(known_items(&s)),
+            Some(known_items(&e)),
+            cx.attr_ints("axes"),
+            Ok(None),
+        )
+    };
     let axes = match axes {
         Ok(a) => a,
         Err(Fail::Missing) => return one(Out::new(elem, Some(vec![Dim::Unknown; x.len()]))),
@@ -711,7 +844,12 @@ fn slice(cx: &Cx) -> R<Vec<Out>> {
         None => (0..starts.len()).collect(),
     };
     if axes.len() != starts.len() || axes.iter().any(|&a| a >= x.len()) {
-        return bad(format!("{} axes for {} starts on rank {}", axes.len(), starts.len(), x.len()));
+        return bad(format!(
+            "{} axes for {} starts on rank {}",
+            axes.len(),
+            starts.len(),
+            x.len()
+        ));
     }
     let steps = match steps {
         Ok(Some(s)) => s,
@@ -738,8 +876,15 @@ fn slice(cx: &Cx) -> R<Vec<Out>> {
     // Contents of a sliced 1-D shape vector.
     let mut c = None;
     if let Some(src) = cx.content(0).filter(|c| !c.scalar) {
-        if let ([0], [Dim::Known(s)], [Dim::Known(e)], [step]) = (&axes[..], &starts[..], &ends[..], &steps[..]) {
-            let (n, s, e, step) = (src.items.len() as i128, *s as i128, *e as i128, *step as i128);
+        if let ([0], [Dim::Known(s)], [Dim::Known(e)], [step]) =
+            (&axes[..], &starts[..], &ends[..], &steps[..])
+        {
+            let (n, s, e, step) = (
+                src.items.len() as i128,
+                *s as i128,
+                *e as i128,
+                *step as i128,
+            );
             let s = if s < 0 { s + n } else { s };
             let e = if e < 0 { e + n } else { e };
             let mut items = Vec::new();
@@ -780,7 +925,11 @@ fn layer_norm(cx: &Cx) -> R<Vec<Out>> {
         }
         None => None,
     };
-    Ok(vec![Out::new(elem, x), Out::new(Some(stash), stat.clone()), Out::new(Some(stash), stat)])
+    Ok(vec![
+        Out::new(elem, x),
+        Out::new(Some(stash), stat.clone()),
+        Out::new(Some(stash), stat),
+    ])
 }
 
 fn cast(cx: &Cx) -> R<Vec<Out>> {
@@ -795,7 +944,14 @@ fn cast(cx: &Cx) -> R<Vec<Out>> {
         .ok_or_else(|| Fail::Bad(format!("invalid target type {to}")))?;
     let integer = matches!(
         dt,
-        DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U8 | DType::U16 | DType::U32 | DType::U64
+        DType::I8
+            | DType::I16
+            | DType::I32
+            | DType::I64
+            | DType::U8
+            | DType::U16
+            | DType::U32
+            | DType::U64
     );
     let c = cx.content(0).and_then(|c| {
         if integer {
@@ -832,7 +988,11 @@ fn shape_op(cx: &Cx) -> R<Vec<Out>> {
         Some(AttrValue::Int(e)) => clampi(*e),
         Some(_) => return bad("attribute 'end' is not an int"),
     };
-    let items: Vec<Dim> = if start < end { x[start..end].to_vec() } else { Vec::new() };
+    let items: Vec<Dim> = if start < end {
+        x[start..end].to_vec()
+    } else {
+        Vec::new()
+    };
     let n = items.len() as i64;
     one(Out::new(Some(DType::I64), Some(vec![Dim::Known(n)])).with_content(content(false, items)))
 }
@@ -857,20 +1017,28 @@ fn constant(cx: &Cx) -> R<Vec<Out>> {
         ("value", AttrValue::Tensor(t)) => {
             Out::new(Some(t.dtype), Some(known_items(&t.dims))).with_content(tensor_content(t))
         }
-        ("sparse_value", AttrValue::SparseTensor(s)) => Out::new(Some(s.values.dtype), Some(known_items(&s.dims))),
-        ("value_float", AttrValue::Float(_)) => Out::new(Some(DType::F32), Some(Vec::new())),
-        ("value_floats", AttrValue::Floats(v)) => Out::new(Some(DType::F32), Some(vec![Dim::Known(v.len() as i64)])),
-        ("value_int", AttrValue::Int(v)) => {
-            Out::new(Some(DType::I64), Some(Vec::new())).with_content(content(true, vec![Dim::Known(*v)]))
+        ("sparse_value", AttrValue::SparseTensor(s)) => {
+            Out::new(Some(s.values.dtype), Some(known_items(&s.dims)))
         }
+        ("value_float", AttrValue::Float(_)) => Out::new(Some(DType::F32), Some(Vec::new())),
+        ("value_floats", AttrValue::Floats(v)) => {
+            Out::new(Some(DType::F32), Some(vec![Dim::Known(v.len() as i64)]))
+        }
+        ("value_int", AttrValue::Int(v)) => Out::new(Some(DType::I64), Some(Vec::new()))
+            .with_content(content(true, vec![Dim::Known(*v)])),
         ("value_ints", AttrValue::Ints(v)) => {
-            Out::new(Some(DType::I64), Some(vec![Dim::Known(v.len() as i64)])).with_content(content(false, known_items(v)))
+            Out::new(Some(DType::I64), Some(vec![Dim::Known(v.len() as i64)]))
+                .with_content(content(false, known_items(v)))
         }
         ("value_string", AttrValue::String(_)) => Out::new(Some(DType::String), Some(Vec::new())),
         ("value_strings", AttrValue::Strings(v)) => {
             Out::new(Some(DType::String), Some(vec![Dim::Known(v.len() as i64)]))
         }
-        (name, _) => return bad(format!("attribute '{name}' is not a constant value of the right type")),
+        (name, _) => {
+            return bad(format!(
+                "attribute '{name}' is not a constant value of the right type"
+            ))
+        }
     };
     one(out)
 }
@@ -887,18 +1055,27 @@ fn constant_of_shape(cx: &Cx) -> R<Vec<Out>> {
         Some(_) => return bad("attribute 'value' is not a tensor"),
     };
     let Some(target) = cx.content(0) else {
-        return one(Out::new(Some(elem), cx.len1(0).map(|k| vec![Dim::Unknown; k])));
+        return one(Out::new(
+            Some(elem),
+            cx.len1(0).map(|k| vec![Dim::Unknown; k]),
+        ));
     };
     if target.scalar {
         return bad("the shape input is a scalar");
     }
-    if let Some(k) = target.items.iter().find_map(|d| d.known().filter(|&k| k < 0)) {
+    if let Some(k) = target
+        .items
+        .iter()
+        .find_map(|d| d.known().filter(|&k| k < 0))
+    {
         return bad(format!("negative dimension {k}"));
     }
     let shape = target.items.clone();
     let c = match (fill, shape.as_slice()) {
         (Some(v), []) => content(true, vec![Dim::Known(v)]),
-        (Some(v), [Dim::Known(n)]) if (*n as usize) <= MAX_CONTENT => content(false, vec![Dim::Known(v); *n as usize]),
+        (Some(v), [Dim::Known(n)]) if (*n as usize) <= MAX_CONTENT => {
+            content(false, vec![Dim::Known(v); *n as usize])
+        }
         _ => None,
     };
     one(Out::new(Some(elem), Some(shape)).with_content(c))
@@ -939,7 +1116,9 @@ fn range(cx: &Cx) -> R<Vec<Out>> {
             let n = ((l - s + d - d.signum()) / d).max(0);
             let n = i64::try_from(n).map_err(|_| Fail::Bad("range too long".into()))?;
             if n as usize <= MAX_CONTENT {
-                let items = (0..n).map(|k| Dim::Known((s + k as i128 * d) as i64)).collect();
+                let items = (0..n)
+                    .map(|k| Dim::Known((s + k as i128 * d) as i64))
+                    .collect();
                 c = content(false, items);
             }
             Dim::Known(n)
@@ -961,7 +1140,10 @@ fn flatten(cx: &Cx) -> R<Vec<Out>> {
         return bad(format!("axis {axis} is out of range for rank {r}"));
     }
     let axis = (if axis < 0 { axis + r } else { axis }) as usize;
-    one(Out::new(elem, Some(vec![product_dim(&x[..axis]), product_dim(&x[axis..])])))
+    one(Out::new(
+        elem,
+        Some(vec![product_dim(&x[..axis]), product_dim(&x[axis..])]),
+    ))
 }
 
 fn tile(cx: &Cx) -> R<Vec<Out>> {
@@ -975,7 +1157,11 @@ fn tile(cx: &Cx) -> R<Vec<Out>> {
     if rep.items.len() != x.len() {
         return bad(format!("{} repeats for rank {}", rep.items.len(), x.len()));
     }
-    let out = x.iter().zip(&rep.items).map(|(d, r)| dims::mul(d, r)).collect();
+    let out = x
+        .iter()
+        .zip(&rep.items)
+        .map(|(d, r)| dims::mul(d, r))
+        .collect();
     one(Out::new(elem, Some(out)))
 }
 
@@ -990,7 +1176,10 @@ fn reduce(cx: &Cx, op: &str) -> R<Vec<Out>> {
         Err(Fail::Missing) => {
             let shape = match (&x, keep) {
                 (Some(x), true) => Some(vec![Dim::Unknown; x.len()]),
-                (Some(x), false) => cx.len1(1).and_then(|k| x.len().checked_sub(k)).map(|r| vec![Dim::Unknown; r]),
+                (Some(x), false) => cx
+                    .len1(1)
+                    .and_then(|k| x.len().checked_sub(k))
+                    .map(|r| vec![Dim::Unknown; r]),
                 _ => None,
             };
             return one(Out::new(elem, shape));

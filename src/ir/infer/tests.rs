@@ -16,7 +16,9 @@ fn sh(spec: &str) -> Shape {
     spec.split(',')
         .map(|p| match p.trim() {
             "?" => Dim::Unknown,
-            p => p.parse::<i64>().map_or_else(|_| Dim::Sym(p.to_string()), Dim::Known),
+            p => p
+                .parse::<i64>()
+                .map_or_else(|_| Dim::Sym(p.to_string()), Dim::Known),
         })
         .collect()
 }
@@ -45,7 +47,9 @@ impl B {
 
     fn input(&mut self, elem: DType, spec: &str) -> ValueId {
         let name = self.fresh("in");
-        self.g.add_input(name, Some(ValueType::tensor(elem, sh(spec)))).unwrap()
+        self.g
+            .add_input(name, Some(ValueType::tensor(elem, sh(spec))))
+            .unwrap()
     }
 
     fn f(&mut self, spec: &str) -> ValueId {
@@ -54,21 +58,33 @@ impl B {
 
     fn ints(&mut self, v: &[i64]) -> ValueId {
         let name = self.fresh("c");
-        self.g.add_initializer(name, Tensor::from_i64(vec![v.len() as i64], v)).unwrap()
+        self.g
+            .add_initializer(name, Tensor::from_i64(vec![v.len() as i64], v))
+            .unwrap()
     }
 
     fn scalar(&mut self, v: i64) -> ValueId {
         let name = self.fresh("s");
-        self.g.add_initializer(name, Tensor::from_i64(vec![], &[v])).unwrap()
+        self.g
+            .add_initializer(name, Tensor::from_i64(vec![], &[v]))
+            .unwrap()
     }
 
     fn weight(&mut self, dims: &[i64]) -> ValueId {
         let name = self.fresh("w");
         let n = dims.iter().product::<i64>() as usize;
-        self.g.add_initializer(name, Tensor::from_f32(dims.to_vec(), &vec![0.0; n])).unwrap()
+        self.g
+            .add_initializer(name, Tensor::from_f32(dims.to_vec(), &vec![0.0; n]))
+            .unwrap()
     }
 
-    fn node_n(&mut self, op: &str, inputs: &[Option<ValueId>], attrs: Vec<(&str, AttrValue)>, nout: usize) -> Vec<ValueId> {
+    fn node_n(
+        &mut self,
+        op: &str,
+        inputs: &[Option<ValueId>],
+        attrs: Vec<(&str, AttrValue)>,
+        nout: usize,
+    ) -> Vec<ValueId> {
         let mut node = Node::new(op, self.fresh(op));
         for (k, v) in attrs {
             node = node.with_attr(k, v);
@@ -89,7 +105,11 @@ impl B {
 
     /// The inferred type as text (`float[batch,seq]`), or `-` when not inferred.
     fn t(&self, v: ValueId) -> String {
-        self.g.value(v).inferred.as_ref().map_or("-".to_string(), |t| t.to_string())
+        self.g
+            .value(v)
+            .inferred
+            .as_ref()
+            .map_or("-".to_string(), |t| t.to_string())
     }
 }
 
@@ -130,7 +150,11 @@ fn matmul_mismatch_warns() {
     let s = b.run();
     assert_eq!(b.t(y), "-");
     assert_eq!(s.warnings.len(), 1);
-    assert!(s.warnings[0].contains("MatMul") && s.warnings[0].contains("inner"), "{:?}", s.warnings);
+    assert!(
+        s.warnings[0].contains("MatMul") && s.warnings[0].contains("inner"),
+        "{:?}",
+        s.warnings
+    );
 }
 
 #[test]
@@ -170,7 +194,13 @@ fn gather_axes_and_contents() {
     assert_eq!(b.t(e), "float[batch,seq,768]");
     assert_eq!(b.t(last), "float[batch,768]");
     assert_eq!(b.t(d0), "int64[]");
-    assert_eq!(b.g.value(d0).inferred.as_ref().and_then(|t| t.shape().cloned()), Some(vec![]));
+    assert_eq!(
+        b.g.value(d0)
+            .inferred
+            .as_ref()
+            .and_then(|t| t.shape().cloned()),
+        Some(vec![])
+    );
     assert_eq!(b.t(d2), "int64[2]");
     assert_eq!(b.t(bad), "-");
     assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
@@ -263,7 +293,11 @@ fn reshape_zero_minus_one_symbolic() {
     assert_eq!(b.t(r5), "float[?]");
     assert_eq!(b.t(r6), "float[2,?]");
     assert_eq!(b.t(r7), "float[0,4]");
-    assert_eq!(b.t(r7b), "-", "0 copies without allowzero: 0 elements into 16");
+    assert_eq!(
+        b.t(r7b),
+        "-",
+        "0 copies without allowzero: 0 elements into 16"
+    );
     assert_eq!((b.t(bad), b.t(bad2)), ("-".into(), "-".into()));
     assert_eq!(b.t(r10), "float[?,?,?]");
     assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
@@ -351,7 +385,11 @@ fn shape_plumbing_chain() {
         let sub = b.node("Sub", &[d1, one], vec![]);
         let add = b.node("Add", &[sub, one], vec![]);
         let u3 = unsq(&mut b, add);
-        let mask2 = b.node("ConstantOfShape", &[u3], vec![("value", AttrValue::Tensor(Tensor::from_i64(vec![1], &[1])))]);
+        let mask2 = b.node(
+            "ConstantOfShape",
+            &[u3],
+            vec![("value", AttrValue::Tensor(Tensor::from_i64(vec![1], &[1])))],
+        );
         clean(&mut b);
         assert_eq!(b.t(r), "float[batch,seq,12,64]", "opset {opset}");
         assert_eq!(b.t(r2), "float[batch,seq,768]", "opset {opset}");
@@ -380,7 +418,11 @@ fn expand_where_equal_plumbing() {
     let one = b.ints(&[1]);
     let tgt = b.node("Concat", &[u0, one, one, u1], vec![("axis", int(0))]);
     let four = b.ints(&[4]);
-    let ones = b.node("ConstantOfShape", &[four], vec![("value", AttrValue::Tensor(Tensor::from_i64(vec![1], &[1])))]);
+    let ones = b.node(
+        "ConstantOfShape",
+        &[four],
+        vec![("value", AttrValue::Tensor(Tensor::from_i64(vec![1], &[1])))],
+    );
     let m1 = b.scalar(-1);
     let neg = b.node("Mul", &[ones, m1], vec![]);
     let eq = b.node("Equal", &[tgt, neg], vec![]);
@@ -429,7 +471,14 @@ fn split_forms() {
         (b11.t(o[0]), b11.t(o[1]))
     };
     clean(&mut b);
-    assert_eq!((b.t(o[0]), b.t(o[1]), b.t(o[2])), ("float[3,4]".into(), "float[3,4]".into(), "float[1,4]".into()));
+    assert_eq!(
+        (b.t(o[0]), b.t(o[1]), b.t(o[2])),
+        (
+            "float[3,4]".into(),
+            "float[3,4]".into(),
+            "float[1,4]".into()
+        )
+    );
     assert_eq!(o11, ("float[2,4]".into(), "float[5,4]".into()));
 }
 
@@ -485,7 +534,12 @@ fn unsqueeze_squeeze_by_opset() {
     assert_eq!(b.t(sq), "float[1,batch,seq]");
     assert_eq!(b.t(ud), "float");
     assert_eq!(b.t(old_style), "-");
-    assert_eq!(s.warnings.len(), 1, "axes attribute at opset 13: {:?}", s.warnings);
+    assert_eq!(
+        s.warnings.len(),
+        1,
+        "axes attribute at opset 13: {:?}",
+        s.warnings
+    );
 }
 
 fn b2(b: &mut B, v: i64) -> ValueId {
@@ -534,12 +588,24 @@ fn slice_bounds() {
     assert_eq!(b.t(bad), "-");
     assert_eq!(b.t(dy), "float[batch,9,seq,?]");
     assert_eq!(b.t(seq), "int64[1]");
-    assert_eq!(b.t(pos), "float[1,seq]", "x[:, :seq] of a static table is assumed to have seq rows");
+    assert_eq!(
+        b.t(pos),
+        "float[1,seq]",
+        "x[:, :seq] of a static table is assumed to have seq rows"
+    );
     assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
 
     let mut b = B::new(9);
     let x = b.f("10,20");
-    let y = b.node("Slice", &[x], vec![("starts", ints(&[1, -5])), ("ends", ints(&[3, 100])), ("axes", ints(&[0, 1]))]);
+    let y = b.node(
+        "Slice",
+        &[x],
+        vec![
+            ("starts", ints(&[1, -5])),
+            ("ends", ints(&[3, 100])),
+            ("axes", ints(&[0, 1])),
+        ],
+    );
     clean(&mut b);
     assert_eq!(b.t(y), "float[2,5]");
 }
@@ -549,11 +615,35 @@ fn norms_softmax_unary() {
     let mut b = B::new(17);
     let x = b.f("batch,seq,768");
     let g = b.weight(&[768]);
-    let ln = b.node_n("LayerNormalization", &[Some(x), Some(g), Some(g)], vec![("axis", int(-1))], 3);
-    let ln1 = b.node_n("LayerNormalization", &[Some(x), Some(g)], vec![("axis", int(1))], 1);
+    let ln = b.node_n(
+        "LayerNormalization",
+        &[Some(x), Some(g), Some(g)],
+        vec![("axis", int(-1))],
+        3,
+    );
+    let ln1 = b.node_n(
+        "LayerNormalization",
+        &[Some(x), Some(g)],
+        vec![("axis", int(1))],
+        1,
+    );
     let sm = b.node("Softmax", &[x], vec![("axis", int(-1))]);
     let mut outs = vec![];
-    for op in ["Erf", "Tanh", "Sigmoid", "Sqrt", "Neg", "Relu", "Gelu", "Exp", "Log", "Abs", "Reciprocal", "Identity", "Trilu"] {
+    for op in [
+        "Erf",
+        "Tanh",
+        "Sigmoid",
+        "Sqrt",
+        "Neg",
+        "Relu",
+        "Gelu",
+        "Exp",
+        "Log",
+        "Abs",
+        "Reciprocal",
+        "Identity",
+        "Trilu",
+    ] {
         outs.push(b.node(op, &[x], vec![]));
     }
     let lo = b.weight(&[]);
@@ -576,7 +666,10 @@ fn norms_softmax_unary() {
     assert_eq!(b.t(clip[0]), "float[batch,seq,768]");
     assert_eq!(b.t(nb), "bool[seq]");
     assert_eq!(b.t(isn), "bool[batch,seq,768]");
-    assert_eq!((b.t(dr[0]), b.t(dr[1])), ("float[batch,seq,768]".into(), "bool[batch,seq,768]".into()));
+    assert_eq!(
+        (b.t(dr[0]), b.t(dr[1])),
+        ("float[batch,seq,768]".into(), "bool[batch,seq,768]".into())
+    );
     assert_eq!(b.t(u), "-");
 }
 
@@ -604,13 +697,41 @@ fn cast_shape_size() {
 #[test]
 fn constants() {
     let mut b = B::new(17);
-    let t = b.node_n("Constant", &[], vec![("value", AttrValue::Tensor(Tensor::from_i64(vec![2], &[0, 64])))], 1)[0];
-    let vf = b.node_n("Constant", &[], vec![("value_float", AttrValue::Float(1.0))], 1)[0];
-    let vfs = b.node_n("Constant", &[], vec![("value_floats", AttrValue::Floats(vec![1.0, 2.0]))], 1)[0];
+    let t = b.node_n(
+        "Constant",
+        &[],
+        vec![(
+            "value",
+            AttrValue::Tensor(Tensor::from_i64(vec![2], &[0, 64])),
+        )],
+        1,
+    )[0];
+    let vf = b.node_n(
+        "Constant",
+        &[],
+        vec![("value_float", AttrValue::Float(1.0))],
+        1,
+    )[0];
+    let vfs = b.node_n(
+        "Constant",
+        &[],
+        vec![("value_floats", AttrValue::Floats(vec![1.0, 2.0]))],
+        1,
+    )[0];
     let vi = b.node_n("Constant", &[], vec![("value_int", int(3))], 1)[0];
-    let vis = b.node_n("Constant", &[], vec![("value_ints", ints(&[0, 0, 12, 64]))], 1)[0];
+    let vis = b.node_n(
+        "Constant",
+        &[],
+        vec![("value_ints", ints(&[0, 0, 12, 64]))],
+        1,
+    )[0];
     let none = b.node_n("Constant", &[], vec![], 1)[0];
-    let wrong = b.node_n("Constant", &[], vec![("value_int", AttrValue::Float(1.0))], 1)[0];
+    let wrong = b.node_n(
+        "Constant",
+        &[],
+        vec![("value_int", AttrValue::Float(1.0))],
+        1,
+    )[0];
     let x = b.f("batch,seq,768");
     let r = b.node("Reshape", &[x, vis], vec![]);
     let s = b.run();
@@ -629,7 +750,11 @@ fn constant_of_shape_expand_range_trilu() {
     let mut b = B::new(17);
     let shape = b.ints(&[3, 4]);
     let c = b.node("ConstantOfShape", &[shape], vec![]);
-    let ci = b.node("ConstantOfShape", &[shape], vec![("value", AttrValue::Tensor(Tensor::from_i64(vec![1], &[7])))]);
+    let ci = b.node(
+        "ConstantOfShape",
+        &[shape],
+        vec![("value", AttrValue::Tensor(Tensor::from_i64(vec![1], &[7])))],
+    );
     let x = b.f("batch,1,seq");
     let es = b.ints(&[1, 12, 1]);
     let e = b.node("Expand", &[x, es], vec![]);
@@ -658,7 +783,11 @@ fn reductions_flatten_tile_argmax() {
     let mut b = B::new(17);
     let x = b.f("batch,seq,768");
     let m = b.node("ReduceMean", &[x], vec![("axes", ints(&[-1]))]);
-    let m2 = b.node("ReduceMean", &[x], vec![("axes", ints(&[1])), ("keepdims", int(0))]);
+    let m2 = b.node(
+        "ReduceMean",
+        &[x],
+        vec![("axes", ints(&[1])), ("keepdims", int(0))],
+    );
     let all = b.node("ReduceMax", &[x], vec![("keepdims", int(0))]);
     let ax = b.ints(&[1]);
     let rs = b.node("ReduceSum", &[x, ax], vec![]);
@@ -669,7 +798,11 @@ fn reductions_flatten_tile_argmax() {
     let fl2 = b.node("Flatten", &[x], vec![("axis", int(2))]);
     let reps = b.ints(&[1, 2, 1]);
     let ti = b.node("Tile", &[x, reps], vec![]);
-    let am = b.node("ArgMax", &[x], vec![("axis", int(-1)), ("keepdims", int(0))]);
+    let am = b.node(
+        "ArgMax",
+        &[x],
+        vec![("axis", int(-1)), ("keepdims", int(0))],
+    );
     let bad = b.node("ReduceMean", &[x], vec![("axes", ints(&[3]))]);
     let s = b.run();
     assert_eq!(b.t(m), "float[batch,seq,1]");
@@ -712,7 +845,9 @@ fn stats_unknown_ops_declared_types_and_conflicts() {
     b.g.declare_value_info(y, Some(ValueType::tensor(DType::F32, sh("batch,seq,11"))));
     let mut ms = Node::new("Foo", "ms");
     ms.domain = "com.microsoft".into();
-    let (_, o) = b.g.add_node(ms, vec![Some(x)], vec![Some("ms_out".into())]).unwrap();
+    let (_, o) =
+        b.g.add_node(ms, vec![Some(x)], vec![Some("ms_out".into())])
+            .unwrap();
     let s = b.run();
     assert_eq!(b.t(z), "-");
     assert_eq!(b.t(after), "float[batch,seq,10]");
@@ -735,11 +870,50 @@ fn stats_unknown_ops_declared_types_and_conflicts() {
 #[test]
 fn never_panics_on_garbage() {
     let ops = [
-        "Identity", "Neg", "Abs", "Erf", "Softmax", "Not", "IsNaN", "Dropout", "Add", "Sub", "Mul", "Div", "Pow",
-        "Equal", "Where", "Max", "Min", "MatMul", "Gemm", "Gather", "GatherElements", "Transpose", "Reshape",
-        "Split", "Concat", "Unsqueeze", "Squeeze", "Slice", "LayerNormalization", "Cast", "CastLike", "Shape",
-        "Size", "Constant", "ConstantOfShape", "Expand", "Range", "Flatten", "Tile", "ReduceMean", "ReduceSum",
-        "ArgMax", "Trilu", "Clip",
+        "Identity",
+        "Neg",
+        "Abs",
+        "Erf",
+        "Softmax",
+        "Not",
+        "IsNaN",
+        "Dropout",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Equal",
+        "Where",
+        "Max",
+        "Min",
+        "MatMul",
+        "Gemm",
+        "Gather",
+        "GatherElements",
+        "Transpose",
+        "Reshape",
+        "Split",
+        "Concat",
+        "Unsqueeze",
+        "Squeeze",
+        "Slice",
+        "LayerNormalization",
+        "Cast",
+        "CastLike",
+        "Shape",
+        "Size",
+        "Constant",
+        "ConstantOfShape",
+        "Expand",
+        "Range",
+        "Flatten",
+        "Tile",
+        "ReduceMean",
+        "ReduceSum",
+        "ArgMax",
+        "Trilu",
+        "Clip",
     ];
     let attr_sets: Vec<Vec<(&str, AttrValue)>> = vec![
         vec![],
@@ -767,7 +941,10 @@ fn never_panics_on_garbage() {
             ("split", int(2)),
             ("allowzero", ints(&[1])),
         ],
-        vec![("value", AttrValue::Tensor(Tensor::from_i64(vec![3], &[1, 2, 3])))],
+        vec![(
+            "value",
+            AttrValue::Tensor(Tensor::from_i64(vec![3], &[1, 2, 3])),
+        )],
     ];
     for opset in [9, 11, 13, 18] {
         for attrs in &attr_sets {
@@ -806,7 +983,13 @@ fn cycle_is_a_warning() {
     let mut b = B::new(17);
     let x = b.f("2");
     let y = b.node("Relu", &[x], vec![]);
-    let (n, _) = b.g.add_node(Node::new("Relu", "loop"), vec![Some(y)], vec![Some("z".into())]).unwrap();
+    let (n, _) =
+        b.g.add_node(
+            Node::new("Relu", "loop"),
+            vec![Some(y)],
+            vec![Some("z".into())],
+        )
+        .unwrap();
     let z = b.g.value_by_name("z").unwrap();
     let (first, _) = b.g.producer(y).unwrap();
     b.g.set_input(first, 0, Some(z));
