@@ -1,6 +1,9 @@
 //! hcc: a model-compression compiler. ONNX in, a typed graph, declarative compression passes,
 //! a smaller ONNX model out, with an honest report.
 
+pub mod compute;
+pub mod dsl;
 pub mod ir;
 pub mod onnx;
 pub mod report;
+pub mod rewrite;

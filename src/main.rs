@@ -52,15 +52,33 @@ enum Command {
         #[command(flatten)]
         ext: ExtArgs,
     },
-    /// Compile a model: import, verify, run the pipeline, write the result.
+    /// Compile a model: import, run a pipeline of rewrite rules, verify, write the result.
     Compile {
-        /// The ONNX model.
+        /// The ONNX model (binary, or `.onnxtxt` text).
         model: PathBuf,
         /// Where to write (default: MODEL with `.hcc.onnx` in place of `.onnx`).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// A pass-language file with the pipeline to run (default: the built-in
+        /// passes/default.hcp).
+        #[arg(short, long, value_name = "FILE.hcp")]
+        passes: Option<PathBuf>,
+        /// Which pipeline of the file to run (default: the only one, or the one named `default`).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// List, per rule, where it fired and why near matches did not.
+        #[arg(long)]
+        explain: bool,
+        /// With --explain: how many near misses to list per rule.
+        #[arg(long, default_value_t = 10)]
+        max_misses: usize,
         #[command(flatten)]
         ext: ExtArgs,
+    },
+    /// Parse and check a pass-language file (no model needed).
+    Check {
+        /// The `.hcp` file.
+        file: PathBuf,
     },
 }
 
@@ -116,9 +134,13 @@ fn main() -> ExitCode {
 
 /// Errors that point into a source text are rendered with the text and a label under the place.
 fn diagnostic(e: &anyhow::Error) -> Option<String> {
-    let d: &dyn miette::Diagnostic = match e.downcast_ref::<onnx::ImportError>()? {
-        onnx::ImportError::Text(t) => t,
-        _ => return None,
+    let d: &dyn miette::Diagnostic = if let Some(d) = e.downcast_ref::<hcc::dsl::DslError>() {
+        d
+    } else {
+        match e.downcast_ref::<onnx::ImportError>()? {
+            onnx::ImportError::Text(t) => t,
+            _ => return None,
+        }
     };
     let mut out = String::new();
     miette::GraphicalReportHandler::new().render_report(&mut out, d).ok()?;
@@ -147,16 +169,79 @@ fn run(cli: Cli) -> Result<()> {
             let stats = onnx::save(&m, &output, &ext.options())?;
             report_saved(&output, &stats, cli.quiet);
         }
-        Command::Compile { model, output, ext } => {
+        Command::Compile {
+            model,
+            output,
+            passes,
+            pipeline,
+            explain,
+            max_misses,
+            ext,
+        } => {
             let output = output.unwrap_or_else(|| default_output(&model));
             refuse_overwrite_input(&model, &output)?;
-            let m = onnx::load(&model)?;
+            let program = match &passes {
+                Some(p) => hcc::dsl::load(p)?,
+                None => hcc::dsl::load_str(DEFAULT_HCP, "<built-in>/default.hcp")?,
+            };
+            let pipe = pick_pipeline(&program, pipeline.as_deref())?;
+            let mut m = onnx::load(&model)?;
             hcc::ir::verify::verify(&m.graph).with_context(|| format!("'{}' does not verify", model.display()))?;
+            let (p0, b0) = hcc::rewrite::engine::stored_size(&m.graph);
+            let report = hcc::rewrite::Engine::new(&mut m, &program).run_pipeline(pipe)?;
+            if explain {
+                print!("{}", hcc::rewrite::render_explain(&report, max_misses));
+            }
+            let (p1, b1) = hcc::rewrite::engine::stored_size(&m.graph);
             let stats = onnx::save(&m, &output, &ext.options())?;
+            if !cli.quiet {
+                let fired: usize = report.stages.iter().map(|s| s.fired.len()).sum();
+                eprintln!(
+                    "pipeline '{}': {} rewrites; parameters {} → {}, stored {} → {}",
+                    report.pipeline,
+                    fired,
+                    inspect::human_count(p0),
+                    inspect::human_count(p1),
+                    inspect::human_bytes(b0),
+                    inspect::human_bytes(b1)
+                );
+            }
             report_saved(&output, &stats, cli.quiet);
+        }
+        Command::Check { file } => {
+            let program = hcc::dsl::load(&file)?;
+            if !cli.quiet {
+                let names: Vec<&str> = program.pipelines.iter().map(|p| p.name.name.as_str()).collect();
+                println!(
+                    "{}: ok ({} rules, {} pipelines{})",
+                    file.display(),
+                    program.rules.len(),
+                    names.len(),
+                    if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// The built-in default pipeline.
+const DEFAULT_HCP: &str = include_str!("../passes/default.hcp");
+
+fn pick_pipeline<'p>(program: &'p hcc::dsl::Program, name: Option<&str>) -> Result<&'p hcc::dsl::ast::Pipeline> {
+    let names: Vec<&str> = program.pipelines.iter().map(|p| p.name.name.as_str()).collect();
+    match name {
+        Some(n) => program
+            .pipeline(n)
+            .with_context(|| format!("no pipeline '{n}' (the file has: {})", names.join(", "))),
+        None => match program.pipelines.as_slice() {
+            [only] => Ok(only),
+            [] => bail!("the pass file defines no pipeline"),
+            _ => program
+                .pipeline("default")
+                .with_context(|| format!("several pipelines ({}): choose one with --pipeline", names.join(", "))),
+        },
+    }
 }
 
 fn default_output(model: &Path) -> PathBuf {

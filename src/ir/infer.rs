@@ -50,6 +50,9 @@ struct Content {
 /// Largest number of elements whose contents are tracked.
 const MAX_CONTENT: usize = 64;
 
+/// Largest rank taken from the length of a shape tensor of unknown contents.
+const MAX_RANK: usize = 1024;
+
 /// Why a node's outputs could not be typed.
 #[derive(Debug)]
 enum Fail {
@@ -278,10 +281,10 @@ impl Cx<'_> {
         self.content(i)?.items.iter().map(Dim::known).collect()
     }
 
-    /// Length of the 1-D input `i` from its type, when known.
+    /// Length of the 1-D input `i` from its type, when known (and plausible as a rank).
     fn len1(&self, i: usize) -> Option<usize> {
         match self.shape(i).ok()?.as_slice() {
-            [Dim::Known(k)] => usize::try_from(*k).ok(),
+            [Dim::Known(k)] => usize::try_from(*k).ok().filter(|&k| k <= MAX_RANK),
             _ => None,
         }
     }

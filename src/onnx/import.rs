@@ -125,7 +125,17 @@ impl ExternalResolver for FileResolver {
 /// Convert a decoded `ModelProto` into the IR. `path` names the source in errors.
 pub fn import(p: ModelProto, resolver: &dyn ExternalResolver, path: &Path) -> Result<Model, ImportError> {
     let graph = p.graph.as_ref().ok_or_else(|| ImportError::NoGraph(path.to_path_buf()))?;
-    let graph = import_graph(graph, resolver)?;
+    let mut graph = import_graph(graph, resolver)?;
+    let opset = p
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+        .and_then(|o| o.version)
+        .unwrap_or(1);
+    let stats = crate::ir::infer::infer_shapes(&mut graph, opset);
+    for w in &stats.warnings {
+        tracing::debug!("shape inference: {w}");
+    }
     Ok(Model {
         ir_version: p.ir_version.unwrap_or(0),
         opset_import: p

@@ -430,8 +430,7 @@ fn transpose(cx: &Cx) -> R<Vec<Out>> {
             if p.len() != x.len() {
                 return bad(format!("perm {p:?} does not fit rank {}", x.len()));
             }
-            let p = norm_axes(&p, x.len())?;
-            p
+            norm_axes(&p, x.len())?
         }
         None => (0..x.len()).rev().collect(),
     };
@@ -527,10 +526,7 @@ fn split(cx: &Cx) -> R<Vec<Out>> {
     let ax = norm_axis(cx.attr_int("axis", 0)?, data.len())?;
     let d = data[ax].clone();
     let sizes: Option<Vec<Dim>> = if cx.opset >= 13 && cx.has(1) {
-        match cx.content(1) {
-            Some(c) => Some(c.items.clone()),
-            None => None,
-        }
+        cx.content(1).map(|c| c.items.clone())
     } else if let (true, Some(s)) = (cx.opset < 13, cx.attr_ints("split")?) {
         Some(known_items(&s))
     } else {
@@ -758,6 +754,13 @@ fn slice_len(d: &Dim, start: &Dim, end: &Dim, step: i64) -> Dim {
     /// Ends at or beyond this are "to the end" whatever the (sane) dimension.
     const BIG: i64 = i32::MAX as i64;
     match (d, start, end) {
+        (Dim::Known(d), _, _) if *d <= 0 => {
+            if *d == 0 {
+                Dim::Known(0)
+            } else {
+                Dim::Unknown
+            }
+        }
         (Dim::Known(d), Dim::Known(s), Dim::Known(e)) => {
             let (d, s, e, step) = (*d as i128, *s as i128, *e as i128, step as i128);
             let s = if s < 0 { s + d } else { s };
@@ -779,18 +782,22 @@ fn slice_len(d: &Dim, start: &Dim, end: &Dim, step: i64) -> Dim {
     }
 }
 
+/// Slice's starts and ends (contents, when known), axes and steps (`Err(Missing)`: given but
+/// unknown; `Ok(None)`: not given).
+type SliceArgs = (
+    Option<Vec<Dim>>,
+    Option<Vec<Dim>>,
+    R<Option<Vec<i64>>>,
+    R<Option<Vec<i64>>>,
+);
+
 fn slice(cx: &Cx) -> R<Vec<Out>> {
     let elem = cx.elem(0);
     let Ok(x) = cx.shape(0) else {
         return one(Out::new(elem, None));
     };
     let from_inputs = cx.opset >= 10;
-    let (starts, ends, axes, steps): (
-        Option<Vec<Dim>>,
-        Option<Vec<Dim>>,
-        R<Option<Vec<i64>>>,
-        R<Option<Vec<i64>>>,
-    ) = if from_inputs {
+    let (starts, ends, axes, steps): SliceArgs = if from_inputs {
         let opt = |i: usize| {
             if cx.has(i) {
                 cx.ints(i).map(Some).ok_or(Fail::Missing)
@@ -875,7 +882,7 @@ fn slice(cx: &Cx) -> R<Vec<Out>> {
     }
     // Contents of a sliced 1-D shape vector.
     let mut c = None;
-    if let Some(src) = cx.content(0).filter(|c| !c.scalar) {
+    if let Some(src) = cx.content(0).filter(|c| !c.scalar && !c.items.is_empty()) {
         if let ([0], [Dim::Known(s)], [Dim::Known(e)], [step]) =
             (&axes[..], &starts[..], &ends[..], &steps[..])
         {

@@ -979,6 +979,30 @@ fn never_panics_on_garbage() {
 }
 
 #[test]
+fn empty_and_negative_extents() {
+    let mut b = B::new(17);
+    let x = b.f("0,-3,4");
+    let (s, e, st) = (b.ints(&[-1, 0]), b.ints(&[i64::MIN, 9]), b.ints(&[-1, -2]));
+    let ax = b.ints(&[0, 1]);
+    let y = b.node("Slice", &[x, s, e, ax, st], vec![]);
+    let empty = b.ints(&[]);
+    let (s1, e1, a1, m1) = (
+        b.ints(&[-1]),
+        b.ints(&[i64::MIN]),
+        b.ints(&[0]),
+        b.ints(&[-1]),
+    );
+    let z = b.node("Slice", &[empty, s1, e1, a1, m1], vec![]);
+    let huge = b.input(DType::I64, "9223372036854775807");
+    let r = b.node("Reshape", &[x, huge], vec![]);
+    let c = b.node("ConstantOfShape", &[huge], vec![]);
+    b.run();
+    assert_eq!(b.t(y), "float[0,?,4]");
+    assert_eq!(b.t(z), "int64[0]");
+    assert_eq!((b.t(r), b.t(c)), ("float".into(), "float".into()));
+}
+
+#[test]
 fn cycle_is_a_warning() {
     let mut b = B::new(17);
     let x = b.f("2");

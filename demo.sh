@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up on a fresh machine and run hcc on shipped examples:
+# fetch the real models and the Python judge (onnx + onnxruntime), build hcc, inspect a model,
+# compile one, and have onnx.checker and onnxruntime judge the output.
+set -euo pipefail
+cd "$(dirname "$0")"
+export HCC_MODELS="${HCC_MODELS:-$HOME/.cache/hcc-models}"
+PY="$HCC_MODELS/venv/bin/python"
+
+bash ../shared/models/fetch.sh "$HCC_MODELS"
+cargo build --release
+HCC=target/release/hcc
+mkdir -p out
+
+echo "== hcc inspect (a GPT-2 whose LM head is stored as a transposed copy of the embedding)"
+$HCC inspect "$HCC_MODELS/gpt2-tiny-untied-random.onnx"
+
+echo "== hcc compile examples/mlp.onnxtxt (a model written in the ONNX textual syntax)"
+$HCC compile examples/mlp.onnxtxt -o out/mlp.onnx
+$HCC print out/mlp.onnx
+
+echo "== hcc compile gpt2-small-random.onnx, judged by onnx.checker and onnxruntime"
+$HCC compile "$HCC_MODELS/gpt2-small-random.onnx" -o out/gpt2-small.hcc.onnx
+"$PY" tests/python/judge_check.py out/gpt2-small.hcc.onnx
+"$PY" tests/python/judge_run.py "$HCC_MODELS/gpt2-small-random.onnx" out/gpt2-small.hcc.onnx --seq 8 --require-identical

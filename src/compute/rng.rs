@@ -1,0 +1,45 @@
+//! A counter-based Gaussian generator: element `(row, col)` of a sketch is a pure function of
+//! `(seed, col, row)`, so sketches are identical whatever the order or threads that fill them,
+//! and column `j` does not depend on how many columns there are.
+
+/// SplitMix64's finaliser: a bijective 64-bit mixer.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A standard normal sample for `(seed, col, row)` (Box–Muller on two hashed uniforms).
+pub(crate) fn normal(seed: u64, col: u64, row: u64) -> f64 {
+    let key = mix(mix(seed) ^ col.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let h1 = mix(key ^ row.wrapping_mul(2));
+    let h2 = mix(key ^ row.wrapping_mul(2).wrapping_add(1));
+    // u1 in (0, 1], u2 in [0, 1).
+    let u1 = ((h1 >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+    let u2 = (h2 >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// A `rows × cols` Gaussian matrix, row-major `f32`: element `(i, j)` is `normal(seed, j, i)`.
+pub(crate) fn gaussian_f32(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        for j in 0..cols {
+            out.push(normal(seed, j as u64, i as u64) as f32);
+        }
+    }
+    out
+}
+
+/// As [`gaussian_f32`], in `f64`.
+#[cfg(test)]
+pub(crate) fn gaussian_f64(seed: u64, rows: usize, cols: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        for j in 0..cols {
+            out.push(normal(seed, j as u64, i as u64));
+        }
+    }
+    out
+}

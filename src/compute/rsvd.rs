@@ -1,0 +1,221 @@
+//! Randomized SVD (Halko–Martinsson–Tropp) with Cholesky-QR2 orthonormalisation.
+//!
+//! The large products (`W·X`, `Wᵀ·X`, `Qᵀ·W`) run in `f32`; everything that decides
+//! orthogonality (Gram matrices, Cholesky, `Y·R⁻¹`) and the small SVD of `B` run in `f64`.
+
+use faer::MatRef;
+
+use super::dense::{cholesky_upper, gram, inv_upper, mul_rows, svd_f64, to_f32, to_f64};
+use super::{Factors, Matrix, MatrixRef};
+
+/// Cholesky-QR passes tried before falling back to an `f64` SVD basis.
+const MAX_PASSES: usize = 4;
+
+/// An orthonormal basis (`m × k`, row-major `f64`) of the columns of `y` (`m × k`, row-major).
+///
+/// Cholesky-QR2: `G = YᵀY`, `G = RᵀR`, `Q = Y R⁻¹`, twice. If a Gram is not numerically
+/// positive definite, the pass uses a shifted Cholesky (`G + sI`, shifted Cholesky-QR3) and
+/// further passes follow until the input of a pass is already close to orthonormal. If that
+/// does not happen within [`MAX_PASSES`] (numerically rank-deficient `y`), the basis comes from
+/// an `f64` SVD of `y`, which is orthonormal whatever the rank.
+pub(crate) fn orth(y: Vec<f64>, m: usize, k: usize) -> Result<Vec<f64>, String> {
+    let mut q = y.clone();
+    for pass in 0..MAX_PASSES {
+        let g = gram(&q, m, k);
+        let dev = (0..k)
+            .flat_map(|i| (0..k).map(move |j| (i, j)))
+            .map(|(i, j)| (g[i * k + j] - if i == j { 1.0 } else { 0.0 }).abs())
+            .fold(0.0f64, f64::max);
+        // A pass over an input this close to orthonormal leaves it orthonormal to f64 rounding.
+        let finishes = pass > 0 && dev < 0.5;
+        let r = match cholesky_upper(&g, k) {
+            Some(r) => r,
+            None => match shifted_cholesky(&g, m, k) {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let rinv = inv_upper(&r, k);
+        q = mul_rows(
+            MatRef::from_row_major_slice(&q, m, k),
+            MatRef::from_row_major_slice(&rinv, k, k),
+        );
+        if finishes {
+            return Ok(q);
+        }
+    }
+    eprintln!("FALLBACK m={m} k={k}");
+    // Rank-deficient sketch: an orthonormal basis from the SVD (f64 Householder inside).
+    let (u, _, _) = svd_f64(MatRef::from_row_major_slice(&y, m, k), true)?;
+    let mut out = vec![0.0f64; m * k];
+    for i in 0..m {
+        for j in 0..k.min(u.ncols()) {
+            out[i * k + j] = u[(i, j)];
+        }
+    }
+    Ok(out)
+}
+
+/// Cholesky of `g + sI` with the shift of Fukaya et al. (shifted Cholesky-QR3),
+/// `s = 11 (mk + k(k+1)) u ‖Y‖²` (with `trace(G) ≥ ‖Y‖₂²`), growing it if still not enough.
+fn shifted_cholesky(g: &[f64], m: usize, k: usize) -> Option<Vec<f64>> {
+    eprintln!("SHIFTED m={m} k={k}");
+    let trace: f64 = (0..k).map(|i| g[i * k + i]).sum();
+    if !(trace.is_finite() && trace > 0.0) {
+        return None;
+    }
+    let mut s = 11.0 * ((m * k + k * (k + 1)) as f64) * f64::EPSILON * trace;
+    for _ in 0..4 {
+        let mut gs = g.to_vec();
+        for i in 0..k {
+            gs[i * k + i] += s;
+        }
+        if let Some(r) = cholesky_upper(&gs, k) {
+            return Some(r);
+        }
+        s *= 100.0;
+    }
+    None
+}
+
+/// Orthonormal `f64` basis `Q` (`m × k`) of the range of `W` (`m × n`) from the sketch `omega`
+/// (`n × k`) with `power_iters` power iterations, re-orthonormalised after every multiply.
+fn range_finder(
+    w: MatrixRef<'_>,
+    omega: MatRef<'_, f32>,
+    power_iters: usize,
+) -> Result<Vec<f64>, String> {
+    let (m, n) = w.shape();
+    let k = omega.ncols();
+    let a = w.faer();
+    let y = mul_rows(a, omega);
+    let mut q = orth(to_f64(&y), m, k)?;
+    for _ in 0..power_iters {
+        let q32 = to_f32(&q);
+        let z = mul_rows(a.transpose(), MatRef::from_row_major_slice(&q32, m, k));
+        let p = to_f32(&orth(to_f64(&z), n, k)?);
+        let y = mul_rows(a, MatRef::from_row_major_slice(&p, n, k));
+        q = orth(to_f64(&y), m, k)?;
+    }
+    Ok(q)
+}
+
+/// `Bᵀ = Wᵀ Q` (`n × k`, row-major `f64`), the transposed projection of `W` on `Q`.
+fn project_t(w: MatrixRef<'_>, q: &[f64], k: usize) -> Vec<f64> {
+    let q32 = to_f32(q);
+    let bt = mul_rows(
+        w.faer().transpose(),
+        MatRef::from_row_major_slice(&q32, w.rows(), k),
+    );
+    to_f64(&bt)
+}
+
+/// Randomized rank-`rank` factors of `w` with sketch `omega` (`n × k`, `k ≥ rank`).
+pub(crate) fn lowrank_one(
+    w: MatrixRef<'_>,
+    rank: usize,
+    omega: MatRef<'_, f32>,
+    power_iters: usize,
+) -> Result<Factors, String> {
+    let (m, n) = w.shape();
+    let k = omega.ncols();
+    let q = range_finder(w, omega, power_iters)?;
+    let bt = project_t(w, &q, k);
+    // Bᵀ = Vb S Ubᵀ  ⇔  B = Ub S Vbᵀ.
+    let (vb, s, ub) = svd_f64(MatRef::from_row_major_slice(&bt, n, k), true)?;
+    let r = rank.min(s.len());
+    // U = Q · Ub[:, :r] in f64.
+    let ub_r: Vec<f64> = (0..k)
+        .flat_map(|i| (0..r).map(move |j| (i, j)))
+        .map(|(i, j)| ub[(i, j)])
+        .collect();
+    let u = mul_rows(
+        MatRef::from_row_major_slice(&q, m, k),
+        MatRef::from_row_major_slice(&ub_r, k, r),
+    );
+    let mut vt = vec![0.0f32; r * n];
+    for l in 0..r {
+        for j in 0..n {
+            vt[l * n + j] = vb[(j, l)] as f32;
+        }
+    }
+    Ok(finish(to_f32(&u), &s[..r], vt, m, n, r))
+}
+
+/// The top `kk` singular values of `w` from a randomized sketch `omega` (`n × k`, `k ≥ kk`).
+pub(crate) fn spectrum_one(
+    w: MatrixRef<'_>,
+    kk: usize,
+    omega: MatRef<'_, f32>,
+    power_iters: usize,
+) -> Result<Vec<f32>, String> {
+    let k = omega.ncols();
+    let q = range_finder(w, omega, power_iters)?;
+    let bt = project_t(w, &q, k);
+    let (_, s, _) = svd_f64(MatRef::from_row_major_slice(&bt, w.cols(), k), false)?;
+    Ok(s.iter().take(kk).map(|&x| x as f32).collect())
+}
+
+/// Exact truncated SVD of `w` in `f64`.
+pub(crate) fn exact_one(w: MatrixRef<'_>, rank: usize) -> Result<Factors, String> {
+    let (m, n) = w.shape();
+    let a = to_f64(w.data());
+    let (u, s, v) = svd_f64(MatRef::from_row_major_slice(&a, m, n), true)?;
+    let r = rank.min(s.len());
+    let mut uu = vec![0.0f32; m * r];
+    for i in 0..m {
+        for l in 0..r {
+            uu[i * r + l] = u[(i, l)] as f32;
+        }
+    }
+    let mut vt = vec![0.0f32; r * n];
+    for l in 0..r {
+        for j in 0..n {
+            vt[l * n + j] = v[(j, l)] as f32;
+        }
+    }
+    Ok(finish(uu, &s[..r], vt, m, n, r))
+}
+
+/// Exact top singular values of `w` in `f64`.
+pub(crate) fn exact_spectrum(w: MatrixRef<'_>, kk: usize) -> Result<Vec<f32>, String> {
+    let (m, n) = w.shape();
+    let a = to_f64(w.data());
+    let (_, s, _) = svd_f64(MatRef::from_row_major_slice(&a, m, n), false)?;
+    Ok(s.iter().take(kk).map(|&x| x as f32).collect())
+}
+
+/// Assemble factors with normalised signs: in each row of `vt`, the entry of largest
+/// magnitude (first on ties) is made positive, flipping the matching column of `u`.
+fn finish(mut u: Vec<f32>, s: &[f64], mut vt: Vec<f32>, m: usize, n: usize, r: usize) -> Factors {
+    for l in 0..r {
+        let row = &vt[l * n..(l + 1) * n];
+        let mut best = 0usize;
+        for (j, v) in row.iter().enumerate() {
+            if v.abs() > row[best].abs() {
+                best = j;
+            }
+        }
+        if n > 0 && row[best] < 0.0 {
+            for v in &mut vt[l * n..(l + 1) * n] {
+                *v = -*v;
+            }
+            for i in 0..m {
+                u[i * r + l] = -u[i * r + l];
+            }
+        }
+    }
+    Factors {
+        u: Matrix {
+            rows: m,
+            cols: r,
+            data: u,
+        },
+        s: s.iter().map(|&x| x as f32).collect(),
+        vt: Matrix {
+            rows: r,
+            cols: n,
+            data: vt,
+        },
+    }
+}

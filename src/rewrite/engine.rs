@@ -1,0 +1,494 @@
+//! The engine: runs a pipeline's stages in order. A stage matches one rule at every candidate
+//! site in a deterministic order (nodes in topological order, constants in stored order),
+//! evaluates its clauses, applies the resulting patch, then removes dead nodes and constants,
+//! re-infers shapes and verifies the graph.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::eval::{Eval, Memo, Patch};
+use super::matcher::{match_at, op_matches, Bindings, Root};
+use super::value::Val;
+use crate::dsl::ast::{Arg, Expr, Pattern, Pipeline, Rule, Step};
+use crate::ir::{verify, Graph, Model, Node, Tensor, ValueDef, ValueId};
+
+/// Why a pipeline could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    /// A `run` step names a rule the program does not have (the checker prevents this).
+    #[error("pipeline step runs unknown rule '{0}'")]
+    UnknownRule(String),
+    /// A rule argument is wrong.
+    #[error("rule '{rule}': {detail}")]
+    Argument { rule: String, detail: String },
+    /// A stage left the graph invalid: a bug in a rule (or in hcc).
+    #[error("after rule '{rule}' the graph is invalid: {source}")]
+    Invalid {
+        rule: String,
+        #[source]
+        source: verify::VerifyError,
+    },
+}
+
+/// One place a rule fired or nearly did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Site {
+    /// The matched node's name (or the constant's name for constant patterns).
+    pub at: String,
+    /// The matched node's operation (`const` for constants).
+    pub op: String,
+    /// What was done, or why the match did not hold.
+    pub detail: String,
+}
+
+/// What one stage (one `run`) did.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageReport {
+    pub rule: String,
+    /// The round within a `repeat` block (1-based), if any.
+    pub round: Option<u32>,
+    pub fired: Vec<Site>,
+    pub near_misses: Vec<Site>,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    pub params_before: u64,
+    pub params_after: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Kernel calls answered from the memo (the same constant transformed at several sites).
+    pub memo_hits: usize,
+}
+
+/// What a whole pipeline did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RewriteReport {
+    pub pipeline: String,
+    pub stages: Vec<StageReport>,
+}
+
+/// Looks up rules by name, and the source text of an expression (for near-miss reasons).
+pub trait RuleSource {
+    /// The rule called `name`.
+    fn rule(&self, name: &str) -> Option<&Rule>;
+    /// The source text of `e`.
+    fn text(&self, e: &Expr) -> String;
+}
+
+/// Stored parameters and bytes of a graph's constants (initializers and `Constant` nodes).
+pub fn stored_size(g: &Graph) -> (u64, u64) {
+    let mut params = 0u64;
+    let mut bytes = 0u64;
+    for &v in g.initializers() {
+        match &g.value(v).def {
+            ValueDef::Initializer(t) => {
+                params += t.num_elements() as u64;
+                bytes += t.byte_len() as u64;
+            }
+            ValueDef::SparseInitializer(s) => {
+                params += s.values.num_elements() as u64;
+                bytes += (s.values.byte_len() + s.indices.byte_len()) as u64;
+            }
+            _ => {}
+        }
+    }
+    (params, bytes)
+}
+
+/// Runs rules on one model.
+pub struct Engine<'a> {
+    pub model: &'a mut Model,
+    pub rules: &'a dyn RuleSource,
+    memo: Memo,
+    stored: HashMap<usize, ValueId>,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine over `model`.
+    pub fn new(model: &'a mut Model, rules: &'a dyn RuleSource) -> Engine<'a> {
+        Engine {
+            model,
+            rules,
+            memo: Memo::default(),
+            stored: HashMap::new(),
+        }
+    }
+
+    /// Run every step of `pipeline`.
+    pub fn run_pipeline(&mut self, pipeline: &Pipeline) -> Result<RewriteReport, RewriteError> {
+        let mut report = RewriteReport {
+            pipeline: pipeline.name.name.clone(),
+            stages: Vec::new(),
+        };
+        self.steps(&pipeline.steps, None, &mut report)?;
+        Ok(report)
+    }
+
+    fn steps(&mut self, steps: &[Step], round: Option<u32>, report: &mut RewriteReport) -> Result<usize, RewriteError> {
+        let mut fired = 0;
+        for step in steps {
+            match step {
+                Step::Run { rule, args, .. } => {
+                    let r = self.rules.rule(&rule.name).ok_or_else(|| RewriteError::UnknownRule(rule.name.clone()))?;
+                    let mut stage = self.run_rule(r, args)?;
+                    stage.round = round;
+                    fired += stage.fired.len();
+                    report.stages.push(stage);
+                }
+                Step::Repeat { max, steps, .. } => {
+                    for k in 1..=*max {
+                        let n = self.steps(steps, Some(k), report)?;
+                        fired += n;
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Run one rule at every site, then clean up and verify.
+    pub fn run_rule(&mut self, rule: &Rule, args: &[Arg]) -> Result<StageReport, RewriteError> {
+        let params = self.params(rule, args)?;
+        let g = &self.model.graph;
+        let (params_before, bytes_before) = stored_size(g);
+        let nodes_before = g.node_count();
+        let hits_before = self.memo.hits;
+        let mut fired = Vec::new();
+        let mut misses = Vec::new();
+
+        let candidates: Vec<Root> = match &rule.pattern {
+            Pattern::Op { op, .. } => {
+                let order = g.topo_order().map_err(|e| RewriteError::Invalid {
+                    rule: rule.name.name.clone(),
+                    source: e.into(),
+                })?;
+                order.into_iter().filter(|&n| op_matches(g, n, &op.op.name)).map(Root::Node).collect()
+            }
+            Pattern::Const { .. } => g
+                .initializers()
+                .iter()
+                .copied()
+                .filter(|v| matches!(g.value(*v).def, ValueDef::Initializer(_)) && !g.inputs.contains(v))
+                .map(Root::Const)
+                .collect(),
+        };
+        let mut order = self.order();
+        for root in candidates {
+            let g = &self.model.graph;
+            let live = match root {
+                Root::Node(n) => g.contains_node(n),
+                Root::Const(v) => !matches!(g.value(v).def, ValueDef::Removed),
+            };
+            if !live {
+                continue;
+            }
+            let site = |g: &Graph, detail: String| match root {
+                Root::Node(n) => Site {
+                    at: g.node(n).name.clone(),
+                    op: g.node(n).op_type.clone(),
+                    detail,
+                },
+                Root::Const(v) => Site {
+                    at: g.value(v).name.clone(),
+                    op: "const".into(),
+                    detail,
+                },
+            };
+            let m = match match_at(g, &rule.pattern, root, &params) {
+                Ok(m) => m,
+                Err(miss) => {
+                    if !miss.at_root {
+                        misses.push(site(g, miss.reason));
+                    }
+                    continue;
+                }
+            };
+            let root_order = match root {
+                Root::Const(v) => order.get(&v).copied(),
+                Root::Node(_) => None,
+            };
+            let mut ev = Eval {
+                g,
+                b: m.bindings,
+                patch: Patch::default(),
+                memo: &mut self.memo,
+                root_order,
+                order: &order,
+            };
+            let rules = self.rules;
+            if let Err(reason) = ev.clauses(&rule.clauses, &|e| rules.text(e)) {
+                misses.push(site(g, reason));
+                continue;
+            }
+            let patch = ev.patch;
+            let hint = match root {
+                Root::Node(n) => g.node(n).name.clone(),
+                Root::Const(v) => g.value(v).name.clone(),
+            };
+            let before = site(g, String::new());
+            match self.apply(patch, &hint) {
+                Some(detail) => {
+                    fired.push(Site { detail, ..before });
+                    order = self.order();
+                }
+                None => misses.push(Site {
+                    detail: "the replacement is what is already there".into(),
+                    ..before
+                }),
+            }
+        }
+
+        let g = &mut self.model.graph;
+        g.remove_dead();
+        let opset = self.model.onnx_opset().unwrap_or(1);
+        crate::ir::infer::infer_shapes(&mut self.model.graph, opset);
+        verify::verify(&self.model.graph).map_err(|source| RewriteError::Invalid {
+            rule: rule.name.name.clone(),
+            source,
+        })?;
+        let (params_after, bytes_after) = stored_size(&self.model.graph);
+        Ok(StageReport {
+            rule: rule.name.name.clone(),
+            round: None,
+            fired,
+            near_misses: misses,
+            nodes_before,
+            nodes_after: self.model.graph.node_count(),
+            params_before,
+            params_after,
+            bytes_before,
+            bytes_after,
+            memo_hits: self.memo.hits - hits_before,
+        })
+    }
+
+    fn order(&self) -> HashMap<ValueId, usize> {
+        self.model.graph.initializers().iter().enumerate().map(|(i, &v)| (v, i)).collect()
+    }
+
+    /// Parameter bindings from `run` arguments and defaults.
+    fn params(&mut self, rule: &Rule, args: &[Arg]) -> Result<Bindings, RewriteError> {
+        let err = |detail: String| RewriteError::Argument {
+            rule: rule.name.name.clone(),
+            detail,
+        };
+        let mut b = Bindings::default();
+        let order = HashMap::new();
+        let mut memo = Memo::default();
+        let mut ev = Eval {
+            g: &self.model.graph,
+            b: Bindings::default(),
+            patch: Patch::default(),
+            memo: &mut memo,
+            root_order: None,
+            order: &order,
+        };
+        for (i, p) in rule.params.iter().enumerate() {
+            let arg = args
+                .iter()
+                .find(|a| a.name.as_ref().is_some_and(|n| n.name == p.name.name))
+                .or_else(|| args.get(i).filter(|a| a.name.is_none()));
+            let v = match (arg, &p.default) {
+                (Some(a), _) => ev.expr(&a.value).map_err(err)?,
+                (None, Some(d)) => ev.expr(d).map_err(err)?,
+                (None, None) => return Err(err(format!("parameter '{}' has no value", p.name.name))),
+            };
+            b.set(&p.name.name, v);
+        }
+        Ok(b)
+    }
+
+    /// Apply a patch. Returns a description, or `None` if it changes nothing.
+    fn apply(&mut self, patch: Patch, hint: &str) -> Option<String> {
+        let g = &self.model.graph;
+        // A patch whose every emit re-defines a value as itself changes nothing.
+        if patch.emits.iter().all(|(t, v)| matches!(v, Val::Value(x) if x == t)) {
+            return None;
+        }
+        let mut created: HashSet<ValueId> = HashSet::new();
+        let mut outs: Vec<Vec<Option<ValueId>>> = Vec::new();
+        let mut details = Vec::new();
+        let direct: HashMap<usize, ValueId> = patch
+            .emits
+            .iter()
+            .filter_map(|(t, v)| match v {
+                Val::Planned(i, 0) => Some((*i, *t)),
+                _ => None,
+            })
+            .collect();
+        let _ = g;
+        for (i, pn) in patch.nodes.iter().enumerate() {
+            let mut inputs = Vec::new();
+            for v in &pn.inputs {
+                inputs.push(self.resolve(v, &outs, &mut created, &format!("{hint}.{}", pn.op_type)));
+            }
+            let g = &mut self.model.graph;
+            let base = direct.get(&i).map(|t| g.value(*t).name.clone()).unwrap_or_else(|| format!("{hint}.{}", pn.op_type));
+            let names: Vec<Option<String>> = (0..pn.outputs).map(|k| Some(g.fresh_name(&if k == 0 { base.clone() } else { format!("{base}.{k}") }))).collect();
+            let mut node = Node::new(pn.op_type.clone(), fresh_node_name(g, &format!("{hint}/{}", pn.op_type)));
+            node.domain = pn.domain.clone();
+            node.attributes = pn.attributes.clone();
+            let (_, o) = match g.add_node(node, inputs, names) {
+                Ok(x) => x,
+                Err(_) => return None,
+            };
+            created.extend(o.iter().flatten().copied());
+            outs.push(o);
+        }
+        for (target, v) in &patch.emits {
+            let target_name = self.model.graph.value(*target).name.clone();
+            let Some(new) = self.resolve(v, &outs, &mut created, &target_name) else { continue };
+            if new == *target {
+                continue;
+            }
+            let fresh = created.contains(&new);
+            let g = &mut self.model.graph;
+            let is_output = g.outputs.contains(target);
+            if created.contains(&new) {
+                // The new definition takes the old name: names (and graph outputs) stay stable.
+                let declared = g.value(*target).declared.clone();
+                let tomb = g.fresh_name(&format!("{target_name}.replaced"));
+                let _ = g.rename_value(*target, tomb);
+                let _ = g.rename_value(new, target_name.clone());
+                if is_output {
+                    g.value_mut(new).declared = declared;
+                }
+                g.replace_uses(*target, new);
+                details.push(format!("'{}' ← {}", target_name, self.describe(new, fresh)));
+            } else if is_output {
+                // An existing value replaces a graph output: keep the output's name.
+                let tomb = g.fresh_name(&format!("{target_name}.replaced"));
+                let declared = g.value(*target).declared.clone();
+                let _ = g.rename_value(*target, tomb);
+                let node = Node::new("Identity", fresh_node_name(g, &format!("{hint}/Identity")));
+                if let Ok((_, o)) = g.add_node(node, vec![Some(new)], vec![Some(target_name.clone())]) {
+                    if let Some(id) = o[0] {
+                        g.value_mut(id).declared = declared;
+                        g.replace_uses(*target, id);
+                    }
+                }
+                details.push(format!("'{}' ← Identity({})", target_name, self.describe(new, fresh)));
+            } else {
+                g.replace_uses(*target, new);
+                details.push(format!("'{}' ← {}", target_name, self.describe(new, fresh)));
+            }
+        }
+        if details.is_empty() {
+            None
+        } else {
+            Some(details.join("; "))
+        }
+    }
+
+    fn describe(&self, v: ValueId, fresh: bool) -> String {
+        let g = &self.model.graph;
+        match &g.value(v).def {
+            ValueDef::Node(n, _) => {
+                let node = g.node(*n);
+                let args: Vec<String> = node.inputs().iter().map(|i| i.map_or("_".into(), |i| format!("'{}'", g.value(i).name))).collect();
+                format!("{}({})", node.op_type, args.join(", "))
+            }
+            ValueDef::Initializer(t) if fresh => format!("new constant {}{:?}", t.dtype, t.dims),
+            ValueDef::Initializer(t) => format!("constant '{}' {}{:?}", g.value(v).name, t.dtype, t.dims),
+            _ => format!("'{}'", g.value(v).name),
+        }
+    }
+
+    /// The graph value for an evaluated operand, storing new constants (once per content).
+    fn resolve(&mut self, v: &Val, outs: &[Vec<Option<ValueId>>], created: &mut HashSet<ValueId>, hint: &str) -> Option<ValueId> {
+        match v {
+            Val::Value(id) => Some(*id),
+            Val::Planned(i, p) => outs.get(*i).and_then(|o| o.get(*p).copied().flatten()),
+            Val::Tensor(t) => {
+                let id = self.materialise(t, hint);
+                if let Some(id) = id {
+                    if self.model.graph.value(id).uses().is_empty() {
+                        created.insert(id);
+                    }
+                }
+                id
+            }
+            _ => None,
+        }
+    }
+
+    /// Store a kernel result as a constant, reusing an identical stored one.
+    fn materialise(&mut self, t: &Arc<Tensor>, hint: &str) -> Option<ValueId> {
+        let key = Arc::as_ptr(t) as usize;
+        let g = &mut self.model.graph;
+        if let Some(&v) = self.stored.get(&key) {
+            if matches!(g.value(v).def, ValueDef::Initializer(_)) {
+                return Some(v);
+            }
+        }
+        for &v in g.initializers() {
+            if let ValueDef::Initializer(x) = &g.value(v).def {
+                if x.dtype == t.dtype && x.dims == t.dims && !g.inputs.contains(&v) && x.data == t.data {
+                    self.stored.insert(key, v);
+                    return Some(v);
+                }
+            }
+        }
+        let name = g.fresh_name(hint);
+        let v = g.add_initializer(name, (**t).clone()).ok()?;
+        self.stored.insert(key, v);
+        Some(v)
+    }
+}
+
+fn fresh_node_name(g: &Graph, base: &str) -> String {
+    let taken: HashSet<&str> = g.node_ids().into_iter().map(|n| g.node(n).name.as_str()).collect();
+    if !taken.contains(base) {
+        return base.to_string();
+    }
+    (1..).map(|i| format!("{base}_{i}")).find(|n| !taken.contains(n.as_str())).unwrap_or_default()
+}
+
+/// Human-readable `--explain` text for a pipeline run.
+pub fn render_explain(r: &RewriteReport, max_misses: usize) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(o, "pipeline {}", r.pipeline);
+    for s in &r.stages {
+        let round = s.round.map(|k| format!(" (round {k})")).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "\nrule {}{round}: fired {} time{}, {} near miss{}; nodes {} → {}, stored bytes {} → {}",
+            s.rule,
+            s.fired.len(),
+            if s.fired.len() == 1 { "" } else { "s" },
+            s.near_misses.len(),
+            if s.near_misses.len() == 1 { "" } else { "es" },
+            s.nodes_before,
+            s.nodes_after,
+            s.bytes_before,
+            s.bytes_after
+        );
+        for f in &s.fired {
+            let _ = writeln!(o, "  fired  {} [{}]: {}", f.at, f.op, f.detail);
+        }
+        for m in s.near_misses.iter().take(max_misses) {
+            let _ = writeln!(o, "  miss   {} [{}]: {}", m.at, m.op, m.detail);
+        }
+        if s.near_misses.len() > max_misses {
+            let _ = writeln!(o, "  ... and {} more near misses", s.near_misses.len() - max_misses);
+        }
+        if s.fired.is_empty() && s.near_misses.is_empty() {
+            let _ = writeln!(o, "  (no candidate site in this model)");
+        }
+    }
+    o
+}
+
+impl RuleSource for crate::dsl::Program {
+    fn rule(&self, name: &str) -> Option<&Rule> {
+        crate::dsl::Program::rule(self, name)
+    }
+    fn text(&self, e: &Expr) -> String {
+        self.sources.text(e.span).to_string()
+    }
+}

@@ -1,0 +1,497 @@
+//! Evaluation of `where`, `let`, `emit` and `require` clauses for one match: builtins, kernels
+//! (memoised), and the plan of new operations (a [`Patch`]), which the engine applies only once
+//! every clause has passed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::kernels;
+use super::matcher::{const_tensor, Bindings};
+use super::value::Val;
+use crate::dsl::ast::{Arg, BinaryOp, Clause, Expr, ExprKind, Literal, UnaryOp};
+use crate::ir::{AttrValue, Attribute, DType, Graph, Tensor, ValueDef, ValueId};
+
+/// An operation planned by `emit`.
+#[derive(Clone, Debug)]
+pub struct PlannedNode {
+    pub op_type: String,
+    pub domain: String,
+    pub attributes: Vec<Attribute>,
+    pub inputs: Vec<Val>,
+    pub outputs: usize,
+}
+
+/// What one rule application will do: new operations, and new definitions for matched values.
+#[derive(Clone, Debug, Default)]
+pub struct Patch {
+    pub nodes: Vec<PlannedNode>,
+    /// (matched value, its replacement)
+    pub emits: Vec<(ValueId, Val)>,
+}
+
+/// Kernel results, memoised per (kernel, arguments): a constant used at several sites is
+/// transformed once, and the identical result is stored once.
+#[derive(Default)]
+pub struct Memo {
+    map: HashMap<String, Val>,
+    pub hits: usize,
+    pub misses: usize,
+}
+
+/// Evaluation context for one match.
+pub struct Eval<'a> {
+    pub g: &'a Graph,
+    pub b: Bindings,
+    pub patch: Patch,
+    pub memo: &'a mut Memo,
+    /// Position of the matched constant in stored order (for `stored`), if the root is one.
+    pub root_order: Option<usize>,
+    /// Position of every initializer in stored order.
+    pub order: &'a HashMap<ValueId, usize>,
+}
+
+type R<T> = Result<T, String>;
+
+impl Eval<'_> {
+    /// Run the clauses after `match` in order. `Err` is a near-miss reason.
+    pub fn clauses(&mut self, clauses: &[Clause], src: &dyn Fn(&Expr) -> String) -> R<()> {
+        let mut requires = Vec::new();
+        for c in clauses {
+            match c {
+                Clause::Where(e) => {
+                    if !self.truth(e)? {
+                        return Err(format!("where {} is false{}", src(e), self.explain_false(e)));
+                    }
+                }
+                Clause::Let { names, value, .. } => {
+                    let v = self.expr(value)?;
+                    if names.len() == 1 {
+                        self.b.set(&names[0].name, v);
+                    } else {
+                        match v {
+                            Val::Tuple(items) | Val::List(items) if items.len() == names.len() => {
+                                for (n, item) in names.iter().zip(items) {
+                                    self.b.set(&n.name, item);
+                                }
+                            }
+                            other => return Err(format!("let needs {} values, got a {}", names.len(), other.kind())),
+                        }
+                    }
+                }
+                Clause::Emit { targets, value, .. } => {
+                    let v = self.expr(value)?;
+                    let values: Vec<Val> = if targets.len() == 1 { vec![v] } else { self.items(v, targets.len())? };
+                    for (t, v) in targets.iter().zip(values) {
+                        match self.b.get(&t.name).cloned() {
+                            Some(Val::Value(target)) => self.patch.emits.push((target, v)),
+                            Some(Val::List(outs)) => {
+                                let vs = self.items(v, outs.len())?;
+                                for (o, v) in outs.iter().zip(vs) {
+                                    if let Val::Value(target) = o {
+                                        self.patch.emits.push((*target, v));
+                                    }
+                                }
+                            }
+                            Some(Val::None) => {}
+                            _ => return Err(format!("'{}' is not a matched value", t.name)),
+                        }
+                    }
+                }
+                Clause::Require(e) => requires.push(e),
+            }
+        }
+        for e in requires {
+            if !self.truth(e)? {
+                return Err(format!("require {} is false{}", src(e), self.explain_false(e)));
+            }
+        }
+        Ok(())
+    }
+
+    fn items(&self, v: Val, n: usize) -> R<Vec<Val>> {
+        match v {
+            Val::List(items) | Val::Tuple(items) if items.len() == n => Ok(items),
+            Val::List(items) | Val::Tuple(items) => Err(format!("{} values for {n} targets", items.len())),
+            other => Err(format!("a {} for {n} targets", other.kind())),
+        }
+    }
+
+    /// For a false comparison, the values of both sides (`: 4096 < 65536`).
+    fn explain_false(&mut self, e: &Expr) -> String {
+        if let ExprKind::Binary(op, a, b) = &e.kind {
+            if !matches!(op, BinaryOp::And | BinaryOp::Or) {
+                if let (Ok(x), Ok(y)) = (self.expr(a), self.expr(b)) {
+                    return format!(" ({} vs {})", show(self.g, &x), show(self.g, &y));
+                }
+            }
+        }
+        String::new()
+    }
+
+    fn truth(&mut self, e: &Expr) -> R<bool> {
+        match self.expr(e)? {
+            Val::Bool(b) => Ok(b),
+            other => Err(format!("expected a bool, got a {}", other.kind())),
+        }
+    }
+
+    /// Evaluate an expression.
+    pub fn expr(&mut self, e: &Expr) -> R<Val> {
+        Ok(match &e.kind {
+            ExprKind::Lit(l) => match l {
+                Literal::Int(i) => Val::Int(*i),
+                Literal::Float(f) => Val::Float(*f),
+                Literal::Str(s) => Val::Str(s.clone()),
+                Literal::Bool(b) => Val::Bool(*b),
+                Literal::Ints(v) => Val::List(v.iter().map(|&i| Val::Int(i)).collect()),
+            },
+            ExprKind::Name(n) => self.b.get(&n.name).cloned().ok_or_else(|| format!("'{}' is not bound", n.name))?,
+            ExprKind::List(items) => Val::List(items.iter().map(|x| self.expr(x)).collect::<R<_>>()?),
+            ExprKind::Plan => Val::Plan,
+            ExprKind::None => Val::None,
+            ExprKind::Unary(op, x) => {
+                let v = self.expr(x)?;
+                match (op, v) {
+                    (UnaryOp::Not, Val::Bool(b)) => Val::Bool(!b),
+                    (UnaryOp::Neg, Val::Int(i)) => Val::Int(-i),
+                    (UnaryOp::Neg, Val::Float(f)) => Val::Float(-f),
+                    (_, v) => return Err(format!("cannot apply {op:?} to a {}", v.kind())),
+                }
+            }
+            ExprKind::Binary(op, a, b) => {
+                if matches!(op, BinaryOp::And | BinaryOp::Or) {
+                    let x = self.truth(a)?;
+                    if (*op == BinaryOp::And && !x) || (*op == BinaryOp::Or && x) {
+                        return Ok(Val::Bool(x));
+                    }
+                    return Ok(Val::Bool(self.truth(b)?));
+                }
+                let x = self.expr(a)?;
+                let y = self.expr(b)?;
+                binary(*op, &x, &y)?
+            }
+            ExprKind::Call { func, args } => self.call(&func.name, args)?,
+            ExprKind::Op { op, attrs, args } => {
+                let (domain, op_type) = match op.name.rsplit_once('.') {
+                    Some((d, o)) => (d.to_string(), o.to_string()),
+                    None => (String::new(), op.name.clone()),
+                };
+                let mut attributes = Vec::new();
+                for (name, x) in attrs {
+                    let v = self.expr(x)?;
+                    attributes.push(Attribute::new(name.name.clone(), to_attr(&v).ok_or_else(|| format!("attribute {} cannot hold a {}", name.name, v.kind()))?));
+                }
+                let inputs = args.iter().map(|x| self.expr(x)).collect::<R<Vec<_>>>()?;
+                self.patch.nodes.push(PlannedNode {
+                    op_type,
+                    domain,
+                    attributes,
+                    inputs,
+                    outputs: 1,
+                });
+                Val::Planned(self.patch.nodes.len() - 1, 0)
+            }
+        })
+    }
+
+    fn args(&mut self, args: &[Arg]) -> R<Vec<(Option<String>, Val)>> {
+        args.iter()
+            .map(|a| Ok((a.name.as_ref().map(|n| n.name.clone()), self.expr(&a.value)?)))
+            .collect()
+    }
+
+    fn tensor(&self, v: &Val) -> R<Arc<Tensor>> {
+        match v {
+            Val::Tensor(t) => Ok(t.clone()),
+            Val::Value(id) => const_tensor(self.g, *id)
+                .map(|t| Arc::new(t.clone()))
+                .ok_or_else(|| format!("'{}' is not a stored constant", self.g.value(*id).name)),
+            other => Err(format!("expected a constant, got a {}", other.kind())),
+        }
+    }
+
+    fn ints(&self, v: &Val) -> R<Option<Vec<i64>>> {
+        Ok(match v {
+            Val::None => None,
+            Val::List(items) => Some(items.iter().map(|x| x.as_int().ok_or("expected ints")).collect::<Result<_, _>>()?),
+            Val::Attr(AttrValue::Ints(v)) => Some(v.clone()),
+            Val::Int(i) => Some(vec![*i]),
+            Val::Attr(AttrValue::Int(i)) => Some(vec![*i]),
+            other => Some(self.tensor(other)?.to_i64_vec().ok_or("expected an integer constant")?),
+        })
+    }
+
+    fn key(&self, v: &Val) -> String {
+        match v {
+            Val::Value(id) => format!("v{}", id.0),
+            Val::Tensor(t) => format!("d{:016x}", t.digest()),
+            Val::List(items) => format!("[{}]", items.iter().map(|x| self.key(x)).collect::<Vec<_>>().join(",")),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn memo(&mut self, kernel: &str, args: &[(Option<String>, Val)], f: impl FnOnce(&Self) -> R<Val>) -> R<Val> {
+        let key = format!(
+            "{kernel}({})",
+            args.iter().map(|(n, v)| format!("{}{}", n.as_deref().map(|n| format!("{n}=")).unwrap_or_default(), self.key(v))).collect::<Vec<_>>().join(",")
+        );
+        if let Some(v) = self.memo.map.get(&key) {
+            self.memo.hits += 1;
+            return Ok(v.clone());
+        }
+        self.memo.misses += 1;
+        let v = f(self)?;
+        self.memo.map.insert(key, v.clone());
+        Ok(v)
+    }
+
+    fn value_of(&self, v: &Val) -> R<ValueId> {
+        match v {
+            Val::Value(id) => Ok(*id),
+            other => Err(format!("expected a graph value, got a {}", other.kind())),
+        }
+    }
+
+    fn dims_of(&self, v: &Val) -> R<Vec<i64>> {
+        match v {
+            Val::Tensor(t) => Ok(t.dims.clone()),
+            Val::Value(id) => {
+                if let Some(t) = const_tensor(self.g, *id) {
+                    return Ok(t.dims.clone());
+                }
+                let val = self.g.value(*id);
+                val.ty()
+                    .and_then(|t| t.known_dims())
+                    .ok_or_else(|| format!("the shape of '{}' is not fully known", val.name))
+            }
+            other => Err(format!("expected a value, got a {}", other.kind())),
+        }
+    }
+
+    fn call(&mut self, func: &str, args: &[Arg]) -> R<Val> {
+        // `stored(transpose(X))` looks for an earlier constant that is X transposed without
+        // materialising the transpose: candidates are compared element by element.
+        if func == "stored" {
+            return self.stored(args);
+        }
+        let a = self.args(args)?;
+        let pos = |i: usize, name: &str| -> Option<&Val> {
+            a.iter().find(|(n, _)| n.as_deref() == Some(name)).map(|(_, v)| v).or_else(|| a.get(i).filter(|(n, _)| n.is_none()).map(|(_, v)| v))
+        };
+        let need = |i: usize, name: &str| pos(i, name).cloned().ok_or_else(|| format!("{func}: missing argument {name}"));
+        match func {
+            "numel" => Ok(Val::Int(self.dims_of(&need(0, "x")?)?.iter().product())),
+            "rank" => Ok(Val::Int(self.dims_of(&need(0, "x")?)?.len() as i64)),
+            "dim" => {
+                let d = self.dims_of(&need(0, "x")?)?;
+                let i = need(1, "axis")?.as_int().ok_or("dim: axis must be an int")?;
+                let k = if i < 0 { i + d.len() as i64 } else { i };
+                d.get(k as usize).map(|&x| Val::Int(x)).ok_or_else(|| format!("dim: axis {i} out of range"))
+            }
+            "uses" => {
+                let v = self.value_of(&need(0, "x")?)?;
+                let outputs = self.g.outputs.iter().filter(|&&o| o == v).count();
+                Ok(Val::Int((self.g.value(v).uses().len() + outputs) as i64))
+            }
+            "is_output" => Ok(Val::Bool(self.g.outputs.contains(&self.value_of(&need(0, "x")?)?))),
+            "len" => match need(0, "x")? {
+                Val::List(v) | Val::Tuple(v) => Ok(Val::Int(v.len() as i64)),
+                other => Err(format!("len of a {}", other.kind())),
+            },
+            "name" => match need(0, "x")? {
+                Val::Value(v) => Ok(Val::Str(self.g.value(v).name.clone())),
+                _ => Ok(Val::Str(String::new())),
+            },
+            "starts_with" | "ends_with" | "contains" => match (need(0, "s")?, need(1, "pattern")?) {
+                (Val::Str(s), Val::Str(p)) => Ok(Val::Bool(match func {
+                    "starts_with" => s.starts_with(&p),
+                    "ends_with" => s.ends_with(&p),
+                    _ => s.contains(&p),
+                })),
+                _ => Err(format!("{func} takes two strings")),
+            },
+            "transpose" => {
+                let x = need(0, "x")?;
+                let perm = pos(1, "perm").cloned().unwrap_or(Val::None);
+                self.memo("transpose", &a, |me| {
+                    let t = me.tensor(&x)?;
+                    let p = me.ints(&perm)?;
+                    Ok(Val::Tensor(Arc::new(kernels::transpose(&t, p.as_deref())?)))
+                })
+            }
+            "slice" => {
+                let x = need(0, "x")?;
+                let (s, e) = (need(1, "starts")?, need(2, "ends")?);
+                let ax = pos(3, "axes").cloned().unwrap_or(Val::None);
+                let st = pos(4, "steps").cloned().unwrap_or(Val::None);
+                self.memo("slice", &a, |me| {
+                    let t = me.tensor(&x)?;
+                    let s = me.ints(&s)?.ok_or("slice: starts required")?;
+                    let e = me.ints(&e)?.ok_or("slice: ends required")?;
+                    let ax = me.ints(&ax)?;
+                    let st = me.ints(&st)?;
+                    Ok(Val::Tensor(Arc::new(kernels::slice(&t, &s, &e, ax.as_deref(), st.as_deref())?)))
+                })
+            }
+            "concat" => {
+                let xs = match need(0, "xs")? {
+                    Val::List(v) => v,
+                    other => return Err(format!("concat takes a list, got a {}", other.kind())),
+                };
+                let axis = need(1, "axis")?.as_int().ok_or("concat: axis must be an int")?;
+                self.memo("concat", &a, |me| {
+                    let ts = xs.iter().map(|x| me.tensor(x)).collect::<R<Vec<_>>>()?;
+                    let refs: Vec<&Tensor> = ts.iter().map(|t| t.as_ref()).collect();
+                    Ok(Val::Tensor(Arc::new(kernels::concat(&refs, axis)?)))
+                })
+            }
+            "split" => {
+                let x = need(0, "x")?;
+                let axis = pos(1, "axis").and_then(Val::as_int).unwrap_or(0);
+                let sizes = pos(2, "sizes").cloned().unwrap_or(Val::None);
+                let n = pos(3, "n").and_then(Val::as_int).unwrap_or(1).max(1) as usize;
+                self.memo("split", &a, |me| {
+                    let t = me.tensor(&x)?;
+                    let s = me.ints(&sizes)?;
+                    let parts = kernels::split(&t, axis, s.as_deref(), n)?;
+                    Ok(Val::List(parts.into_iter().map(|p| Val::Tensor(Arc::new(p))).collect()))
+                })
+            }
+            other => Err(format!("'{other}' is not available in this version of hcc")),
+        }
+    }
+
+    fn stored(&mut self, args: &[Arg]) -> R<Val> {
+        let arg = args.first().ok_or("stored: missing argument")?;
+        let root_order = self.root_order.unwrap_or(usize::MAX);
+        let earlier = |g: &Graph, dtype: DType, dims: &[i64]| -> Vec<ValueId> {
+            let mut c: Vec<(usize, ValueId)> = g
+                .initializers()
+                .iter()
+                .filter_map(|&v| {
+                    let o = *self.order.get(&v)?;
+                    match &g.value(v).def {
+                        ValueDef::Initializer(t) if o < root_order && t.dtype == dtype && t.dims == dims && !g.inputs.contains(&v) => Some((o, v)),
+                        _ => None,
+                    }
+                })
+                .collect();
+            c.sort();
+            c.into_iter().map(|(_, v)| v).collect()
+        };
+        // Fast path: stored(transpose(X)) for 2-D X.
+        if let ExprKind::Call { func, args: inner } = &arg.value.kind {
+            if func.name == "transpose" && inner.len() == 1 {
+                let x = self.expr(&inner[0].value)?;
+                let t = self.tensor(&x)?;
+                if t.dims.len() == 2 {
+                    let want = [t.dims[1], t.dims[0]];
+                    for c in earlier(self.g, t.dtype, &want) {
+                        if let ValueDef::Initializer(ct) = &self.g.value(c).def {
+                            if crate::report::inspect::is_transpose(ct, &t) {
+                                return Ok(Val::Value(c));
+                            }
+                        }
+                    }
+                    return Err(format!("no constant stored before it equals transpose({})", show(self.g, &x)));
+                }
+            }
+        }
+        let x = self.expr(&arg.value)?;
+        let t = self.tensor(&x)?;
+        for c in earlier(self.g, t.dtype, &t.dims) {
+            if Some(c) == self.value_of(&x).ok() {
+                continue;
+            }
+            if let ValueDef::Initializer(ct) = &self.g.value(c).def {
+                if ct.data == t.data {
+                    return Ok(Val::Value(c));
+                }
+            }
+        }
+        Err(format!("no constant stored before it equals {}", show(self.g, &x)))
+    }
+}
+
+/// Binary operators on ints, floats, strings, bools.
+fn binary(op: BinaryOp, x: &Val, y: &Val) -> R<Val> {
+    use BinaryOp::*;
+    if let (Some(a), Some(b), true) = (x.as_int(), y.as_int(), !matches!(x, Val::Float(_)) && !matches!(y, Val::Float(_))) {
+        return Ok(match op {
+            Add => Val::Int(a.checked_add(b).ok_or("integer overflow")?),
+            Sub => Val::Int(a.checked_sub(b).ok_or("integer overflow")?),
+            Mul => Val::Int(a.checked_mul(b).ok_or("integer overflow")?),
+            Div => Val::Int(a.checked_div(b).ok_or("division by zero")?),
+            Rem => Val::Int(a.checked_rem(b).ok_or("division by zero")?),
+            Eq => Val::Bool(a == b),
+            Ne => Val::Bool(a != b),
+            Lt => Val::Bool(a < b),
+            Le => Val::Bool(a <= b),
+            Gt => Val::Bool(a > b),
+            Ge => Val::Bool(a >= b),
+            And | Or => unreachable!("handled by the caller"),
+        });
+    }
+    if let (Some(a), Some(b)) = (x.as_float(), y.as_float()) {
+        return Ok(match op {
+            Add => Val::Float(a + b),
+            Sub => Val::Float(a - b),
+            Mul => Val::Float(a * b),
+            Div => Val::Float(a / b),
+            Rem => Val::Float(a % b),
+            Eq => Val::Bool(a == b),
+            Ne => Val::Bool(a != b),
+            Lt => Val::Bool(a < b),
+            Le => Val::Bool(a <= b),
+            Gt => Val::Bool(a > b),
+            Ge => Val::Bool(a >= b),
+            And | Or => unreachable!("handled by the caller"),
+        });
+    }
+    match (op, x, y) {
+        (Eq, Val::Str(a), Val::Str(b)) => Ok(Val::Bool(a == b)),
+        (Ne, Val::Str(a), Val::Str(b)) => Ok(Val::Bool(a != b)),
+        (Eq, Val::Bool(a), Val::Bool(b)) => Ok(Val::Bool(a == b)),
+        (Ne, Val::Bool(a), Val::Bool(b)) => Ok(Val::Bool(a != b)),
+        (Eq, Val::None, other) | (Eq, other, Val::None) => Ok(Val::Bool(matches!(other, Val::None))),
+        (Ne, Val::None, other) | (Ne, other, Val::None) => Ok(Val::Bool(!matches!(other, Val::None))),
+        _ => Err(format!("cannot apply {op:?} to a {} and a {}", x.kind(), y.kind())),
+    }
+}
+
+/// An attribute from a value (for emitted operations).
+fn to_attr(v: &Val) -> Option<AttrValue> {
+    Some(match v {
+        Val::Int(i) => AttrValue::Int(*i),
+        Val::Float(f) => AttrValue::Float(*f as f32),
+        Val::Bool(b) => AttrValue::Int(*b as i64),
+        Val::Str(s) => AttrValue::String(bytes::Bytes::from(s.clone().into_bytes())),
+        Val::Attr(a) => a.clone(),
+        Val::List(items) => {
+            if let Some(ints) = items.iter().map(Val::as_int).collect::<Option<Vec<_>>>() {
+                AttrValue::Ints(ints)
+            } else {
+                AttrValue::Floats(items.iter().map(|x| x.as_float().map(|f| f as f32)).collect::<Option<Vec<_>>>()?)
+            }
+        }
+        Val::Tensor(t) => AttrValue::Tensor((**t).clone()),
+        _ => return None,
+    })
+}
+
+/// A value, shown for reports: names for graph values, type and shape for new constants.
+pub fn show(g: &Graph, v: &Val) -> String {
+    match v {
+        Val::Int(i) => i.to_string(),
+        Val::Float(f) => f.to_string(),
+        Val::Bool(b) => b.to_string(),
+        Val::Str(s) => format!("{s:?}"),
+        Val::None => "none".into(),
+        Val::Value(id) => format!("'{}'", g.value(*id).name),
+        Val::Tensor(t) => format!("{}{:?}", t.dtype, t.dims),
+        Val::Planned(i, _) => format!("operation #{i}"),
+        Val::List(items) | Val::Tuple(items) => format!("[{}]", items.iter().map(|x| show(g, x)).collect::<Vec<_>>().join(", ")),
+        Val::Attr(a) => format!("{a:?}"),
+        Val::Plan => "plan".into(),
+    }
+}
