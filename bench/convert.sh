@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: `hcc convert` vs Python `onnx.save(onnx.load(path), out)` on the two ~500 MB models,
-# and `hcc inspect` wall time. Wall time and peak RSS from `/usr/bin/time -f '%e %M'`; REPS
+# and `hcc inspect` wall time; `cp` of the same file as the floor (the kernel's cost of writing
+# that many bytes). Wall time and peak RSS from `/usr/bin/time -f '%e %M'`; REPS
 # repetitions per tool, hcc and Python interleaved; medians; prints a markdown report.
 #
 # Usage: bash bench/convert.sh            (from the crate root; builds release first)
@@ -71,16 +72,17 @@ minmax() { sort -g -k"$2","$2" "$1" | awk -v c="$2" 'NR == 1 { lo = $c } { hi = 
 PYSAVE='import sys, onnx; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])'
 for m in "${BENCH_MODELS[@]}"; do
     in=$MODELS/$m
-    : > "$TMP/$m.hcc"; : > "$TMP/$m.py"; : > "$TMP/$m.insp"
+    : > "$TMP/$m.hcc"; : > "$TMP/$m.py"; : > "$TMP/$m.insp"; : > "$TMP/$m.cp"
     for r in $(seq "$REPS"); do
-        rm -f "$TMP/hcc.onnx" "$TMP/py.onnx"
+        rm -f "$TMP/hcc.onnx" "$TMP/py.onnx" "$TMP/cp.onnx"
         timed "$TMP/$m.hcc" "$HCC" -q convert "$in" -o "$TMP/hcc.onnx"
         timed "$TMP/$m.py" "$PY" -c "$PYSAVE" "$in" "$TMP/py.onnx"
         timed "$TMP/$m.insp" "$HCC" inspect "$in"
+        timed "$TMP/$m.cp" cp "$in" "$TMP/cp.onnx"
     done
     cmp -s "$in" "$TMP/hcc.onnx" && echo identical > "$TMP/$m.hcc.same" || echo DIFFERENT > "$TMP/$m.hcc.same"
     cmp -s "$in" "$TMP/py.onnx" && echo identical > "$TMP/$m.py.same" || echo different > "$TMP/$m.py.same"
-    rm -f "$TMP/hcc.onnx" "$TMP/py.onnx"
+    rm -f "$TMP/hcc.onnx" "$TMP/py.onnx" "$TMP/cp.onnx"
 done
 # Python's fixed cost: interpreter start + `import onnx`.
 : > "$TMP/import"
@@ -93,10 +95,10 @@ echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d:
 echo "- hcc: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes'), $("$HCC" --version); python: $("$PY" -c 'import onnx, sys; print(sys.version.split()[0], "onnx", onnx.__version__)')"
 echo "- load before: \`$LOAD_START\`"
 echo "- load after:  \`$LOAD_END\`"
-echo "- $REPS repetitions each, interleaved (hcc convert, python, hcc inspect); input in page cache; \`sync\` before each run; medians (range)"
+echo "- $REPS repetitions each, interleaved (hcc convert, python, hcc inspect, cp); input in page cache; \`sync\` before each run; medians (range)"
 echo
-echo "| model | file MB | hcc convert s | python s | speedup | hcc peak RSS MB | RSS / file | python peak RSS MB | python RSS / file | hcc inspect s | output = input |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| model | file MB | hcc convert s | python s | speedup | hcc peak RSS MB | RSS / file | python peak RSS MB | python RSS / file | hcc inspect s | cp s (floor) | output = input |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 ok_speed=1; ok_rss=1; ok_insp=1
 for m in "${BENCH_MODELS[@]}"; do
     size=$(stat -c %s "$MODELS/$m")
@@ -106,10 +108,10 @@ for m in "${BENCH_MODELS[@]}"; do
     speed=$(awk -v a="$pt" -v b="$ht" 'BEGIN { printf "%.1f", (b > 0 ? a / b : 0) }')
     hrr=$(awk -v r="$hr" -v s="$size" 'BEGIN { printf "%.2f", r * 1024 / s }')
     prr=$(awk -v r="$pr" -v s="$size" 'BEGIN { printf "%.2f", r * 1024 / s }')
-    printf '| %s | %s | %s (%s) | %s (%s) | %sx | %.0f | %s | %.0f | %s | %s (%s) | hcc %s, python %s |\n' \
+    printf '| %s | %s | %s (%s) | %s (%s) | %sx | %.0f | %s | %.0f | %s | %s (%s) | %s (%s) | hcc %s, python %s |\n' \
         "$m" "$mb" "$ht" "$(minmax "$TMP/$m.hcc" 1)" "$pt" "$(minmax "$TMP/$m.py" 1)" "$speed" \
         "$(awk -v r="$hr" 'BEGIN { print r / 1024 }')" "$hrr" "$(awk -v r="$pr" 'BEGIN { print r / 1024 }')" "$prr" \
-        "$it" "$(minmax "$TMP/$m.insp" 1)" "$(cat "$TMP/$m.hcc.same")" "$(cat "$TMP/$m.py.same")"
+        "$it" "$(minmax "$TMP/$m.insp" 1)" "$(median "$TMP/$m.cp" 1)" "$(minmax "$TMP/$m.cp" 1)" "$(cat "$TMP/$m.hcc.same")" "$(cat "$TMP/$m.py.same")"
     above 5 "$speed" && ok_speed=0
     above "$hrr" 1.2 && ok_rss=0
     above "$it" 0.5 && ok_insp=0

@@ -92,6 +92,19 @@ fn main() -> anyhow::Result<()> {
         rayon::current_num_threads()
     );
 
+    // Touch every weight once so that paging the memory-mapped file in is timed apart.
+    let t = Instant::now();
+    let mut checksum = 0.0f64;
+    for datas in groups.values() {
+        for d in datas {
+            checksum += d.iter().step_by(1024).map(|&x| x as f64).sum::<f64>();
+        }
+    }
+    println!(
+        "page-in of the weights {:.3}s (checksum {checksum:.3})",
+        t.elapsed().as_secs_f64()
+    );
+
     let backend = Cpu::new();
     let mut total = 0.0f64;
     let mut sites = 0usize;

@@ -115,7 +115,10 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("hcc={level}")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -143,7 +146,9 @@ fn diagnostic(e: &anyhow::Error) -> Option<String> {
         }
     };
     let mut out = String::new();
-    miette::GraphicalReportHandler::new().render_report(&mut out, d).ok()?;
+    miette::GraphicalReportHandler::new()
+        .render_report(&mut out, d)
+        .ok()?;
     Some(out)
 }
 
@@ -186,7 +191,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             let pipe = pick_pipeline(&program, pipeline.as_deref())?;
             let mut m = onnx::load(&model)?;
-            hcc::ir::verify::verify(&m.graph).with_context(|| format!("'{}' does not verify", model.display()))?;
+            hcc::ir::verify::verify(&m.graph)
+                .with_context(|| format!("'{}' does not verify", model.display()))?;
             let (p0, b0) = hcc::rewrite::engine::stored_size(&m.graph);
             let report = hcc::rewrite::Engine::new(&mut m, &program).run_pipeline(pipe)?;
             if explain {
@@ -211,13 +217,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check { file } => {
             let program = hcc::dsl::load(&file)?;
             if !cli.quiet {
-                let names: Vec<&str> = program.pipelines.iter().map(|p| p.name.name.as_str()).collect();
+                let names: Vec<&str> = program
+                    .pipelines
+                    .iter()
+                    .map(|p| p.name.name.as_str())
+                    .collect();
                 println!(
                     "{}: ok ({} rules, {} pipelines{})",
                     file.display(),
                     program.rules.len(),
                     names.len(),
-                    if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
+                    if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", names.join(", "))
+                    }
                 );
             }
         }
@@ -228,8 +242,15 @@ fn run(cli: Cli) -> Result<()> {
 /// The built-in default pipeline.
 const DEFAULT_HCP: &str = include_str!("../passes/default.hcp");
 
-fn pick_pipeline<'p>(program: &'p hcc::dsl::Program, name: Option<&str>) -> Result<&'p hcc::dsl::ast::Pipeline> {
-    let names: Vec<&str> = program.pipelines.iter().map(|p| p.name.name.as_str()).collect();
+fn pick_pipeline<'p>(
+    program: &'p hcc::dsl::Program,
+    name: Option<&str>,
+) -> Result<&'p hcc::dsl::ast::Pipeline> {
+    let names: Vec<&str> = program
+        .pipelines
+        .iter()
+        .map(|p| p.name.name.as_str())
+        .collect();
     match name {
         Some(n) => program
             .pipeline(n)
@@ -237,15 +258,21 @@ fn pick_pipeline<'p>(program: &'p hcc::dsl::Program, name: Option<&str>) -> Resu
         None => match program.pipelines.as_slice() {
             [only] => Ok(only),
             [] => bail!("the pass file defines no pipeline"),
-            _ => program
-                .pipeline("default")
-                .with_context(|| format!("several pipelines ({}): choose one with --pipeline", names.join(", "))),
+            _ => program.pipeline("default").with_context(|| {
+                format!(
+                    "several pipelines ({}): choose one with --pipeline",
+                    names.join(", ")
+                )
+            }),
         },
     }
 }
 
 fn default_output(model: &Path) -> PathBuf {
-    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     model.with_file_name(format!("{stem}.hcc.onnx"))
 }
 
@@ -253,7 +280,10 @@ fn default_output(model: &Path) -> PathBuf {
 fn refuse_overwrite_input(input: &Path, output: &Path) -> Result<()> {
     if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
         if a == b {
-            bail!("output '{}' is the input file; write to another path", output.display());
+            bail!(
+                "output '{}' is the input file; write to another path",
+                output.display()
+            );
         }
     }
     Ok(())
@@ -271,6 +301,10 @@ fn report_saved(path: &Path, stats: &onnx::SaveStats, quiet: bool) {
             p.display(),
             inspect::human_bytes(stats.external_bytes)
         ),
-        None => eprintln!("wrote {} ({})", path.display(), inspect::human_bytes(stats.model_bytes)),
+        None => eprintln!(
+            "wrote {} ({})",
+            path.display(),
+            inspect::human_bytes(stats.model_bytes)
+        ),
     }
 }

@@ -27,9 +27,19 @@ fn write(dir: &Path, name: &str, m: &ModelProto) -> PathBuf {
 fn expect_failure(input: &Path, needles: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.onnx");
-    let r = common::hcc().arg("convert").arg(input).arg("-o").arg(&out).output().unwrap();
+    let r = common::hcc()
+        .arg("convert")
+        .arg(input)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success(), "expected failure for {}", input.display());
+    assert!(
+        !r.status.success(),
+        "expected failure for {}",
+        input.display()
+    );
     assert_eq!(r.status.code(), Some(1), "exit code; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     for n in needles {
@@ -44,7 +54,13 @@ fn the_valid_base_case_converts() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "ok.onnx", &tiny());
     let out = dir.path().join("out.onnx");
-    let r = common::hcc().arg("convert").arg(&p).arg("-o").arg(&out).output().unwrap();
+    let r = common::hcc()
+        .arg("convert")
+        .arg(&p)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let a = hcc::onnx::to_text(&hcc::onnx::load(&p).unwrap()).unwrap();
     let b = hcc::onnx::to_text(&hcc::onnx::load(&out).unwrap()).unwrap();
@@ -78,7 +94,10 @@ fn not_protobuf() {
 
 #[test]
 fn missing_input_file() {
-    expect_failure(Path::new("/nonexistent/model.onnx"), &["/nonexistent/model.onnx", "cannot read"]);
+    expect_failure(
+        Path::new("/nonexistent/model.onnx"),
+        &["/nonexistent/model.onnx", "cannot read"],
+    );
 }
 
 #[test]
@@ -101,7 +120,12 @@ fn unknown_dtype() {
     expect_failure(&p, &["tensor 'W'", "unknown data type code 77"]);
 
     let mut m = tiny();
-    if let Some(proto::type_proto::Value::TensorType(t)) = &mut m.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap().value {
+    if let Some(proto::type_proto::Value::TensorType(t)) = &mut m.graph.as_mut().unwrap().input[0]
+        .r#type
+        .as_mut()
+        .unwrap()
+        .value
+    {
         t.elem_type = Some(99);
     }
     let p = write(dir.path(), "elem.onnx", &m);
@@ -113,10 +137,17 @@ fn externalize(m: &mut ModelProto, location: &str, offset: &str, length: &str) {
     w.float_data.clear();
     w.raw_data = None;
     w.data_location = Some(proto::data_location::EXTERNAL);
-    w.external_data = [("location", location), ("offset", offset), ("length", length)]
-        .iter()
-        .map(|(k, v)| proto::StringStringEntryProto { key: Some(k.to_string()), value: Some(v.to_string()) })
-        .collect();
+    w.external_data = [
+        ("location", location),
+        ("offset", offset),
+        ("length", length),
+    ]
+    .iter()
+    .map(|(k, v)| proto::StringStringEntryProto {
+        key: Some(k.to_string()),
+        value: Some(v.to_string()),
+    })
+    .collect();
 }
 
 #[test]
@@ -130,12 +161,42 @@ fn external_data_missing_escaping_or_short() {
     std::os::unix::fs::symlink(dir.path().join("outside.bin"), sub.join("link.bin")).unwrap();
 
     let cases: [(&str, &str, &str, &[&str]); 6] = [
-        ("missing.bin", "0", "32", &["tensor 'W'", "missing.bin", "does not exist"]),
-        ("../outside.bin", "0", "32", &["tensor 'W'", "escapes the model's folder"]),
-        ("/etc/passwd", "0", "32", &["tensor 'W'", "escapes the model's folder"]),
-        ("link.bin", "0", "32", &["tensor 'W'", "outside the model's folder"]),
-        ("short.bin", "0", "32", &["tensor 'W'", "short.bin", "too short"]),
-        ("ok.bin", "48", "32", &["tensor 'W'", "too short for offset 48"]),
+        (
+            "missing.bin",
+            "0",
+            "32",
+            &["tensor 'W'", "missing.bin", "does not exist"],
+        ),
+        (
+            "../outside.bin",
+            "0",
+            "32",
+            &["tensor 'W'", "escapes the model's folder"],
+        ),
+        (
+            "/etc/passwd",
+            "0",
+            "32",
+            &["tensor 'W'", "escapes the model's folder"],
+        ),
+        (
+            "link.bin",
+            "0",
+            "32",
+            &["tensor 'W'", "outside the model's folder"],
+        ),
+        (
+            "short.bin",
+            "0",
+            "32",
+            &["tensor 'W'", "short.bin", "too short"],
+        ),
+        (
+            "ok.bin",
+            "48",
+            "32",
+            &["tensor 'W'", "too short for offset 48"],
+        ),
     ];
     for (loc, off, len, needles) in cases {
         let mut m = tiny();
@@ -201,7 +262,13 @@ fn writing_over_the_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "same.onnx", &tiny());
     let before = std::fs::read(&p).unwrap();
-    let r = common::hcc().arg("convert").arg(&p).arg("-o").arg(&p).output().unwrap();
+    let r = common::hcc()
+        .arg("convert")
+        .arg(&p)
+        .arg("-o")
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("is the input file"));
     assert_eq!(std::fs::read(&p).unwrap(), before);
@@ -211,7 +278,13 @@ fn writing_over_the_input_is_refused() {
 fn unwritable_output_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "ok.onnx", &tiny());
-    let r = common::hcc().arg("convert").arg(&p).arg("-o").arg("/nonexistent-dir/out.onnx").output().unwrap();
+    let r = common::hcc()
+        .arg("convert")
+        .arg(&p)
+        .arg("-o")
+        .arg("/nonexistent-dir/out.onnx")
+        .output()
+        .unwrap();
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("/nonexistent-dir/out.onnx"));
 }

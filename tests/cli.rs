@@ -32,9 +32,19 @@ fn ok(args: &[&OsStr]) -> String {
 fn fails(args: &[&OsStr]) -> String {
     let out = run(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "hcc {:?} should fail:\n{}", args, String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "hcc {:?} should fail:\n{}",
+        args,
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!err.contains("panicked"), "hcc {:?} panicked:\n{err}", args);
-    assert_ne!(out.status.code(), Some(101), "hcc {:?} exited like a panic:\n{err}", args);
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "hcc {:?} exited like a panic:\n{err}",
+        args
+    );
     err
 }
 
@@ -44,7 +54,8 @@ fn os(s: &str) -> &OsStr {
 
 fn inspect_json(model: &Path) -> Value {
     let out = ok(&[os("inspect"), os("--json"), model.as_os_str()]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect --json is not JSON ({e}):\n{out}"))
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("inspect --json is not JSON ({e}):\n{out}"))
 }
 
 fn stats(model: &Path, transposed: bool) -> Value {
@@ -67,7 +78,10 @@ fn help_works_for_every_subcommand() {
     for sub in ["inspect", "print", "convert", "compile"] {
         assert!(top.contains(sub), "hcc --help does not list {sub}:\n{top}");
         let h = ok(&[os(sub), os("--help")]);
-        assert!(h.contains("Usage:") && h.contains(sub), "hcc {sub} --help:\n{h}");
+        assert!(
+            h.contains("Usage:") && h.contains(sub),
+            "hcc {sub} --help:\n{h}"
+        );
         let h2 = ok(&[os("help"), os(sub)]);
         assert_eq!(h, h2, "`hcc {sub} --help` and `hcc help {sub}` differ");
     }
@@ -84,11 +98,18 @@ fn usage_errors_exit_nonzero() {
     fails(&[]);
     fails(&[os("no-such-subcommand")]);
     fails(&[os("convert"), os("x.onnx")]); // no -o
-    // --external-threshold requires --external-data.
+                                           // --external-threshold requires --external-data.
     let m = common::model("gpt2-tiny-random.onnx");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o.onnx");
-    let err = fails(&[os("convert"), m.as_os_str(), os("-o"), out.as_os_str(), os("--external-threshold"), os("10")]);
+    let err = fails(&[
+        os("convert"),
+        m.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("--external-threshold"),
+        os("10"),
+    ]);
     assert!(err.contains("--external-data"), "{err}");
     assert!(!out.exists());
 }
@@ -101,10 +122,18 @@ fn usage_errors_exit_nonzero() {
 fn inspect_reports_transposed_pair_in_untied_gpt2() {
     let m = common::model("gpt2-tiny-untied-random.onnx");
     let truth = stats(&m, true);
-    assert_eq!(truth["transposed"], serde_json::json!([["wte.weight", "lm_head.weight"]]), "judge: {truth}");
+    assert_eq!(
+        truth["transposed"],
+        serde_json::json!([["wte.weight", "lm_head.weight"]]),
+        "judge: {truth}"
+    );
     let j = inspect_json(&m);
     let s = &j["sharing"];
-    assert_eq!(s["transposed"], serde_json::json!([["wte.weight", "lm_head.weight"]]), "{s}");
+    assert_eq!(
+        s["transposed"],
+        serde_json::json!([["wte.weight", "lm_head.weight"]]),
+        "{s}"
+    );
     assert_eq!(s["shared"], serde_json::json!([]), "{s}");
 }
 
@@ -114,17 +143,32 @@ fn inspect_reports_transposed_pair_in_untied_gpt2() {
 fn inspect_reports_tied_embedding_in_gpt2() {
     let m = common::model("gpt2-tiny-random.onnx");
     let truth = stats(&m, true);
-    assert_eq!(truth["shared"]["wte.weight"], serde_json::json!(["Gather", "Transpose->MatMul"]), "judge: {truth}");
+    assert_eq!(
+        truth["shared"]["wte.weight"],
+        serde_json::json!(["Gather", "Transpose->MatMul"]),
+        "judge: {truth}"
+    );
     let j = inspect_json(&m);
     let s = &j["sharing"];
     let shared = s["shared"].as_array().unwrap();
     assert_eq!(shared.len(), 1, "{s}");
     assert_eq!(shared[0]["name"], "wte.weight");
     assert_eq!(shared[0]["bytes"], 1000 * 64 * 4);
-    let readers: Vec<&str> = shared[0]["readers"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    let readers: Vec<&str> = shared[0]["readers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
     assert_eq!(readers.len(), 2, "{readers:?}");
-    assert!(readers.iter().any(|r| r.starts_with("Gather")), "{readers:?}");
-    assert!(readers.iter().any(|r| r.starts_with("Transpose→MatMul")), "{readers:?}");
+    assert!(
+        readers.iter().any(|r| r.starts_with("Gather")),
+        "{readers:?}"
+    );
+    assert!(
+        readers.iter().any(|r| r.starts_with("Transpose→MatMul")),
+        "{readers:?}"
+    );
     assert_eq!(s["transposed"], serde_json::json!([]), "{s}");
     // Every small shared initializer the judge sees is counted in small_shared.
     let small = truth["shared"].as_object().unwrap().len() - 1;
@@ -141,19 +185,54 @@ fn inspect_json_matches_onnx_on_every_real_model() {
         assert_eq!(j["params"], truth["params"], "{name}: params");
         assert_eq!(j["bytes"], truth["bytes"], "{name}: bytes");
         assert_eq!(j["nodes"], truth["nodes"], "{name}: nodes");
-        let ops: serde_json::Map<String, Value> =
-            j["ops"].as_array().unwrap().iter().map(|p| (p[0].as_str().unwrap().to_string(), p[1].clone())).collect();
+        let ops: serde_json::Map<String, Value> = j["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap().to_string(), p[1].clone()))
+            .collect();
         assert_eq!(Value::Object(ops), truth["ops"], "{name}: ops");
         let names = |v: &Value| -> Vec<String> {
-            v.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_string())
+                .collect()
         };
-        assert_eq!(serde_json::json!(names(&j["inputs"])), truth["inputs"], "{name}: inputs");
-        assert_eq!(serde_json::json!(names(&j["outputs"])), truth["outputs"], "{name}: outputs");
-        let tensors: u64 = j["by_dtype"].as_array().unwrap().iter().map(|d| d["tensors"].as_u64().unwrap()).sum();
-        assert_eq!(tensors, truth["initializers"].as_u64().unwrap(), "{name}: initializer count");
-        assert_eq!(j["largest"][0]["name"], truth["largest"][0], "{name}: largest");
-        assert_eq!(j["largest"][0]["bytes"], truth["largest"][1], "{name}: largest bytes");
-        assert_eq!(j["largest"].as_array().unwrap().len(), 10.min(tensors as usize), "{name}: --top default 10");
+        assert_eq!(
+            serde_json::json!(names(&j["inputs"])),
+            truth["inputs"],
+            "{name}: inputs"
+        );
+        assert_eq!(
+            serde_json::json!(names(&j["outputs"])),
+            truth["outputs"],
+            "{name}: outputs"
+        );
+        let tensors: u64 = j["by_dtype"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["tensors"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            tensors,
+            truth["initializers"].as_u64().unwrap(),
+            "{name}: initializer count"
+        );
+        assert_eq!(
+            j["largest"][0]["name"], truth["largest"][0],
+            "{name}: largest"
+        );
+        assert_eq!(
+            j["largest"][0]["bytes"], truth["largest"][1],
+            "{name}: largest bytes"
+        );
+        assert_eq!(
+            j["largest"].as_array().unwrap().len(),
+            10.min(tensors as usize),
+            "{name}: --top default 10"
+        );
         // Shared initializers: those of at least 1 KiB listed with the judge's readers (view
         // ops followed), the smaller ones counted.
         let size = |k: &str| truth["sizes"][k].as_u64().unwrap();
@@ -161,7 +240,12 @@ fn inspect_json_matches_onnx_on_every_real_model() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| (s["name"].as_str().unwrap().to_string(), s["readers"].as_array().unwrap().len()))
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["readers"].as_array().unwrap().len(),
+                )
+            })
             .collect();
         ours.sort();
         let mut theirs: Vec<(String, usize)> = truth["shared"]
@@ -173,7 +257,12 @@ fn inspect_json_matches_onnx_on_every_real_model() {
             .collect();
         theirs.sort();
         assert_eq!(ours, theirs, "{name}: shared (name, reader count)");
-        let small = truth["shared"].as_object().unwrap().keys().filter(|k| size(k) < 1024).count();
+        let small = truth["shared"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| size(k) < 1024)
+            .count();
         assert_eq!(j["sharing"]["small_shared"], small, "{name}: small_shared");
         // Text mode runs too and names the parameter count.
         let text = ok(&[os("inspect"), m.as_os_str()]);
@@ -184,12 +273,20 @@ fn inspect_json_matches_onnx_on_every_real_model() {
 #[test]
 fn inspect_top_limits_largest() {
     let m = common::model("gpt2-tiny-random.onnx");
-    let out = ok(&[os("inspect"), os("--json"), os("--top"), os("3"), m.as_os_str()]);
+    let out = ok(&[
+        os("inspect"),
+        os("--json"),
+        os("--top"),
+        os("3"),
+        m.as_os_str(),
+    ]);
     let j: Value = serde_json::from_str(&out).unwrap();
     let l = j["largest"].as_array().unwrap();
     assert_eq!(l.len(), 3);
     assert_eq!(l[0]["name"], "wte.weight");
-    assert!(l.windows(2).all(|w| w[0]["bytes"].as_u64() >= w[1]["bytes"].as_u64()));
+    assert!(l
+        .windows(2)
+        .all(|w| w[0]["bytes"].as_u64() >= w[1]["bytes"].as_u64()));
 }
 
 // ---- print ----
@@ -201,20 +298,38 @@ fn print_lists_every_node() {
     let m = common::model("gpt2-tiny-random.onnx");
     let truth = stats(&m, false);
     let text = ok(&[os("print"), m.as_os_str()]);
-    let body = &text[text.find("\n{").expect("graph body") + 2..text.rfind('}').expect("end of body")];
+    let body =
+        &text[text.find("\n{").expect("graph body") + 2..text.rfind('}').expect("end of body")];
     let lines: Vec<&str> = body.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len() as u64, truth["nodes"].as_u64().unwrap(), "node lines");
+    assert_eq!(
+        lines.len() as u64,
+        truth["nodes"].as_u64().unwrap(),
+        "node lines"
+    );
     let mut ops = std::collections::BTreeMap::<String, u64>::new();
     for l in &lines {
         // `[name] outs = Op <attrs> (ins)`: the op is the word after the first " = ".
-        let after = &l[l.find(" = ").unwrap_or_else(|| panic!("not a node line: {l}")) + 3..];
-        let op: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.').collect();
+        let after = &l[l
+            .find(" = ")
+            .unwrap_or_else(|| panic!("not a node line: {l}"))
+            + 3..];
+        let op: String = after
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+            .collect();
         *ops.entry(op).or_default() += 1;
     }
-    let truth_ops: std::collections::BTreeMap<String, u64> =
-        truth["ops"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect();
+    let truth_ops: std::collections::BTreeMap<String, u64> = truth["ops"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
     assert_eq!(ops, truth_ops);
-    assert!(text.contains("@fnv64"), "large weights should be elided as digests");
+    assert!(
+        text.contains("@fnv64"),
+        "large weights should be elided as digests"
+    );
 }
 
 /// A model whose constants are all small prints without elision; onnx's own parser must read
@@ -225,19 +340,36 @@ fn print_parses_back_with_onnx_parser() {
     let small = tmp.path().join("small.onnx");
     common::judge("judge_text.py", &[os("make"), small.as_os_str()]);
     let text = ok(&[os("print"), small.as_os_str()]);
-    assert!(!text.contains("@fnv64"), "nothing should be elided:\n{text}");
+    assert!(
+        !text.contains("@fnv64"),
+        "nothing should be elided:\n{text}"
+    );
     let txt = tmp.path().join("small.txt");
     std::fs::write(&txt, &text).unwrap();
     let parsed = tmp.path().join("parsed.onnx");
-    common::judge("judge_text.py", &[os("parse"), txt.as_os_str(), parsed.as_os_str()]);
+    common::judge(
+        "judge_text.py",
+        &[os("parse"), txt.as_os_str(), parsed.as_os_str()],
+    );
     let out = common::judge(
         "judge_run.py",
-        &[small.as_os_str(), parsed.as_os_str(), os("--require-identical")],
+        &[
+            small.as_os_str(),
+            parsed.as_os_str(),
+            os("--require-identical"),
+        ],
     );
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["results"][0]["outputs"].as_array().unwrap().len(), 3, "{out}");
+    assert_eq!(
+        v["results"][0]["outputs"].as_array().unwrap().len(),
+        3,
+        "{out}"
+    );
     // And hcc prints the parsed model the same way (the text is a fixed point).
-    assert_eq!(ok(&[os("print"), parsed.as_os_str()]).replace("judge_text", ""), text.replace("judge_text", ""));
+    assert_eq!(
+        ok(&[os("print"), parsed.as_os_str()]).replace("judge_text", ""),
+        text.replace("judge_text", "")
+    );
 }
 
 // ---- compile / convert ----
@@ -248,13 +380,20 @@ fn compile_writes_identical_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.onnx");
     ok(&[os("compile"), m.as_os_str(), os("-o"), out.as_os_str()]);
-    assert!(same_file(&m, &out), "compile -o output differs from the input");
+    assert!(
+        same_file(&m, &out),
+        "compile -o output differs from the input"
+    );
     // Default output: MODEL.hcc.onnx next to the input.
     let copy = tmp.path().join("gpt2-tiny-random.onnx");
     std::fs::copy(&m, &copy).unwrap();
     ok(&[os("compile"), copy.as_os_str()]);
     let default = tmp.path().join("gpt2-tiny-random.hcc.onnx");
-    assert!(default.exists(), "compile without -o should write {}", default.display());
+    assert!(
+        default.exists(),
+        "compile without -o should write {}",
+        default.display()
+    );
     assert!(same_file(&m, &default));
     assert!(same_file(&m, &copy), "compile modified its input");
 }
@@ -264,10 +403,25 @@ fn compile_with_external_data_is_judged_identical() {
     let m = common::model("gpt2-tiny-untied-random.onnx");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.onnx");
-    ok(&[os("compile"), m.as_os_str(), os("-o"), out.as_os_str(), os("--external-data")]);
+    ok(&[
+        os("compile"),
+        m.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("--external-data"),
+    ]);
     assert!(tmp.path().join("out.onnx.data").exists());
     common::judge("judge_check.py", &[out.as_os_str()]);
-    common::judge("judge_run.py", &[m.as_os_str(), out.as_os_str(), os("--seq"), os("8"), os("--require-identical")]);
+    common::judge(
+        "judge_run.py",
+        &[
+            m.as_os_str(),
+            out.as_os_str(),
+            os("--seq"),
+            os("8"),
+            os("--require-identical"),
+        ],
+    );
 }
 
 #[test]
@@ -290,13 +444,32 @@ fn convert_quiet_prints_nothing_and_default_reports_sizes() {
     let m = common::model("gpt2-tiny-random.onnx");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o.onnx");
-    let r = run(&[os("-q"), os("convert"), m.as_os_str(), os("-o"), out.as_os_str()]);
+    let r = run(&[
+        os("-q"),
+        os("convert"),
+        m.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+    ]);
     assert!(r.status.success());
-    assert!(r.stdout.is_empty() && r.stderr.is_empty(), "{}", String::from_utf8_lossy(&r.stderr));
-    let r = run(&[os("convert"), m.as_os_str(), os("-o"), out.as_os_str(), os("--external-data")]);
+    assert!(
+        r.stdout.is_empty() && r.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let r = run(&[
+        os("convert"),
+        m.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("--external-data"),
+    ]);
     assert!(r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("wrote") && err.contains("o.onnx.data"), "{err}");
+    assert!(
+        err.contains("wrote") && err.contains("o.onnx.data"),
+        "{err}"
+    );
 }
 
 // ---- errors: a message and a non-zero exit, never a panic ----
@@ -307,17 +480,35 @@ fn bad_inputs_give_errors_not_panics() {
     let missing = tmp.path().join("missing.onnx");
     for sub in ["inspect", "print"] {
         let err = fails(&[os(sub), missing.as_os_str()]);
-        assert!(err.contains("missing.onnx"), "{sub}: error should name the file:\n{err}");
+        assert!(
+            err.contains("missing.onnx"),
+            "{sub}: error should name the file:\n{err}"
+        );
     }
     let out = tmp.path().join("o.onnx");
-    fails(&[os("convert"), missing.as_os_str(), os("-o"), out.as_os_str()]);
-    fails(&[os("compile"), missing.as_os_str(), os("-o"), out.as_os_str()]);
+    fails(&[
+        os("convert"),
+        missing.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+    ]);
+    fails(&[
+        os("compile"),
+        missing.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+    ]);
 
     let bytes = std::fs::read(common::model("gpt2-tiny-random.onnx")).unwrap();
     let cases: [(&str, Vec<u8>); 4] = [
         ("empty.onnx", Vec::new()),
         ("half.onnx", bytes[..bytes.len() / 2].to_vec()),
-        ("garbage.onnx", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()),
+        (
+            "garbage.onnx",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
         ("text.onnx", b"this is not a model\n".to_vec()),
     ];
     for (name, data) in cases {
@@ -326,7 +517,10 @@ fn bad_inputs_give_errors_not_panics() {
         for sub in ["inspect", "print"] {
             let r = run(&[os(sub), p.as_os_str()]);
             let err = String::from_utf8_lossy(&r.stderr);
-            assert!(!err.contains("panicked"), "hcc {sub} {name} panicked:\n{err}");
+            assert!(
+                !err.contains("panicked"),
+                "hcc {sub} {name} panicked:\n{err}"
+            );
             // An empty file is a valid (empty) ModelProto; the rest must be refused.
             if name != "empty.onnx" {
                 assert!(!r.status.success(), "hcc {sub} {name} should fail");
@@ -334,6 +528,9 @@ fn bad_inputs_give_errors_not_panics() {
         }
         let r = run(&[os("convert"), p.as_os_str(), os("-o"), out.as_os_str()]);
         let err = String::from_utf8_lossy(&r.stderr);
-        assert!(!err.contains("panicked"), "hcc convert {name} panicked:\n{err}");
+        assert!(
+            !err.contains("panicked"),
+            "hcc convert {name} panicked:\n{err}"
+        );
     }
 }

@@ -13,7 +13,11 @@ fn s(o: &Option<String>) -> &str {
 fn kv(a: &[ours::StringStringEntryProto], b: &[theirs::StringStringEntryProto], at: &str) {
     assert_eq!(a.len(), b.len(), "{at}: metadata count");
     for (x, y) in a.iter().zip(b) {
-        assert_eq!((s(&x.key), s(&x.value)), (y.key.as_str(), y.value.as_str()), "{at}");
+        assert_eq!(
+            (s(&x.key), s(&x.value)),
+            (y.key.as_str(), y.value.as_str()),
+            "{at}"
+        );
     }
 }
 
@@ -22,7 +26,11 @@ fn tensor(a: &ours::TensorProto, b: &theirs::TensorProto, at: &str) {
     assert_eq!(s(&a.name), b.name, "{at}");
     assert_eq!(a.dims, b.dims, "{at}");
     assert_eq!(a.data_type.unwrap_or(0), b.data_type, "{at}");
-    assert_eq!(a.raw_data.as_deref().unwrap_or(&[]), &b.raw_data[..], "{at}: raw_data");
+    assert_eq!(
+        a.raw_data.as_deref().unwrap_or(&[]),
+        &b.raw_data[..],
+        "{at}: raw_data"
+    );
     assert_eq!(a.float_data, b.float_data, "{at}");
     assert_eq!(a.int32_data, b.int32_data, "{at}");
     assert_eq!(a.int64_data, b.int64_data, "{at}");
@@ -31,7 +39,11 @@ fn tensor(a: &ours::TensorProto, b: &theirs::TensorProto, at: &str) {
     let sd: Vec<&[u8]> = a.string_data.iter().map(|x| &x[..]).collect();
     let td: Vec<&[u8]> = b.string_data.iter().map(|x| &x[..]).collect();
     assert_eq!(sd, td, "{at}");
-    assert_eq!(a.data_location.unwrap_or(0), b.data_location.value(), "{at}");
+    assert_eq!(
+        a.data_location.unwrap_or(0),
+        b.data_location.value(),
+        "{at}"
+    );
     kv(&a.external_data, &b.external_data, &at);
     assert_eq!(s(&a.doc_string), b.doc_string, "{at}");
 }
@@ -63,7 +75,11 @@ fn ty(a: &Option<ours::TypeProto>, b: &theirs::TypeProto, at: &str) {
                 }
             }
         }
-        (x, y) => assert_eq!(format!("{x:?}").is_empty(), format!("{y:?}").is_empty(), "{at}: type kinds"),
+        (x, y) => assert_eq!(
+            format!("{x:?}").is_empty(),
+            format!("{y:?}").is_empty(),
+            "{at}: type kinds"
+        ),
     }
 }
 
@@ -74,7 +90,11 @@ fn graph(a: &ours::GraphProto, b: &theirs::GraphProto, at: &str) {
         let at = format!("{at}/node {}", s(&x.name));
         assert_eq!(x.input, y.input, "{at}");
         assert_eq!(x.output, y.output, "{at}");
-        assert_eq!((s(&x.name), s(&x.op_type), s(&x.domain)), (y.name.as_str(), y.op_type.as_str(), y.domain.as_str()), "{at}");
+        assert_eq!(
+            (s(&x.name), s(&x.op_type), s(&x.domain)),
+            (y.name.as_str(), y.op_type.as_str(), y.domain.as_str()),
+            "{at}"
+        );
         assert_eq!(x.attribute.len(), y.attribute.len(), "{at}");
         for (p, q) in x.attribute.iter().zip(&y.attribute) {
             let at = format!("{at}/attr {}", s(&p.name));
@@ -95,12 +115,24 @@ fn graph(a: &ours::GraphProto, b: &theirs::GraphProto, at: &str) {
             }
         }
     }
-    assert_eq!(a.initializer.len(), b.initializer.len(), "{at}: initializer count");
+    assert_eq!(
+        a.initializer.len(),
+        b.initializer.len(),
+        "{at}: initializer count"
+    );
     for (x, y) in a.initializer.iter().zip(&b.initializer) {
         tensor(x, y, at);
     }
-    assert_eq!(a.sparse_initializer.len(), b.sparse_initializer.len(), "{at}");
-    for (list_a, list_b, what) in [(&a.input, &b.input, "input"), (&a.output, &b.output, "output"), (&a.value_info, &b.value_info, "value_info")] {
+    assert_eq!(
+        a.sparse_initializer.len(),
+        b.sparse_initializer.len(),
+        "{at}"
+    );
+    for (list_a, list_b, what) in [
+        (&a.input, &b.input, "input"),
+        (&a.output, &b.output, "output"),
+        (&a.value_info, &b.value_info, "value_info"),
+    ] {
         assert_eq!(list_a.len(), list_b.len(), "{at}: {what} count");
         for (x, y) in list_a.iter().zip(list_b) {
             let at = format!("{at}/{what} {}", s(&x.name));
@@ -119,11 +151,23 @@ fn both_decoders_agree_on_every_real_model() {
         let b = theirs::ModelProto::parse_from_bytes(&bytes).unwrap();
         let at = path.file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(a.ir_version.unwrap_or(0), b.ir_version, "{at}");
-        assert_eq!((s(&a.producer_name), s(&a.producer_version)), (b.producer_name.as_str(), b.producer_version.as_str()), "{at}");
+        assert_eq!(
+            (s(&a.producer_name), s(&a.producer_version)),
+            (b.producer_name.as_str(), b.producer_version.as_str()),
+            "{at}"
+        );
         assert_eq!(s(&a.doc_string), b.doc_string, "{at}");
         assert_eq!(a.model_version.unwrap_or(0), b.model_version, "{at}");
-        let oa: Vec<(&str, i64)> = a.opset_import.iter().map(|o| (s(&o.domain), o.version.unwrap_or(0))).collect();
-        let ob: Vec<(&str, i64)> = b.opset_import.iter().map(|o| (o.domain.as_str(), o.version)).collect();
+        let oa: Vec<(&str, i64)> = a
+            .opset_import
+            .iter()
+            .map(|o| (s(&o.domain), o.version.unwrap_or(0)))
+            .collect();
+        let ob: Vec<(&str, i64)> = b
+            .opset_import
+            .iter()
+            .map(|o| (o.domain.as_str(), o.version))
+            .collect();
         assert_eq!(oa, ob, "{at}");
         kv(&a.metadata_props, &b.metadata_props, &at);
         assert_eq!(a.functions.len(), b.functions.len(), "{at}");

@@ -57,7 +57,13 @@ fn convert(input: &Path, output: &Path, extra: &[&str]) {
 /// Streamed byte comparison (the files can be 500 MB); panics at the first difference.
 fn assert_same_bytes(a: &Path, b: &Path) {
     let (la, lb) = (len(a), len(b));
-    assert_eq!(la, lb, "{} ({la} bytes) and {} ({lb} bytes) differ in size", a.display(), b.display());
+    assert_eq!(
+        la,
+        lb,
+        "{} ({la} bytes) and {} ({lb} bytes) differ in size",
+        a.display(),
+        b.display()
+    );
     let mut ra = BufReader::with_capacity(1 << 20, File::open(a).unwrap());
     let mut rb = BufReader::with_capacity(1 << 20, File::open(b).unwrap());
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
@@ -70,8 +76,17 @@ fn assert_same_bytes(a: &Path, b: &Path) {
             return;
         }
         if ba[..n] != bb[..n] {
-            let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y).unwrap();
-            panic!("{} and {} differ at byte {}", a.display(), b.display(), offset + i as u64);
+            let i = ba[..n]
+                .iter()
+                .zip(&bb[..n])
+                .position(|(x, y)| x != y)
+                .unwrap();
+            panic!(
+                "{} and {} differ at byte {}",
+                a.display(),
+                b.display(),
+                offset + i as u64
+            );
         }
         offset += n as u64;
     }
@@ -89,7 +104,9 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
 }
 
 fn len(p: &Path) -> u64 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).len()
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .len()
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -117,15 +134,28 @@ fn run_identical(original: &Path, others: &[&Path]) -> serde_json::Value {
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), others.len());
     for r in results {
-        assert!(!r["outputs"].as_array().unwrap().is_empty(), "no outputs compared: {out}");
+        assert!(
+            !r["outputs"].as_array().unwrap().is_empty(),
+            "no outputs compared: {out}"
+        );
     }
     v
 }
 
 /// `hcc inspect --json MODEL` stdout.
 fn inspect(model: &Path) -> String {
-    let out = common::hcc().arg("inspect").arg("--json").arg(model).output().expect("run hcc");
-    assert!(out.status.success(), "hcc inspect {}:\n{}", model.display(), String::from_utf8_lossy(&out.stderr));
+    let out = common::hcc()
+        .arg("inspect")
+        .arg("--json")
+        .arg(model)
+        .output()
+        .expect("run hcc");
+    assert!(
+        out.status.success(),
+        "hcc inspect {}:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -165,7 +195,11 @@ fn judge_model(name: &str) {
     run_identical(&original, &[&inline, &ext]);
 
     // 4. hcc reads its own external-data output back: same inspection as the original.
-    assert_eq!(inspect(&ext), inspect(&original), "{name}: inspect of the external-data copy differs");
+    assert_eq!(
+        inspect(&ext),
+        inspect(&original),
+        "{name}: inspect of the external-data copy differs"
+    );
 
     // 5. External back to inline: the original file, byte for byte.
     let back = tmp.path().join("back.onnx");
@@ -201,10 +235,17 @@ fn every_real_model_is_judged() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     for name in MODELS {
-        assert!(found.iter().any(|f| f == name), "model {name} missing from {}", common::models_dir().display());
+        assert!(
+            found.iter().any(|f| f == name),
+            "model {name} missing from {}",
+            common::models_dir().display()
+        );
     }
     for f in &found {
-        assert!(MODELS.contains(&f.as_str()), "{f} is in the models folder but not judged: add it to MODELS and judged!");
+        assert!(
+            MODELS.contains(&f.as_str()),
+            "{f} is in the models folder but not judged: add it to MODELS and judged!"
+        );
     }
 }
 
@@ -220,11 +261,23 @@ fn external_threshold_extremes() {
     let original = common::model("gpt2-tiny-random.onnx");
     let tmp = tempfile::tempdir().unwrap();
     let all = tmp.path().join("all.onnx");
-    convert(&original, &all, &["--external-data", "--external-threshold", "0"]);
+    convert(
+        &original,
+        &all,
+        &["--external-data", "--external-threshold", "0"],
+    );
     let mid = tmp.path().join("mid.onnx");
-    convert(&original, &mid, &["--external-data", "--external-threshold", "256"]);
+    convert(
+        &original,
+        &mid,
+        &["--external-data", "--external-threshold", "256"],
+    );
     let none = tmp.path().join("none.onnx");
-    convert(&original, &none, &["--external-data", "--external-threshold", "1000000000"]);
+    convert(
+        &original,
+        &none,
+        &["--external-data", "--external-threshold", "1000000000"],
+    );
     common::judge("judge_check.py", &[os("--no-full-check"), all.as_os_str()]);
     check(&[&mid, &none]);
     run_identical(&original, &[&mid, &none]);
@@ -254,13 +307,28 @@ fn external_data_survives_a_move() {
 
 /// Run Python code with the judge venv; panics with its stderr on failure.
 fn python_code(code: &str, args: &[&OsStr]) {
-    let out = std::process::Command::new(common::python()).arg("-c").arg(code).args(args).output().unwrap();
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn judge_fails(script: &str, args: &[OsString]) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
-    let out = std::process::Command::new(common::python()).arg(&script).args(args).output().unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out = std::process::Command::new(common::python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         !out.status.success(),
         "{} should have failed:\n{}",
@@ -290,14 +358,25 @@ fn judge_run_catches_one_ulp_changes() {
     );
     let err = judge_fails(
         "judge_run.py",
-        &[original.clone().into(), bad.clone().into(), "--seq".into(), SEQ.into(), "--require-identical".into()],
+        &[
+            original.clone().into(),
+            bad.clone().into(),
+            "--seq".into(),
+            SEQ.into(),
+            "--require-identical".into(),
+        ],
     );
     assert!(err.contains("outputs differ"), "{err}");
     // Without --require-identical it reports the difference and succeeds.
-    let out = common::judge("judge_run.py", &[original.as_os_str(), bad.as_os_str(), os("--seq"), os(SEQ)]);
+    let out = common::judge(
+        "judge_run.py",
+        &[original.as_os_str(), bad.as_os_str(), os("--seq"), os(SEQ)],
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["identical"], false);
-    let d = v["results"][0]["outputs"][0]["max_abs_diff"].as_f64().unwrap();
+    let d = v["results"][0]["outputs"][0]["max_abs_diff"]
+        .as_f64()
+        .unwrap();
     assert!(d > 0.0 && d < 1e-3, "max_abs_diff {d}");
 }
 
@@ -314,8 +393,14 @@ fn judge_check_catches_an_invalid_model() {
          onnx.save(m, sys.argv[2])\n",
         &[original.as_os_str(), bad.as_os_str()],
     );
-    let err = judge_fails("judge_check.py", &[original.clone().into(), bad.clone().into()]);
-    assert!(err.contains("FAIL") && err.contains("bad.onnx") && !err.contains("gpt2-tiny-random.onnx:"), "{err}");
+    let err = judge_fails(
+        "judge_check.py",
+        &[original.clone().into(), bad.clone().into()],
+    );
+    assert!(
+        err.contains("FAIL") && err.contains("bad.onnx") && !err.contains("gpt2-tiny-random.onnx:"),
+        "{err}"
+    );
     // A truncated file too.
     let bytes = std::fs::read(&original).unwrap();
     let cut = tmp.path().join("cut.onnx");
@@ -333,5 +418,8 @@ fn judges_catch_missing_external_data() {
     convert(&original, &ext, &["--external-data"]);
     std::fs::remove_file(tmp.path().join("m.onnx.data")).unwrap();
     judge_fails("judge_check.py", &[ext.clone().into()]);
-    judge_fails("judge_run.py", &[original.into(), ext.into(), "--seq".into(), SEQ.into()]);
+    judge_fails(
+        "judge_run.py",
+        &[original.into(), ext.into(), "--seq".into(), SEQ.into()],
+    );
 }

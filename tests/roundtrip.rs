@@ -27,16 +27,32 @@ fn external_data_round_trip_and_automatic_switch() {
 
     // Explicit external data: the weights leave the .onnx file, at 4096-aligned offsets.
     let ext = tmp.path().join("ext.onnx");
-    let opts = SaveOptions { external_data: Some(onnx::ExternalData::default()), ..SaveOptions::default() };
+    let opts = SaveOptions {
+        external_data: Some(onnx::ExternalData::default()),
+        ..SaveOptions::default()
+    };
     let stats = onnx::save(&model, &ext, &opts).unwrap();
     let data = tmp.path().join("ext.onnx.data");
     assert_eq!(stats.external_path.as_deref(), Some(data.as_path()));
-    assert!(stats.model_bytes < 20_000, "model part is {} bytes", stats.model_bytes);
+    assert!(
+        stats.model_bytes < 20_000,
+        "model part is {} bytes",
+        stats.model_bytes
+    );
     assert!(std::fs::metadata(&data).unwrap().len() >= 600_000);
     let proto = onnx::import::decode(onnx::import::map_file(&ext).unwrap(), &ext).unwrap();
     for t in &proto.graph.as_ref().unwrap().initializer {
         if t.data_location == Some(onnx::proto::data_location::EXTERNAL) {
-            let off: u64 = t.external_data.iter().find(|e| e.key.as_deref() == Some("offset")).unwrap().value.as_ref().unwrap().parse().unwrap();
+            let off: u64 = t
+                .external_data
+                .iter()
+                .find(|e| e.key.as_deref() == Some("offset"))
+                .unwrap()
+                .value
+                .as_ref()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert_eq!(off % 4096, 0);
         }
     }
@@ -49,7 +65,10 @@ fn external_data_round_trip_and_automatic_switch() {
 
     // Over the inline limit, external data is written without being asked for.
     let auto = tmp.path().join("auto.onnx");
-    let opts = SaveOptions { inline_limit: 100_000, ..SaveOptions::default() };
+    let opts = SaveOptions {
+        inline_limit: 100_000,
+        ..SaveOptions::default()
+    };
     let stats = onnx::save(&model, &auto, &opts).unwrap();
     assert!(stats.external_path.is_some());
     assert!(tmp.path().join("auto.onnx.data").exists());

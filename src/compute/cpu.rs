@@ -29,9 +29,12 @@ const FINITE_CHUNK: usize = 1 << 16;
 /// The first non-finite element of `w` (as an error naming batch index `index`), if any.
 fn check_finite(w: MatrixRef<'_>, index: usize) -> Result<(), ComputeError> {
     let data = w.data();
-    let bad = data
-        .par_chunks(FINITE_CHUNK)
-        .any(|c| !c.iter().fold(true, |ok, x| ok & x.is_finite()));
+    let bad = data.par_chunks(FINITE_CHUNK).any(|c| {
+        // Exponent all ones ⇔ NaN or ±∞; integer ops so that the loop vectorises.
+        c.iter().fold(0u32, |acc, x| {
+            acc | ((x.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32
+        }) != 0
+    });
     if !bad {
         return Ok(());
     }
@@ -180,7 +183,13 @@ impl Backend for Cpu {
             });
         }
         let (rows, cols) = (fa.nrows(), fb.ncols());
-        if rows == 0 || cols == 0 {
+        let expected = rows.checked_mul(cols).ok_or(ComputeError::DataLength {
+            rows,
+            cols,
+            len: 0,
+            expected: usize::MAX,
+        })?;
+        if expected == 0 {
             return Ok(Matrix::zeros(rows, cols));
         }
         Ok(Matrix {

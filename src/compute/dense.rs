@@ -9,10 +9,12 @@ use faer::traits::ComplexField;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-/// Output rows per task of [`mul_rows`].
-const ROW_CHUNK: usize = 256;
-/// Rows per partial Gram in [`gram`].
-const GRAM_CHUNK: usize = 4096;
+/// Output rows per task of [`mul_rows`]: about an eighth of the rows (so one matrix alone
+/// still spreads over the cores), between 64 and 256, a multiple of 16. A function of the
+/// shape only, never of the thread count.
+fn row_chunk(m: usize) -> usize {
+    (m.div_ceil(8).div_ceil(16) * 16).clamp(64, 256)
+}
 
 /// Scalars the kernels run on (`f32`, `f64`).
 pub(crate) trait Scalar: ComplexField + Copy + Send + Sync + 'static {
@@ -46,7 +48,8 @@ pub(crate) fn mul_rows<T: Scalar>(a: MatRef<'_, T>, x: MatRef<'_, T>) -> Vec<T> 
     if m == 0 || k == 0 || a.ncols() == 0 {
         return out;
     }
-    out.par_chunks_mut(ROW_CHUNK * k)
+    let chunk_rows = row_chunk(m);
+    out.par_chunks_mut(chunk_rows * k)
         .enumerate()
         .for_each(|(c, chunk)| {
             let rows = chunk.len() / k;
@@ -54,7 +57,7 @@ pub(crate) fn mul_rows<T: Scalar>(a: MatRef<'_, T>, x: MatRef<'_, T>) -> Vec<T> 
             matmul(
                 dst,
                 Accum::Replace,
-                a.subrows(c * ROW_CHUNK, rows),
+                a.subrows(c * chunk_rows, rows),
                 x,
                 T::one(),
                 Par::Seq,
@@ -63,97 +66,219 @@ pub(crate) fn mul_rows<T: Scalar>(a: MatRef<'_, T>, x: MatRef<'_, T>) -> Vec<T> 
     out
 }
 
-/// `yᵀ · y` (`k × k`, row-major) of a row-major `m × k` matrix, summed over fixed row blocks in
-/// block order.
-pub(crate) fn gram(y: &[f64], m: usize, k: usize) -> Vec<f64> {
-    let mut g = vec![0.0f64; k * k];
-    if m == 0 || k == 0 {
-        return g;
+/// Rows of `a` per partial product in [`mul_t`].
+const REDUCE_CHUNK: usize = 4096;
+
+/// `aᵀ · x` (`n × k`, row-major) for `a` (`m × n`) and `x` (`m × k`), both row-major slices.
+///
+/// Tall `a` (more than two [`REDUCE_CHUNK`]s of rows) is cut into fixed blocks of rows whose
+/// partial products are added in block order, so every task streams whole rows of `a`; other
+/// shapes use [`mul_rows`] over blocks of columns of `a`.
+pub(crate) fn mul_t(a: &[f32], m: usize, n: usize, x: &[f32], k: usize) -> Vec<f32> {
+    let am = MatRef::from_row_major_slice(a, m, n);
+    let xm = MatRef::from_row_major_slice(x, m, k);
+    if m <= 2 * REDUCE_CHUNK || n == 0 || k == 0 {
+        return mul_rows(am.transpose(), xm);
     }
-    let ym = MatRef::from_row_major_slice(y, m, k);
-    let parts: Vec<Vec<f64>> = (0..m.div_ceil(GRAM_CHUNK))
+    let parts: Vec<Vec<f32>> = (0..m.div_ceil(REDUCE_CHUNK))
         .into_par_iter()
         .map(|c| {
-            let r0 = c * GRAM_CHUNK;
-            let rows = GRAM_CHUNK.min(m - r0);
-            let yc = ym.subrows(r0, rows);
-            let mut p = vec![0.0f64; k * k];
+            let r0 = c * REDUCE_CHUNK;
+            let rows = REDUCE_CHUNK.min(m - r0);
+            let mut p = vec![0.0f32; n * k];
             matmul(
-                MatMut::from_row_major_slice_mut(&mut p, k, k),
+                MatMut::from_row_major_slice_mut(&mut p, n, k),
                 Accum::Replace,
-                yc.transpose(),
-                yc,
+                am.subrows(r0, rows).transpose(),
+                xm.subrows(r0, rows),
                 1.0,
                 Par::Seq,
             );
             p
         })
         .collect();
+    let mut out = vec![0.0f32; n * k];
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// Rows per task of the Cholesky-QR sweeps: about an eighth of the rows, between 256 and
+/// 4096. A function of `m` only, so partial Grams are summed in the same order on any pool.
+fn sweep_chunk(m: usize) -> usize {
+    (m.div_ceil(8).div_ceil(16) * 16).clamp(256, 4096)
+}
+
+/// Lower triangle of `xᵀx` for a row-major `rows × k` block, mirrored to the upper.
+fn gram_block(x: &[f64], rows: usize, k: usize) -> Vec<f64> {
+    use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+    let xm = MatRef::from_row_major_slice(x, rows, k);
+    let mut p = vec![0.0f64; k * k];
+    tri_matmul(
+        MatMut::from_row_major_slice_mut(&mut p, k, k),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        xm.transpose(),
+        BlockStructure::Rectangular,
+        xm,
+        BlockStructure::Rectangular,
+        1.0,
+        Par::Seq,
+    );
+    p
+}
+
+/// Sums partial `k × k` Grams in order and mirrors the lower triangle to the upper.
+fn sum_grams(parts: Vec<Vec<f64>>, k: usize) -> Vec<f64> {
+    let mut g = vec![0.0f64; k * k];
     for p in parts {
         for (a, b) in g.iter_mut().zip(p) {
             *a += b;
         }
     }
-    // Exact symmetry (the two triangles may differ in the last bit).
     for i in 0..k {
         for j in 0..i {
-            let v = 0.5 * (g[i * k + j] + g[j * k + i]);
-            g[i * k + j] = v;
-            g[j * k + i] = v;
+            g[j * k + i] = g[i * k + j];
         }
     }
     g
 }
 
-/// Upper Cholesky factor `R` (`g = Rᵀ R`, row-major `k × k`) of a symmetric matrix, or `None`
-/// if a pivot is not safely positive.
+/// `yᵀ · y` (`k × k`, row-major, `f64`) of a row-major `m × k` matrix given in `f64` or `f32`,
+/// accumulated in `f64` over fixed row blocks summed in block order.
+pub(crate) fn gram<T: Copy + Into<f64> + Sync>(y: &[T], m: usize, k: usize) -> Vec<f64> {
+    if m == 0 || k == 0 {
+        return vec![0.0; k * k];
+    }
+    let ch = sweep_chunk(m);
+    let parts: Vec<Vec<f64>> = y
+        .par_chunks(ch * k)
+        .map(|c| {
+            let x: Vec<f64> = c.iter().map(|&v| v.into()).collect();
+            gram_block(&x, c.len() / k, k)
+        })
+        .collect();
+    sum_grams(parts, k)
+}
+
+/// A block of a sweep: index, rows of `q`, rows of the optional `f32` copy.
+type SweepTask<'a> = (usize, &'a mut [f64], Option<&'a mut [f32]>);
+
+/// One Cholesky-QR sweep: `q ← src · rinv` (`rinv` a `k × k` row-major upper-triangular
+/// inverse; `src` is `from` converted to `f64` when given, else `q` itself), in fixed row
+/// blocks. When `out32` is non-empty it receives `q` cast to `f32`. Returns the Gram of the new
+/// `q` when `want_gram` (else an empty vector).
+pub(crate) fn sweep(
+    from: Option<&[f32]>,
+    q: &mut [f64],
+    out32: &mut [f32],
+    m: usize,
+    k: usize,
+    rinv: &[f64],
+    want_gram: bool,
+) -> Vec<f64> {
+    if m == 0 || k == 0 {
+        return vec![0.0; k * k];
+    }
+    let ch = sweep_chunk(m);
+    let rm = MatRef::from_row_major_slice(rinv, k, k);
+    let mut outs = out32.chunks_mut(ch * k);
+    let tasks: Vec<SweepTask<'_>> = q
+        .chunks_mut(ch * k)
+        .enumerate()
+        .map(|(c, qc)| (c, qc, outs.next()))
+        .collect();
+    let parts: Vec<Vec<f64>> = tasks
+        .into_par_iter()
+        .map(|(c, qc, oc)| {
+            let rows = qc.len() / k;
+            let src: Vec<f64> = match from {
+                Some(y) => y[c * ch * k..c * ch * k + qc.len()]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect(),
+                None => qc.to_vec(),
+            };
+            matmul(
+                MatMut::from_row_major_slice_mut(qc, rows, k),
+                Accum::Replace,
+                MatRef::from_row_major_slice(&src, rows, k),
+                rm,
+                1.0,
+                Par::Seq,
+            );
+            if let Some(oc) = oc {
+                for (o, &v) in oc.iter_mut().zip(qc.iter()) {
+                    *o = v as f32;
+                }
+            }
+            if want_gram {
+                gram_block(qc, rows, k)
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    if want_gram {
+        sum_grams(parts, k)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Upper Cholesky factor `R` (`g = Rᵀ R`, row-major `k × k`) of a symmetric matrix (faer,
+/// sequential), or `None` if a pivot is not safely positive: `R_jj² ≤ 1e-14 · g_jj` means the
+/// column was cancelled to rounding level.
 pub(crate) fn cholesky_upper(g: &[f64], k: usize) -> Option<Vec<f64>> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+    let mut a = faer::Mat::<f64>::from_fn(k, k, |i, j| g[i * k + j]);
+    let req = cholesky_in_place_scratch::<f64>(k, Par::Seq, Default::default());
+    let mut buf = MemBuffer::try_new(req).ok()?;
+    let info = cholesky_in_place(
+        a.as_mut(),
+        Default::default(),
+        Par::Seq,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .ok()?;
+    if info.dynamic_regularization_count != 0 {
+        return None;
+    }
     let mut r = vec![0.0f64; k * k];
     for j in 0..k {
-        let mut d = g[j * k + j];
-        for i in 0..j {
-            d -= r[i * k + j] * r[i * k + j];
-        }
-        // A pivot that lost (almost) all of its diagonal to cancellation is numerically zero.
-        if !(d.is_finite() && d > g[j * k + j] * 1e-14 && d > 0.0) {
+        let d = a[(j, j)];
+        if !(d.is_finite() && d > 0.0 && d * d > g[j * k + j] * 1e-14) {
             return None;
         }
-        let rjj = d.sqrt();
-        r[j * k + j] = rjj;
-        for l in j + 1..k {
-            let mut s = g[j * k + l];
-            for i in 0..j {
-                s -= r[i * k + j] * r[i * k + l];
-            }
-            r[j * k + l] = s / rjj;
+        // The lower triangle of `a` holds L = Rᵀ.
+        for i in 0..=j {
+            r[i * k + j] = a[(j, i)];
         }
     }
     Some(r)
 }
 
-/// Inverse of an upper-triangular `k × k` matrix with non-zero diagonal (row-major).
+/// Inverse of an upper-triangular `k × k` matrix with non-zero diagonal (row-major; faer,
+/// sequential).
 pub(crate) fn inv_upper(r: &[f64], k: usize) -> Vec<f64> {
+    let src = MatRef::from_row_major_slice(r, k, k);
     let mut x = vec![0.0f64; k * k];
-    // Column j of X solves R x = e_j; x is zero below j.
-    for j in 0..k {
-        x[j * k + j] = 1.0 / r[j * k + j];
-        for i in (0..j).rev() {
-            let mut s = 0.0;
-            for l in i + 1..=j {
-                s += r[i * k + l] * x[l * k + j];
-            }
-            x[i * k + j] = -s / r[i * k + i];
-        }
-    }
+    faer::linalg::triangular_inverse::invert_upper_triangular(
+        MatMut::from_row_major_slice_mut(&mut x, k, k),
+        src,
+        Par::Seq,
+    );
+    // Only the upper triangle is written; the rest stays zero.
     x
 }
 
 pub(crate) fn to_f64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
-}
-
-pub(crate) fn to_f32(x: &[f64]) -> Vec<f32> {
-    x.iter().map(|&v| v as f32).collect()
 }
 
 /// `(u, s, v)` of a thin SVD.

@@ -165,11 +165,11 @@ pub(crate) fn magnitude_mask(
             }
             let data = w.data();
             let mut mask = vec![false; data.len()];
-            let mut idx: Vec<usize> = Vec::with_capacity(m);
+            let mut idx: Vec<usize> = Vec::with_capacity(m.min(rows));
             for j in 0..cols {
                 for g0 in (0..rows).step_by(m) {
                     idx.clear();
-                    idx.extend(g0..(g0 + m).min(rows));
+                    idx.extend(g0..g0.saturating_add(m).min(rows));
                     // Largest magnitude first; ties: lower row first.
                     idx.sort_by(|&a, &b| {
                         mag_bits(data[b * cols + j])

@@ -21,14 +21,19 @@ pub(crate) fn normal(seed: u64, col: u64, row: u64) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// A `rows × cols` Gaussian matrix, row-major `f32`: element `(i, j)` is `normal(seed, j, i)`.
+/// A `rows × cols` Gaussian matrix, row-major `f32`: element `(i, j)` is `normal(seed, j, i)`
+/// (filled in parallel; the values do not depend on the threads).
 pub(crate) fn gaussian_f32(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows * cols);
-    for i in 0..rows {
-        for j in 0..cols {
-            out.push(normal(seed, j as u64, i as u64) as f32);
-        }
+    use rayon::prelude::*;
+    let mut out = vec![0.0f32; rows * cols];
+    if cols == 0 {
+        return out;
     }
+    out.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = normal(seed, j as u64, i as u64) as f32;
+        }
+    });
     out
 }
 

@@ -1,33 +1,32 @@
 //! Randomized SVD (Halko–Martinsson–Tropp) with Cholesky-QR2 orthonormalisation.
 //!
-//! The large products (`W·X`, `Wᵀ·X`, `Qᵀ·W`) run in `f32`; everything that decides
+//! The large products (`W·X`, `Wᵀ·X`, `Qᵀ·W`, `Q·U_B`) run in `f32`; everything that decides
 //! orthogonality (Gram matrices, Cholesky, `Y·R⁻¹`) and the small SVD of `B` run in `f64`.
 
 use faer::MatRef;
 
-use super::dense::{cholesky_upper, gram, inv_upper, mul_rows, svd_f64, to_f32, to_f64};
+use super::dense::{cholesky_upper, gram, inv_upper, mul_rows, mul_t, svd_f64, sweep, to_f64};
 use super::{Factors, Matrix, MatrixRef};
 
 /// Cholesky-QR passes tried before falling back to an `f64` SVD basis.
 const MAX_PASSES: usize = 4;
 
-/// An orthonormal basis (`m × k`, row-major `f64`) of the columns of `y` (`m × k`, row-major).
+/// An orthonormal basis (`m × k`, row-major, returned in `f32`) of the columns of `y`
+/// (`m × k`, row-major).
 ///
-/// Cholesky-QR2: `G = YᵀY`, `G = RᵀR`, `Q = Y R⁻¹`, twice. If a Gram is not numerically
-/// positive definite, the pass uses a shifted Cholesky (`G + sI`, shifted Cholesky-QR3) and
-/// further passes follow until the input of a pass is already close to orthonormal. If that
-/// does not happen within [`MAX_PASSES`] (numerically rank-deficient `y`), the basis comes from
-/// an `f64` SVD of `y`, which is orthonormal whatever the rank.
-pub(crate) fn orth(y: Vec<f64>, m: usize, k: usize) -> Result<Vec<f64>, String> {
-    let mut q = y.clone();
+/// Cholesky-QR2 in `f64`: `G = YᵀY`, `G = RᵀR`, `Q = Y R⁻¹`, twice. Each sweep over the rows
+/// multiplies by `R⁻¹` and accumulates the Gram of the result in one go. If a Gram is not
+/// numerically positive definite, the pass uses a shifted Cholesky (`G + sI`, shifted
+/// Cholesky-QR3) and further passes follow until the input of a pass is already close to
+/// orthonormal (`max |G − I| < 0.5`, after which one pass leaves it orthonormal to `f64`
+/// rounding). If that does not happen within [`MAX_PASSES`] (numerically rank-deficient `y`),
+/// the basis comes from an `f64` SVD of `y`, which is orthonormal whatever the rank.
+pub(crate) fn orth(y: &[f32], m: usize, k: usize) -> Result<Vec<f32>, String> {
+    let mut out = vec![0.0f32; m * k];
+    let mut q = vec![0.0f64; m * k];
+    let mut g = gram(y, m, k);
     for pass in 0..MAX_PASSES {
-        let g = gram(&q, m, k);
-        let dev = (0..k)
-            .flat_map(|i| (0..k).map(move |j| (i, j)))
-            .map(|(i, j)| (g[i * k + j] - if i == j { 1.0 } else { 0.0 }).abs())
-            .fold(0.0f64, f64::max);
-        // A pass over an input this close to orthonormal leaves it orthonormal to f64 rounding.
-        let finishes = pass > 0 && dev < 0.5;
+        let finishes = pass > 0 && max_dev_from_identity(&g, k) < 0.5;
         let r = match cholesky_upper(&g, k) {
             Some(r) => r,
             None => match shifted_cholesky(&g, m, k) {
@@ -36,30 +35,42 @@ pub(crate) fn orth(y: Vec<f64>, m: usize, k: usize) -> Result<Vec<f64>, String> 
             },
         };
         let rinv = inv_upper(&r, k);
-        q = mul_rows(
-            MatRef::from_row_major_slice(&q, m, k),
-            MatRef::from_row_major_slice(&rinv, k, k),
-        );
+        let from = (pass == 0).then_some(y);
         if finishes {
-            return Ok(q);
+            sweep(from, &mut q, &mut out, m, k, &rinv, false);
+            return Ok(out);
         }
+        g = sweep(from, &mut q, &mut [], m, k, &rinv, true);
     }
-    eprintln!("FALLBACK m={m} k={k}");
     // Rank-deficient sketch: an orthonormal basis from the SVD (f64 Householder inside).
+    let y = to_f64(y);
     let (u, _, _) = svd_f64(MatRef::from_row_major_slice(&y, m, k), true)?;
-    let mut out = vec![0.0f64; m * k];
     for i in 0..m {
         for j in 0..k.min(u.ncols()) {
-            out[i * k + j] = u[(i, j)];
+            out[i * k + j] = u[(i, j)] as f32;
         }
     }
     Ok(out)
 }
 
+fn max_dev_from_identity(g: &[f64], k: usize) -> f64 {
+    let mut dev = 0.0f64;
+    for i in 0..k {
+        for j in 0..k {
+            let e = if i == j { 1.0 } else { 0.0 };
+            dev = dev.max((g[i * k + j] - e).abs());
+        }
+    }
+    if dev.is_nan() {
+        f64::INFINITY
+    } else {
+        dev
+    }
+}
+
 /// Cholesky of `g + sI` with the shift of Fukaya et al. (shifted Cholesky-QR3),
 /// `s = 11 (mk + k(k+1)) u ‖Y‖²` (with `trace(G) ≥ ‖Y‖₂²`), growing it if still not enough.
 fn shifted_cholesky(g: &[f64], m: usize, k: usize) -> Option<Vec<f64>> {
-    eprintln!("SHIFTED m={m} k={k}");
     let trace: f64 = (0..k).map(|i| g[i * k + i]).sum();
     if !(trace.is_finite() && trace > 0.0) {
         return None;
@@ -78,35 +89,30 @@ fn shifted_cholesky(g: &[f64], m: usize, k: usize) -> Option<Vec<f64>> {
     None
 }
 
-/// Orthonormal `f64` basis `Q` (`m × k`) of the range of `W` (`m × n`) from the sketch `omega`
+/// Orthonormal basis `Q` (`m × k`, `f32`) of the range of `W` (`m × n`) from the sketch `omega`
 /// (`n × k`) with `power_iters` power iterations, re-orthonormalised after every multiply.
 fn range_finder(
     w: MatrixRef<'_>,
     omega: MatRef<'_, f32>,
     power_iters: usize,
-) -> Result<Vec<f64>, String> {
+) -> Result<Vec<f32>, String> {
     let (m, n) = w.shape();
     let k = omega.ncols();
     let a = w.faer();
     let y = mul_rows(a, omega);
-    let mut q = orth(to_f64(&y), m, k)?;
+    let mut q = orth(&y, m, k)?;
     for _ in 0..power_iters {
-        let q32 = to_f32(&q);
-        let z = mul_rows(a.transpose(), MatRef::from_row_major_slice(&q32, m, k));
-        let p = to_f32(&orth(to_f64(&z), n, k)?);
+        let z = mul_t(w.data(), m, n, &q, k);
+        let p = orth(&z, n, k)?;
         let y = mul_rows(a, MatRef::from_row_major_slice(&p, n, k));
-        q = orth(to_f64(&y), m, k)?;
+        q = orth(&y, m, k)?;
     }
     Ok(q)
 }
 
 /// `Bᵀ = Wᵀ Q` (`n × k`, row-major `f64`), the transposed projection of `W` on `Q`.
-fn project_t(w: MatrixRef<'_>, q: &[f64], k: usize) -> Vec<f64> {
-    let q32 = to_f32(q);
-    let bt = mul_rows(
-        w.faer().transpose(),
-        MatRef::from_row_major_slice(&q32, w.rows(), k),
-    );
+fn project_t(w: MatrixRef<'_>, q: &[f32], k: usize) -> Vec<f64> {
+    let bt = mul_t(w.data(), w.rows(), w.cols(), q, k);
     to_f64(&bt)
 }
 
@@ -124,10 +130,10 @@ pub(crate) fn lowrank_one(
     // Bᵀ = Vb S Ubᵀ  ⇔  B = Ub S Vbᵀ.
     let (vb, s, ub) = svd_f64(MatRef::from_row_major_slice(&bt, n, k), true)?;
     let r = rank.min(s.len());
-    // U = Q · Ub[:, :r] in f64.
-    let ub_r: Vec<f64> = (0..k)
+    // U = Q · Ub[:, :r] (f32: Q is orthonormal to f32 rounding already).
+    let ub_r: Vec<f32> = (0..k)
         .flat_map(|i| (0..r).map(move |j| (i, j)))
-        .map(|(i, j)| ub[(i, j)])
+        .map(|(i, j)| ub[(i, j)] as f32)
         .collect();
     let u = mul_rows(
         MatRef::from_row_major_slice(&q, m, k),
@@ -139,7 +145,7 @@ pub(crate) fn lowrank_one(
             vt[l * n + j] = vb[(j, l)] as f32;
         }
     }
-    Ok(finish(to_f32(&u), &s[..r], vt, m, n, r))
+    Ok(finish(u, &s[..r], vt, m, n, r))
 }
 
 /// The top `kk` singular values of `w` from a randomized sketch `omega` (`n × k`, `k ≥ kk`).

@@ -76,7 +76,10 @@ impl DType {
 
     /// The ONNX `DataType` code.
     pub fn onnx_code(self) -> i32 {
-        Self::ALL.iter().position(|&d| d == self).map_or(0, |i| i as i32 + 1)
+        Self::ALL
+            .iter()
+            .position(|&d| d == self)
+            .map_or(0, |i| i as i32 + 1)
     }
 
     /// Bits one element occupies in ONNX `raw_data` (sub-byte types are packed); `None` for strings.

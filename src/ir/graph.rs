@@ -163,7 +163,10 @@ impl Node {
 
     /// The attribute named `name`.
     pub fn attr(&self, name: &str) -> Option<&AttrValue> {
-        self.attributes.iter().find(|a| a.name == name).map(|a| &a.value)
+        self.attributes
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| &a.value)
     }
 
     /// An integer attribute.
@@ -411,7 +414,11 @@ impl Graph {
     }
 
     /// Add a graph input (appended to [`Graph::inputs`]).
-    pub fn add_input(&mut self, name: impl Into<String>, ty: Option<ValueType>) -> Result<ValueId, GraphError> {
+    pub fn add_input(
+        &mut self,
+        name: impl Into<String>,
+        ty: Option<ValueType>,
+    ) -> Result<ValueId, GraphError> {
         let v = self.new_value(name.into(), ValueDef::Input)?;
         self.values[v.0 as usize].declared = ty;
         self.inputs.push(v);
@@ -419,14 +426,22 @@ impl Graph {
     }
 
     /// Add a constant (appended to the stored initializers).
-    pub fn add_initializer(&mut self, name: impl Into<String>, t: Tensor) -> Result<ValueId, GraphError> {
+    pub fn add_initializer(
+        &mut self,
+        name: impl Into<String>,
+        t: Tensor,
+    ) -> Result<ValueId, GraphError> {
         let v = self.new_value(name.into(), ValueDef::Initializer(t))?;
         self.initializers.push(v);
         Ok(v)
     }
 
     /// Add a sparse constant (appended to the stored initializers).
-    pub fn add_sparse_initializer(&mut self, name: impl Into<String>, t: SparseTensor) -> Result<ValueId, GraphError> {
+    pub fn add_sparse_initializer(
+        &mut self,
+        name: impl Into<String>,
+        t: SparseTensor,
+    ) -> Result<ValueId, GraphError> {
         let v = self.new_value(name.into(), ValueDef::SparseInitializer(t))?;
         self.initializers.push(v);
         Ok(v)
@@ -519,7 +534,11 @@ impl Graph {
             uses.remove(i);
         }
         if let ValueDef::Node(p, _) = self.values[v.0 as usize].def {
-            let edge = self.g.edges_connecting(p, n).find(|e| *e.weight() == v).map(|e| e.id());
+            let edge = self
+                .g
+                .edges_connecting(p, n)
+                .find(|e| *e.weight() == v)
+                .map(|e| e.id());
             if let Some(e) = edge {
                 self.g.remove_edge(e);
             }
@@ -550,8 +569,12 @@ impl Graph {
     /// them, which [`crate::ir::verify`] reports; remove or rewire them first.
     pub fn remove_node(&mut self, n: NodeId) {
         let node = &self.g[n];
-        let inputs: Vec<(usize, ValueId)> =
-            node.inputs.iter().enumerate().filter_map(|(i, v)| v.map(|v| (i, v))).collect();
+        let inputs: Vec<(usize, ValueId)> = node
+            .inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (i, v)))
+            .collect();
         let captures = node.captures.clone();
         let outputs: Vec<ValueId> = node.outputs.iter().flatten().copied().collect();
         for (i, v) in inputs {
@@ -638,18 +661,17 @@ impl Graph {
         let mut nodes = 0;
         let mut consts = 0;
         loop {
-            let outputs: std::collections::HashSet<ValueId> = self.outputs.iter().copied().collect();
-            let dead: Vec<NodeId> = self
-                .g
-                .node_indices()
-                .filter(|&n| {
-                    self.g[n]
-                        .outputs
-                        .iter()
-                        .flatten()
-                        .all(|v| self.values[v.0 as usize].uses.is_empty() && !outputs.contains(v))
-                })
-                .collect();
+            let outputs: std::collections::HashSet<ValueId> =
+                self.outputs.iter().copied().collect();
+            let dead: Vec<NodeId> =
+                self.g
+                    .node_indices()
+                    .filter(|&n| {
+                        self.g[n].outputs.iter().flatten().all(|v| {
+                            self.values[v.0 as usize].uses.is_empty() && !outputs.contains(v)
+                        })
+                    })
+                    .collect();
             if dead.is_empty() {
                 break;
             }
@@ -665,7 +687,9 @@ impl Graph {
             .iter()
             .copied()
             .filter(|v| {
-                self.values[v.0 as usize].uses.is_empty() && !outputs.contains(v) && !inputs.contains(v)
+                self.values[v.0 as usize].uses.is_empty()
+                    && !outputs.contains(v)
+                    && !inputs.contains(v)
             })
             .collect();
         for v in dead {

@@ -79,14 +79,22 @@ impl Tensor {
     /// An owned f32 tensor. Panics if `values.len()` is not the product of `dims` (a programming
     /// error, never user input).
     pub fn from_f32(dims: Vec<i64>, values: &[f32]) -> Tensor {
-        assert_eq!(num_elements(&dims), Some(values.len()), "f32 tensor: dims do not match data");
+        assert_eq!(
+            num_elements(&dims),
+            Some(values.len()),
+            "f32 tensor: dims do not match data"
+        );
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor::from_raw(DType::F32, dims, Bytes::from(bytes))
     }
 
     /// An owned i64 tensor. Panics if `values.len()` is not the product of `dims`.
     pub fn from_i64(dims: Vec<i64>, values: &[i64]) -> Tensor {
-        assert_eq!(num_elements(&dims), Some(values.len()), "i64 tensor: dims do not match data");
+        assert_eq!(
+            num_elements(&dims),
+            Some(values.len()),
+            "i64 tensor: dims do not match data"
+        );
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor::from_raw(DType::I64, dims, Bytes::from(bytes))
     }
@@ -181,7 +189,11 @@ fn cast_or_copy<T: bytemuck::Pod>(b: &[u8]) -> Cow<'_, [T]> {
     let b = &b[..b.len() - b.len() % size];
     match bytemuck::try_cast_slice::<u8, T>(b) {
         Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(b.chunks_exact(size).map(bytemuck::pod_read_unaligned).collect()),
+        Err(_) => Cow::Owned(
+            b.chunks_exact(size)
+                .map(bytemuck::pod_read_unaligned)
+                .collect(),
+        ),
     }
 }
 

@@ -159,11 +159,15 @@ impl fmt::Display for ValueType {
             }
         }
         match &self.ty {
-            Type::Tensor { elem: e, shape: s, .. } => {
+            Type::Tensor {
+                elem: e, shape: s, ..
+            } => {
                 f.write_str(elem(e))?;
                 shape(f, s)
             }
-            Type::SparseTensor { elem: e, shape: s, .. } => {
+            Type::SparseTensor {
+                elem: e, shape: s, ..
+            } => {
                 write!(f, "sparse_tensor({}", elem(e))?;
                 shape(f, s)?;
                 f.write_str(")")

@@ -7,7 +7,11 @@ use super::{num_elements, DType, Graph, TensorData, ValueDef};
 pub enum VerifyError {
     /// A node reads a value that is not defined (or was removed).
     #[error("node '{node}' ({op}) reads value '{value}', which is not defined in the graph")]
-    Dangling { node: String, op: String, value: String },
+    Dangling {
+        node: String,
+        op: String,
+        value: String,
+    },
     /// A graph output names a value that is not defined.
     #[error("graph output '{0}' is not defined in the graph")]
     DanglingOutput(String),
@@ -16,13 +20,23 @@ pub enum VerifyError {
     Graph(#[from] super::GraphError),
     /// A constant's data does not fit its type and shape.
     #[error("tensor '{name}': {dtype}{dims:?} needs {expected} bytes of data, found {found}")]
-    DataLength { name: String, dtype: DType, dims: Vec<i64>, expected: usize, found: usize },
+    DataLength {
+        name: String,
+        dtype: DType,
+        dims: Vec<i64>,
+        expected: usize,
+        found: usize,
+    },
     /// A constant's shape is invalid.
     #[error("tensor '{name}': invalid dims {dims:?}")]
     BadDims { name: String, dims: Vec<i64> },
     /// A string tensor's element count does not match its shape.
     #[error("tensor '{name}': {found} strings for shape {dims:?}")]
-    StringCount { name: String, dims: Vec<i64>, found: usize },
+    StringCount {
+        name: String,
+        dims: Vec<i64>,
+        found: usize,
+    },
 }
 
 /// Check that every node input and graph output is defined, that the graph is acyclic, and

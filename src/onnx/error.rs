@@ -34,8 +34,14 @@ pub enum ImportError {
     #[error("tensor '{tensor}': external data {detail}")]
     ExternalData { tensor: String, detail: String },
     /// A node reads a value nothing defines.
-    #[error("node '{node}' ({op}) reads '{value}', which no graph input, initializer or node defines")]
-    Undefined { node: String, op: String, value: String },
+    #[error(
+        "node '{node}' ({op}) reads '{value}', which no graph input, initializer or node defines"
+    )]
+    Undefined {
+        node: String,
+        op: String,
+        value: String,
+    },
     /// A graph output names a value nothing defines.
     #[error("graph output '{0}' is not defined by any input, initializer or node")]
     UndefinedOutput(String),
@@ -44,7 +50,11 @@ pub enum ImportError {
     Duplicate(String),
     /// An attribute is malformed.
     #[error("node '{node}': attribute '{attr}': {detail}")]
-    BadAttribute { node: String, attr: String, detail: String },
+    BadAttribute {
+        node: String,
+        attr: String,
+        detail: String,
+    },
     /// The graph is not a DAG.
     #[error("{0}")]
     Graph(#[from] crate::ir::GraphError),

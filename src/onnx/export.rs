@@ -123,7 +123,9 @@ pub fn graph_to_proto(graph: &Graph) -> Result<proto::GraphProto, ExportError> {
         let val = graph.value(v);
         match &val.def {
             ValueDef::Initializer(t) => g.initializer.push(tensor_to_proto(t, &val.name)),
-            ValueDef::SparseInitializer(s) => g.sparse_initializer.push(sparse_to_proto(s, &val.name)),
+            ValueDef::SparseInitializer(s) => {
+                g.sparse_initializer.push(sparse_to_proto(s, &val.name))
+            }
             _ => {}
         }
     }
@@ -138,11 +140,13 @@ pub fn graph_to_proto(graph: &Graph) -> Result<proto::GraphProto, ExportError> {
     };
     for &v in &graph.inputs {
         let val = graph.value(v);
-        g.input.push(info(v, val.declared.as_ref().or(val.inferred.as_ref())));
+        g.input
+            .push(info(v, val.declared.as_ref().or(val.inferred.as_ref())));
     }
     for &v in &graph.outputs {
         let val = graph.value(v);
-        g.output.push(info(v, val.declared.as_ref().or(val.inferred.as_ref())));
+        g.output
+            .push(info(v, val.declared.as_ref().or(val.inferred.as_ref())));
     }
     for v in graph.value_info() {
         let val = graph.value(v);
@@ -150,7 +154,9 @@ pub fn graph_to_proto(graph: &Graph) -> Result<proto::GraphProto, ExportError> {
     }
     for n in graph.topo_order().map_err(verify::VerifyError::from)? {
         let node = graph.node(n);
-        let name_of = |v: &Option<crate::ir::ValueId>| v.map(|v| graph.value(v).name.clone()).unwrap_or_default();
+        let name_of = |v: &Option<crate::ir::ValueId>| {
+            v.map(|v| graph.value(v).name.clone()).unwrap_or_default()
+        };
         g.node.push(proto::NodeProto {
             input: node.inputs().iter().map(name_of).collect(),
             output: node.outputs().iter().map(name_of).collect(),
@@ -161,7 +167,11 @@ pub fn graph_to_proto(graph: &Graph) -> Result<proto::GraphProto, ExportError> {
             attribute: node.attributes.iter().map(attribute_to_proto).collect(),
             doc_string: nonempty(&node.doc_string),
             metadata_props: kv_to_proto(&node.metadata_props),
-            device_configurations: node.opaque.iter().filter_map(|b| Message::decode(b.clone()).ok()).collect(),
+            device_configurations: node
+                .opaque
+                .iter()
+                .filter_map(|b| Message::decode(b.clone()).ok())
+                .collect(),
         });
     }
     Ok(g)
@@ -223,11 +233,17 @@ pub fn attribute_to_proto(a: &Attribute) -> proto::AttributeProto {
             at::TENSORS
         }
         AttrValue::Graphs(v) => {
-            p.graphs = v.iter().filter_map(|g| Message::decode(g.encoded.clone()).ok()).collect();
+            p.graphs = v
+                .iter()
+                .filter_map(|g| Message::decode(g.encoded.clone()).ok())
+                .collect();
             at::GRAPHS
         }
         AttrValue::SparseTensors(v) => {
-            p.sparse_tensors = v.iter().map(|s| sparse_to_proto(s, &s.values.name)).collect();
+            p.sparse_tensors = v
+                .iter()
+                .map(|s| sparse_to_proto(s, &s.values.name))
+                .collect();
             at::SPARSE_TENSORS
         }
         AttrValue::Types(v) => {
@@ -249,8 +265,12 @@ pub fn type_to_proto(t: &ValueType) -> proto::TypeProto {
                 .enumerate()
                 .map(|(i, d)| proto::tensor_shape_proto::Dimension {
                     value: match d {
-                        Dim::Known(v) => Some(proto::tensor_shape_proto::dimension::Value::DimValue(*v)),
-                        Dim::Sym(s) => Some(proto::tensor_shape_proto::dimension::Value::DimParam(s.clone())),
+                        Dim::Known(v) => {
+                            Some(proto::tensor_shape_proto::dimension::Value::DimValue(*v))
+                        }
+                        Dim::Sym(s) => Some(proto::tensor_shape_proto::dimension::Value::DimParam(
+                            s.clone(),
+                        )),
                         Dim::Unknown => None,
                     },
                     denotation: den.iter().find(|(a, _)| *a == i).map(|(_, d)| d.clone()),
@@ -261,16 +281,28 @@ pub fn type_to_proto(t: &ValueType) -> proto::TypeProto {
     let boxed = |t: &Option<Box<ValueType>>| t.as_ref().map(|t| Box::new(type_to_proto(t)));
     let value = match &t.ty {
         Type::Undefined => None,
-        Type::Tensor { elem, shape: s, dim_denotations } => Some(tp::Value::TensorType(tp::Tensor {
+        Type::Tensor {
+            elem,
+            shape: s,
+            dim_denotations,
+        } => Some(tp::Value::TensorType(tp::Tensor {
             elem_type: Some(elem.map_or(0, |e| e.onnx_code())),
             shape: shape(s, dim_denotations),
         })),
-        Type::SparseTensor { elem, shape: s, dim_denotations } => Some(tp::Value::SparseTensorType(tp::SparseTensor {
+        Type::SparseTensor {
+            elem,
+            shape: s,
+            dim_denotations,
+        } => Some(tp::Value::SparseTensorType(tp::SparseTensor {
             elem_type: Some(elem.map_or(0, |e| e.onnx_code())),
             shape: shape(s, dim_denotations),
         })),
-        Type::Sequence(e) => Some(tp::Value::SequenceType(tp::Sequence { elem_type: boxed(e) })),
-        Type::Optional(e) => Some(tp::Value::OptionalType(tp::Optional { elem_type: boxed(e) })),
+        Type::Sequence(e) => Some(tp::Value::SequenceType(tp::Sequence {
+            elem_type: boxed(e),
+        })),
+        Type::Optional(e) => Some(tp::Value::OptionalType(tp::Optional {
+            elem_type: boxed(e),
+        })),
         Type::Map { key, value } => Some(tp::Value::MapType(tp::Map {
             key_type: Some(key.map_or(0, |e| e.onnx_code())),
             value_type: boxed(value),
@@ -293,7 +325,10 @@ pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveStats,
     let mut p = to_proto(model)?;
     let mut ext = opts.external_data.clone();
     if ext.is_none() && p.encoded_len() as u64 > opts.inline_limit.min(PROTOBUF_LIMIT) {
-        tracing::info!("the model would pass {} bytes inline: writing external data", opts.inline_limit);
+        tracing::info!(
+            "the model would pass {} bytes inline: writing external data",
+            opts.inline_limit
+        );
         ext = Some(ExternalData::default());
     }
     let io = |path: &Path| {
@@ -310,21 +345,30 @@ pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveStats,
     };
     let mut ext_tmp = None;
     if let Some(ext) = ext {
-        let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        let location = ext.location.clone().unwrap_or_else(|| format!("{file_name}.data"));
+        let file_name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let location = ext
+            .location
+            .clone()
+            .unwrap_or_else(|| format!("{file_name}.data"));
         let ext_path = path.with_file_name(&location);
         let tmp = TempFile::create(&ext_path).map_err(io(&ext_path))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.file().map_err(io(&ext_path))?);
         let mut offset = 0u64;
         if let Some(g) = &mut p.graph {
             for t in &mut g.initializer {
-                let Some(raw) = t.raw_data.take() else { continue };
+                let Some(raw) = t.raw_data.take() else {
+                    continue;
+                };
                 if raw.len() < ext.threshold {
                     t.raw_data = Some(raw);
                     continue;
                 }
                 let pad = (4096 - offset % 4096) % 4096;
-                w.write_all(&vec![0u8; pad as usize]).map_err(io(&ext_path))?;
+                w.write_all(&vec![0u8; pad as usize])
+                    .map_err(io(&ext_path))?;
                 offset += pad;
                 w.write_all(&raw).map_err(io(&ext_path))?;
                 t.data_location = Some(proto::data_location::EXTERNAL);
@@ -374,13 +418,19 @@ struct TempFile {
 
 impl TempFile {
     fn create(dest: &Path) -> std::io::Result<TempFile> {
-        let name = dest.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dest
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let path = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         File::create(&path)?;
         Ok(TempFile { path, done: false })
     }
     fn file(&self) -> std::io::Result<File> {
-        std::fs::OpenOptions::new().write(true).truncate(true).open(&self.path)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.path)
     }
     fn persist(mut self, dest: &Path) -> std::io::Result<()> {
         std::fs::rename(&self.path, dest)?;

@@ -9,7 +9,9 @@ use prost::Message;
 
 use super::error::ImportError;
 use super::proto::{self, attribute_type as at, ModelProto};
-use super::tensor::{is_confined, kv_from_proto, sparse_from_proto, tensor_from_proto, ExternalResolver};
+use super::tensor::{
+    is_confined, kv_from_proto, sparse_from_proto, tensor_from_proto, ExternalResolver,
+};
 use crate::ir::{
     AttrValue, Attribute, DType, Dim, Graph, GraphError, Model, Node, OpsetImport, Subgraph, Type,
     ValueId, ValueType,
@@ -80,13 +82,21 @@ impl FileResolver {
 }
 
 impl ExternalResolver for FileResolver {
-    fn read(&self, tensor: &str, location: &str, offset: u64, length: Option<u64>) -> Result<Bytes, ImportError> {
+    fn read(
+        &self,
+        tensor: &str,
+        location: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Bytes, ImportError> {
         let err = |detail: String| ImportError::ExternalData {
             tensor: tensor.to_string(),
             detail,
         };
         if !is_confined(location) {
-            return Err(err(format!("location '{location}' escapes the model's folder")));
+            return Err(err(format!(
+                "location '{location}' escapes the model's folder"
+            )));
         }
         let cached = self.maps.borrow().get(location).cloned();
         let data = match cached {
@@ -97,13 +107,22 @@ impl ExternalResolver for FileResolver {
                     return Err(err(format!("file '{}' does not exist", path.display())));
                 }
                 // Reject symlinks that lead outside the model's folder.
-                let canon_base = self.base.canonicalize().unwrap_or_else(|_| self.base.clone());
-                let canon = path.canonicalize().map_err(|e| err(format!("file '{}': {e}", path.display())))?;
+                let canon_base = self
+                    .base
+                    .canonicalize()
+                    .unwrap_or_else(|_| self.base.clone());
+                let canon = path
+                    .canonicalize()
+                    .map_err(|e| err(format!("file '{}': {e}", path.display())))?;
                 if !canon.starts_with(&canon_base) {
-                    return Err(err(format!("location '{location}' resolves outside the model's folder")));
+                    return Err(err(format!(
+                        "location '{location}' resolves outside the model's folder"
+                    )));
                 }
                 let d = map_file(&path).map_err(|e| err(e.to_string()))?;
-                self.maps.borrow_mut().insert(location.to_string(), d.clone());
+                self.maps
+                    .borrow_mut()
+                    .insert(location.to_string(), d.clone());
                 d
             }
         };
@@ -113,7 +132,9 @@ impl ExternalResolver for FileResolver {
             None => Some(size),
         };
         match end {
-            Some(end) if offset <= size && end <= size && offset <= end => Ok(data.slice(offset as usize..end as usize)),
+            Some(end) if offset <= size && end <= size && offset <= end => {
+                Ok(data.slice(offset as usize..end as usize))
+            }
             _ => Err(err(format!(
                 "'{location}' is {size} bytes, too short for offset {offset} and length {}",
                 length.map_or("(rest)".to_string(), |l| l.to_string())
@@ -123,8 +144,15 @@ impl ExternalResolver for FileResolver {
 }
 
 /// Convert a decoded `ModelProto` into the IR. `path` names the source in errors.
-pub fn import(p: ModelProto, resolver: &dyn ExternalResolver, path: &Path) -> Result<Model, ImportError> {
-    let graph = p.graph.as_ref().ok_or_else(|| ImportError::NoGraph(path.to_path_buf()))?;
+pub fn import(
+    p: ModelProto,
+    resolver: &dyn ExternalResolver,
+    path: &Path,
+) -> Result<Model, ImportError> {
+    let graph = p
+        .graph
+        .as_ref()
+        .ok_or_else(|| ImportError::NoGraph(path.to_path_buf()))?;
     let mut graph = import_graph(graph, resolver)?;
     let opset = p
         .opset_import
@@ -154,9 +182,21 @@ pub fn import(p: ModelProto, resolver: &dyn ExternalResolver, path: &Path) -> Re
         doc_string: p.doc_string.clone().unwrap_or_default(),
         metadata_props: kv_from_proto(&p.metadata_props),
         graph,
-        functions: p.functions.iter().map(|f| Bytes::from(f.encode_to_vec())).collect(),
-        training_info: p.training_info.iter().map(|t| Bytes::from(t.encode_to_vec())).collect(),
-        configuration: p.configuration.iter().map(|c| Bytes::from(c.encode_to_vec())).collect(),
+        functions: p
+            .functions
+            .iter()
+            .map(|f| Bytes::from(f.encode_to_vec()))
+            .collect(),
+        training_info: p
+            .training_info
+            .iter()
+            .map(|t| Bytes::from(t.encode_to_vec()))
+            .collect(),
+        configuration: p
+            .configuration
+            .iter()
+            .map(|c| Bytes::from(c.encode_to_vec()))
+            .collect(),
     })
 }
 
@@ -168,14 +208,22 @@ fn dup(e: GraphError) -> ImportError {
 }
 
 /// Convert a top-level `GraphProto`.
-pub fn import_graph(g: &proto::GraphProto, resolver: &dyn ExternalResolver) -> Result<Graph, ImportError> {
+pub fn import_graph(
+    g: &proto::GraphProto,
+    resolver: &dyn ExternalResolver,
+) -> Result<Graph, ImportError> {
     let mut graph = Graph::new(g.name.clone().unwrap_or_default());
     graph.doc_string = g.doc_string.clone().unwrap_or_default();
     graph.metadata_props = kv_from_proto(&g.metadata_props);
     graph.quantization_annotation = g
         .quantization_annotation
         .iter()
-        .map(|a| (a.tensor_name.clone().unwrap_or_default(), kv_from_proto(&a.quant_parameter_tensor_names)))
+        .map(|a| {
+            (
+                a.tensor_name.clone().unwrap_or_default(),
+                kv_from_proto(&a.quant_parameter_tensor_names),
+            )
+        })
         .collect();
 
     for t in &g.initializer {
@@ -184,7 +232,11 @@ pub fn import_graph(g: &proto::GraphProto, resolver: &dyn ExternalResolver) -> R
         graph.add_initializer(name, tensor).map_err(dup)?;
     }
     for s in &g.sparse_initializer {
-        let name = s.values.as_ref().and_then(|v| v.name.clone()).unwrap_or_default();
+        let name = s
+            .values
+            .as_ref()
+            .and_then(|v| v.name.clone())
+            .unwrap_or_default();
         let tensor = sparse_from_proto(s, resolver)?;
         graph.add_sparse_initializer(name, tensor).map_err(dup)?;
     }
@@ -207,7 +259,11 @@ pub fn import_graph(g: &proto::GraphProto, resolver: &dyn ExternalResolver) -> R
     let mut created = Vec::with_capacity(g.node.len());
     for np in &g.node {
         let node = import_node(np, resolver)?;
-        let outputs = np.output.iter().map(|o| (!o.is_empty()).then(|| o.clone())).collect();
+        let outputs = np
+            .output
+            .iter()
+            .map(|o| (!o.is_empty()).then(|| o.clone()))
+            .collect();
         let (n, _) = graph.add_node(node, Vec::new(), outputs).map_err(dup)?;
         created.push(n);
     }
@@ -249,7 +305,9 @@ pub fn import_graph(g: &proto::GraphProto, resolver: &dyn ExternalResolver) -> R
                 graph.declare_value_info(v, ty);
                 set_info(&mut graph, v, vi);
             }
-            None => tracing::warn!("value_info for '{name}', which the graph does not define, dropped"),
+            None => {
+                tracing::warn!("value_info for '{name}', which the graph does not define, dropped")
+            }
         }
     }
     for vi in &g.output {
@@ -322,8 +380,14 @@ fn free_names(g: &proto::GraphProto) -> Vec<String> {
     free
 }
 
-fn import_node(np: &proto::NodeProto, resolver: &dyn ExternalResolver) -> Result<Node, ImportError> {
-    let mut node = Node::new(np.op_type.clone().unwrap_or_default(), np.name.clone().unwrap_or_default());
+fn import_node(
+    np: &proto::NodeProto,
+    resolver: &dyn ExternalResolver,
+) -> Result<Node, ImportError> {
+    let mut node = Node::new(
+        np.op_type.clone().unwrap_or_default(),
+        np.name.clone().unwrap_or_default(),
+    );
     node.domain = np.domain.clone().unwrap_or_default();
     node.overload = np.overload.clone().unwrap_or_default();
     node.doc_string = np.doc_string.clone().unwrap_or_default();
@@ -334,14 +398,19 @@ fn import_node(np: &proto::NodeProto, resolver: &dyn ExternalResolver) -> Result
         .map(|d| Bytes::from(d.encode_to_vec()))
         .collect();
     for a in &np.attribute {
-        node.attributes.push(import_attribute(a, &node.name, resolver)?);
+        node.attributes
+            .push(import_attribute(a, &node.name, resolver)?);
     }
     Ok(node)
 }
 
 /// Convert an attribute. Its kind comes from the `type` field; files from before IR version 2
 /// (no `type`) are read by which field is set.
-pub fn import_attribute(a: &proto::AttributeProto, node: &str, resolver: &dyn ExternalResolver) -> Result<Attribute, ImportError> {
+pub fn import_attribute(
+    a: &proto::AttributeProto,
+    node: &str,
+    resolver: &dyn ExternalResolver,
+) -> Result<Attribute, ImportError> {
     let name = a.name.clone().unwrap_or_default();
     let bad = |detail: String| ImportError::BadAttribute {
         node: node.to_string(),
@@ -381,7 +450,12 @@ pub fn import_attribute(a: &proto::AttributeProto, node: &str, resolver: &dyn Ex
         at::INTS => AttrValue::Ints(a.ints.clone()),
         at::STRINGS => AttrValue::Strings(a.strings.clone()),
         at::TENSORS => AttrValue::Tensors(tensors(&a.tensors)?),
-        at::GRAPHS => AttrValue::Graphs(a.graphs.iter().map(|g| subgraph(g, resolver)).collect::<Result<_, _>>()?),
+        at::GRAPHS => AttrValue::Graphs(
+            a.graphs
+                .iter()
+                .map(|g| subgraph(g, resolver))
+                .collect::<Result<_, _>>()?,
+        ),
         at::SPARSE_TENSORS => AttrValue::SparseTensors(
             a.sparse_tensors
                 .iter()
@@ -440,7 +514,10 @@ fn infer_attr_kind(a: &proto::AttributeProto) -> i32 {
 
 /// A subgraph, kept encoded. External data inside it is loaded inline first, so the encoded
 /// form does not depend on files next to the source model.
-fn subgraph(g: &proto::GraphProto, resolver: &dyn ExternalResolver) -> Result<Subgraph, ImportError> {
+fn subgraph(
+    g: &proto::GraphProto,
+    resolver: &dyn ExternalResolver,
+) -> Result<Subgraph, ImportError> {
     let mut g = g.clone();
     inline_external(&mut g, resolver)?;
     Ok(Subgraph {
@@ -449,7 +526,10 @@ fn subgraph(g: &proto::GraphProto, resolver: &dyn ExternalResolver) -> Result<Su
     })
 }
 
-fn inline_external(g: &mut proto::GraphProto, resolver: &dyn ExternalResolver) -> Result<(), ImportError> {
+fn inline_external(
+    g: &mut proto::GraphProto,
+    resolver: &dyn ExternalResolver,
+) -> Result<(), ImportError> {
     fn fix(t: &mut proto::TensorProto, resolver: &dyn ExternalResolver) -> Result<(), ImportError> {
         if t.data_location == Some(proto::data_location::EXTERNAL) {
             let tensor = tensor_from_proto(t, resolver)?;
@@ -482,7 +562,10 @@ fn inline_external(g: &mut proto::GraphProto, resolver: &dyn ExternalResolver) -
 }
 
 fn value_type(vi: &proto::ValueInfoProto, name: &str) -> Result<Option<ValueType>, ImportError> {
-    vi.r#type.as_ref().map(|t| convert_type(t, name)).transpose()
+    vi.r#type
+        .as_ref()
+        .map(|t| convert_type(t, name))
+        .transpose()
 }
 
 fn elem(code: Option<i32>, name: &str) -> Result<Option<DType>, ImportError> {
@@ -526,7 +609,9 @@ fn shape(s: &Option<proto::TensorShapeProto>) -> (Option<Vec<Dim>>, Vec<(usize, 
 pub fn convert_type(t: &proto::TypeProto, name: &str) -> Result<ValueType, ImportError> {
     use proto::type_proto::Value as V;
     let boxed = |t: &Option<Box<proto::TypeProto>>| -> Result<Option<Box<ValueType>>, ImportError> {
-        t.as_ref().map(|t| convert_type(t, name).map(Box::new)).transpose()
+        t.as_ref()
+            .map(|t| convert_type(t, name).map(Box::new))
+            .transpose()
     };
     let ty = match &t.value {
         None => Type::Undefined,

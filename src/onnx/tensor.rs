@@ -11,14 +11,26 @@ use crate::ir::{num_elements, DType, Encoding, SparseTensor, Tensor, TensorData}
 /// Where external data is resolved: the model's folder, and mapped files by name.
 pub trait ExternalResolver {
     /// The bytes `[offset, offset+length)` of `location`, relative to the model's folder.
-    fn read(&self, tensor: &str, location: &str, offset: u64, length: Option<u64>) -> Result<Bytes, ImportError>;
+    fn read(
+        &self,
+        tensor: &str,
+        location: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Bytes, ImportError>;
 }
 
 /// A resolver for models with no external data: any reference is an error.
 pub struct NoExternal;
 
 impl ExternalResolver for NoExternal {
-    fn read(&self, tensor: &str, location: &str, _: u64, _: Option<u64>) -> Result<Bytes, ImportError> {
+    fn read(
+        &self,
+        tensor: &str,
+        location: &str,
+        _: u64,
+        _: Option<u64>,
+    ) -> Result<Bytes, ImportError> {
         Err(ImportError::ExternalData {
             tensor: tensor.to_string(),
             detail: format!("'{location}' cannot be resolved (the model was not read from a file)"),
@@ -28,7 +40,10 @@ impl ExternalResolver for NoExternal {
 
 /// Decode a `TensorProto` into an IR tensor. Raw and external data are sliced, not copied.
 /// `name` is used in error messages.
-pub fn tensor_from_proto(t: &TensorProto, resolver: &dyn ExternalResolver) -> Result<Tensor, ImportError> {
+pub fn tensor_from_proto(
+    t: &TensorProto,
+    resolver: &dyn ExternalResolver,
+) -> Result<Tensor, ImportError> {
     let name = t.name.clone().unwrap_or_default();
     let code = t.data_type.unwrap_or(0);
     let dtype = DType::from_onnx(code).ok_or_else(|| ImportError::UnknownDType {
@@ -102,12 +117,17 @@ pub fn tensor_from_proto(t: &TensorProto, resolver: &dyn ExternalResolver) -> Re
         name,
         doc_string: t.doc_string.clone().unwrap_or_default(),
         metadata_props: kv_from_proto(&t.metadata_props),
-        segment: t.segment.as_ref().map(|s| (s.begin.unwrap_or(0), s.end.unwrap_or(0))),
+        segment: t
+            .segment
+            .as_ref()
+            .map(|s| (s.begin.unwrap_or(0), s.end.unwrap_or(0))),
     };
     crate::ir::verify::check_tensor(&tensor.name, &tensor).map_err(|e| ImportError::BadTensor {
         tensor: tensor.name.clone(),
         detail: match e {
-            crate::ir::verify::VerifyError::DataLength { expected, found, .. } => format!(
+            crate::ir::verify::VerifyError::DataLength {
+                expected, found, ..
+            } => format!(
                 "{}{:?} needs {expected} bytes of data, the file holds {found}",
                 tensor.dtype, tensor.dims
             ),
@@ -129,7 +149,12 @@ fn has_typed_data(t: &TensorProto) -> bool {
 fn typed_to_raw(t: &TensorProto, dtype: DType, n: usize) -> Result<Bytes, String> {
     use DType::*;
     let mut out: Vec<u8> = Vec::new();
-    let wrong = |field: &str, len: usize| format!("{field} holds {len} values, expected {n} for {dtype}{:?}", t.dims);
+    let wrong = |field: &str, len: usize| {
+        format!(
+            "{field} holds {len} values, expected {n} for {dtype}{:?}",
+            t.dims
+        )
+    };
     match dtype {
         F32 | C64 => {
             let want = if dtype == C64 { 2 * n } else { n };
@@ -237,21 +262,64 @@ fn raw_to_typed(p: &mut TensorProto, dtype: DType, b: &[u8]) {
         a
     }
     match dtype {
-        F32 | C64 => p.float_data = b.chunks_exact(4).map(|c| f32::from_le_bytes(le(c))).collect(),
-        F64 | C128 => p.double_data = b.chunks_exact(8).map(|c| f64::from_le_bytes(le(c))).collect(),
-        I64 => p.int64_data = b.chunks_exact(8).map(|c| i64::from_le_bytes(le(c))).collect(),
-        U64 => p.uint64_data = b.chunks_exact(8).map(|c| u64::from_le_bytes(le(c))).collect(),
-        U32 => p.uint64_data = b.chunks_exact(4).map(|c| u32::from_le_bytes(le(c)) as u64).collect(),
-        I32 => p.int32_data = b.chunks_exact(4).map(|c| i32::from_le_bytes(le(c))).collect(),
-        I16 => p.int32_data = b.chunks_exact(2).map(|c| i16::from_le_bytes(le(c)) as i32).collect(),
-        U16 | F16 | BF16 => p.int32_data = b.chunks_exact(2).map(|c| u16::from_le_bytes(le(c)) as i32).collect(),
+        F32 | C64 => {
+            p.float_data = b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(le(c)))
+                .collect()
+        }
+        F64 | C128 => {
+            p.double_data = b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(le(c)))
+                .collect()
+        }
+        I64 => {
+            p.int64_data = b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(le(c)))
+                .collect()
+        }
+        U64 => {
+            p.uint64_data = b
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(le(c)))
+                .collect()
+        }
+        U32 => {
+            p.uint64_data = b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(le(c)) as u64)
+                .collect()
+        }
+        I32 => {
+            p.int32_data = b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(le(c)))
+                .collect()
+        }
+        I16 => {
+            p.int32_data = b
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes(le(c)) as i32)
+                .collect()
+        }
+        U16 | F16 | BF16 => {
+            p.int32_data = b
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes(le(c)) as i32)
+                .collect()
+        }
         I8 => p.int32_data = b.iter().map(|&v| v as i8 as i32).collect(),
         _ => p.int32_data = b.iter().map(|&v| v as i32).collect(),
     }
 }
 
 /// Decode a `SparseTensorProto`.
-pub fn sparse_from_proto(s: &proto::SparseTensorProto, resolver: &dyn ExternalResolver) -> Result<SparseTensor, ImportError> {
+pub fn sparse_from_proto(
+    s: &proto::SparseTensorProto,
+    resolver: &dyn ExternalResolver,
+) -> Result<SparseTensor, ImportError> {
     let values = s.values.as_ref().ok_or_else(|| ImportError::BadTensor {
         tensor: String::new(),
         detail: "sparse tensor without values".into(),
@@ -285,7 +353,12 @@ pub fn sparse_to_proto(s: &SparseTensor, name: &str) -> proto::SparseTensorProto
 /// Key-value pairs from protobuf entries.
 pub fn kv_from_proto(e: &[proto::StringStringEntryProto]) -> Vec<(String, String)> {
     e.iter()
-        .map(|e| (e.key.clone().unwrap_or_default(), e.value.clone().unwrap_or_default()))
+        .map(|e| {
+            (
+                e.key.clone().unwrap_or_default(),
+                e.value.clone().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -355,7 +428,10 @@ mod tests {
             ..Default::default()
         };
         let e = tensor_from_proto(&p, &NoExternal).unwrap_err().to_string();
-        assert!(e.contains("'w'") && e.contains("16 bytes") && e.contains("12"), "{e}");
+        assert!(
+            e.contains("'w'") && e.contains("16 bytes") && e.contains("12"),
+            "{e}"
+        );
     }
 
     #[test]

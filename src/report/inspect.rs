@@ -147,26 +147,48 @@ pub fn inspect(model: &Model, largest: usize) -> Inspection {
     big.truncate(largest);
 
     Inspection {
-        producer: [model.producer_name.as_str(), model.producer_version.as_str()]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" "),
+        producer: [
+            model.producer_name.as_str(),
+            model.producer_version.as_str(),
+        ]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" "),
         ir_version: model.ir_version,
         opsets: model
             .opset_import
             .iter()
-            .map(|o| (if o.domain.is_empty() { "ai.onnx".into() } else { o.domain.clone() }, o.version))
+            .map(|o| {
+                (
+                    if o.domain.is_empty() {
+                        "ai.onnx".into()
+                    } else {
+                        o.domain.clone()
+                    },
+                    o.version,
+                )
+            })
             .collect(),
         graph: g.name.clone(),
         inputs: g
             .inputs
             .iter()
             .filter(|&&v| !matches!(g.value(v).def, ValueDef::Initializer(_)))
-            .map(|&v| Signature { name: g.value(v).name.clone(), ty: ty(v) })
+            .map(|&v| Signature {
+                name: g.value(v).name.clone(),
+                ty: ty(v),
+            })
             .collect(),
-        outputs: g.outputs.iter().map(|&v| Signature { name: g.value(v).name.clone(), ty: ty(v) }).collect(),
+        outputs: g
+            .outputs
+            .iter()
+            .map(|&v| Signature {
+                name: g.value(v).name.clone(),
+                ty: ty(v),
+            })
+            .collect(),
         nodes: g.node_count(),
         ops,
         params: by_dtype.iter().map(|d| d.params).sum(),
@@ -182,8 +204,13 @@ pub fn inspect(model: &Model, largest: usize) -> Inspection {
 fn readers(g: &Graph, v: ValueId, prefix: &str, out: &mut Vec<String>, depth: usize) {
     for &(n, port) in g.value(v).uses() {
         let node = g.node(n);
-        let label = if node.name.is_empty() { node.op_type.clone() } else { format!("{}({})", node.op_type, node.name) };
-        let view = matches!(node.op_type.as_str(), "Transpose" | "Identity" | "Cast") && port == Port::Input(0);
+        let label = if node.name.is_empty() {
+            node.op_type.clone()
+        } else {
+            format!("{}({})", node.op_type, node.name)
+        };
+        let view = matches!(node.op_type.as_str(), "Transpose" | "Identity" | "Cast")
+            && port == Port::Input(0);
         if view && depth < 4 {
             if let Some(o) = node.output(0) {
                 let before = out.len();
@@ -217,7 +244,10 @@ fn sharing(g: &Graph, tensors: &[(ValueId, &Tensor)]) -> Sharing {
     let mut buckets: HashMap<(DType, Vec<i64>, usize), Bucket> = HashMap::new();
     for &(v, t) in tensors {
         if t.num_elements() > 1 {
-            buckets.entry((t.dtype, t.dims.clone(), t.byte_len())).or_default().push((v, t));
+            buckets
+                .entry((t.dtype, t.dims.clone(), t.byte_len()))
+                .or_default()
+                .push((v, t));
         }
     }
     let mut dups: Vec<Vec<String>> = Vec::new();
@@ -249,12 +279,19 @@ fn sharing(g: &Graph, tensors: &[(ValueId, &Tensor)]) -> Sharing {
     let two_d: Vec<(ValueId, &Tensor)> = tensors
         .iter()
         .copied()
-        .filter(|(_, t)| t.dims.len() == 2 && t.dtype.bits().is_some_and(|b| b >= 8) && t.num_elements() > 1)
+        .filter(|(_, t)| {
+            t.dims.len() == 2 && t.dtype.bits().is_some_and(|b| b >= 8) && t.num_elements() > 1
+        })
         .collect();
     for (i, &(va, a)) in two_d.iter().enumerate() {
         for &(vb, b) in &two_d[i + 1..] {
-            if a.dtype == b.dtype && a.dims[0] == b.dims[1] && a.dims[1] == b.dims[0] && is_transpose(a, b) {
-                s.transposed.push((g.value(va).name.clone(), g.value(vb).name.clone()));
+            if a.dtype == b.dtype
+                && a.dims[0] == b.dims[1]
+                && a.dims[1] == b.dims[0]
+                && is_transpose(a, b)
+            {
+                s.transposed
+                    .push((g.value(va).name.clone(), g.value(vb).name.clone()));
             }
         }
     }
@@ -266,7 +303,9 @@ pub fn is_transpose(a: &Tensor, b: &Tensor) -> bool {
     let (TensorData::Raw(x), TensorData::Raw(y)) = (&a.data, &b.data) else {
         return false;
     };
-    let Some(bits) = a.dtype.bits() else { return false };
+    let Some(bits) = a.dtype.bits() else {
+        return false;
+    };
     let es = bits / 8;
     let (r, c) = (a.dims[0] as usize, a.dims[1] as usize);
     if x.len() != r * c * es || y.len() != x.len() {
@@ -288,10 +327,32 @@ pub fn is_transpose(a: &Tensor, b: &Tensor) -> bool {
 /// Human-readable text of an inspection.
 pub fn render(i: &Inspection) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "producer     {}", if i.producer.is_empty() { "(none)" } else { &i.producer });
+    let _ = writeln!(
+        o,
+        "producer     {}",
+        if i.producer.is_empty() {
+            "(none)"
+        } else {
+            &i.producer
+        }
+    );
     let opsets: Vec<String> = i.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
-    let _ = writeln!(o, "ir_version   {}    opsets: {}", i.ir_version, opsets.join(", "));
-    let _ = writeln!(o, "graph        {}    {} nodes", if i.graph.is_empty() { "(unnamed)" } else { &i.graph }, i.nodes);
+    let _ = writeln!(
+        o,
+        "ir_version   {}    opsets: {}",
+        i.ir_version,
+        opsets.join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "graph        {}    {} nodes",
+        if i.graph.is_empty() {
+            "(unnamed)"
+        } else {
+            &i.graph
+        },
+        i.nodes
+    );
     let _ = writeln!(o, "\ninputs");
     for s in &i.inputs {
         let _ = writeln!(o, "  {:<32} {}", s.name, s.ty);
@@ -302,10 +363,19 @@ pub fn render(i: &Inspection) -> String {
     }
     let _ = writeln!(o, "\nops");
     for chunk in i.ops.chunks(4) {
-        let line: Vec<String> = chunk.iter().map(|(op, n)| format!("{op:<20}{n:>6}")).collect();
+        let line: Vec<String> = chunk
+            .iter()
+            .map(|(op, n)| format!("{op:<20}{n:>6}"))
+            .collect();
         let _ = writeln!(o, "  {}", line.join("   "));
     }
-    let _ = writeln!(o, "\nparameters   {} ({})    stored {}", i.params, human_count(i.params), human_bytes(i.bytes));
+    let _ = writeln!(
+        o,
+        "\nparameters   {} ({})    stored {}",
+        i.params,
+        human_count(i.params),
+        human_bytes(i.bytes)
+    );
     for d in &i.by_dtype {
         let _ = writeln!(
             o,
@@ -317,23 +387,51 @@ pub fn render(i: &Inspection) -> String {
         );
     }
     if i.constant_node_params > 0 {
-        let _ = writeln!(o, "  (+ {} elements in Constant nodes)", i.constant_node_params);
+        let _ = writeln!(
+            o,
+            "  (+ {} elements in Constant nodes)",
+            i.constant_node_params
+        );
     }
     let _ = writeln!(o, "\nlargest initializers");
     for t in &i.largest {
-        let _ = writeln!(o, "  {:<40} {:<8} {:<18} {:>12}", t.name, t.dtype.name(), format!("{:?}", t.shape), human_bytes(t.bytes));
+        let _ = writeln!(
+            o,
+            "  {:<40} {:<8} {:<18} {:>12}",
+            t.name,
+            t.dtype.name(),
+            format!("{:?}", t.shape),
+            human_bytes(t.bytes)
+        );
     }
     let _ = writeln!(o, "\nweight sharing");
-    if i.sharing.shared.is_empty() && i.sharing.duplicates.is_empty() && i.sharing.transposed.is_empty() {
+    if i.sharing.shared.is_empty()
+        && i.sharing.duplicates.is_empty()
+        && i.sharing.transposed.is_empty()
+    {
         let _ = writeln!(o, "  none");
     }
     if i.sharing.small_shared > 0 {
-        let _ = writeln!(o, "  ({} small constants under {} B are read by several nodes)", i.sharing.small_shared, SHARED_MIN_BYTES);
+        let _ = writeln!(
+            o,
+            "  ({} small constants under {} B are read by several nodes)",
+            i.sharing.small_shared, SHARED_MIN_BYTES
+        );
     }
     for s in &i.sharing.shared {
         let shown: Vec<&str> = s.readers.iter().take(4).map(String::as_str).collect();
-        let more = if s.readers.len() > 4 { format!(" and {} more", s.readers.len() - 4) } else { String::new() };
-        let _ = writeln!(o, "  shared      {} ({}) read by {}{more}", s.name, human_bytes(s.bytes), shown.join(", "));
+        let more = if s.readers.len() > 4 {
+            format!(" and {} more", s.readers.len() - 4)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "  shared      {} ({}) read by {}{more}",
+            s.name,
+            human_bytes(s.bytes),
+            shown.join(", ")
+        );
     }
     for d in &i.sharing.duplicates {
         let _ = writeln!(o, "  duplicate   {}", d.join(" = "));

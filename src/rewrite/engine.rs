@@ -125,12 +125,20 @@ impl<'a> Engine<'a> {
         Ok(report)
     }
 
-    fn steps(&mut self, steps: &[Step], round: Option<u32>, report: &mut RewriteReport) -> Result<usize, RewriteError> {
+    fn steps(
+        &mut self,
+        steps: &[Step],
+        round: Option<u32>,
+        report: &mut RewriteReport,
+    ) -> Result<usize, RewriteError> {
         let mut fired = 0;
         for step in steps {
             match step {
                 Step::Run { rule, args, .. } => {
-                    let r = self.rules.rule(&rule.name).ok_or_else(|| RewriteError::UnknownRule(rule.name.clone()))?;
+                    let r = self
+                        .rules
+                        .rule(&rule.name)
+                        .ok_or_else(|| RewriteError::UnknownRule(rule.name.clone()))?;
                     let mut stage = self.run_rule(r, args)?;
                     stage.round = round;
                     fired += stage.fired.len();
@@ -160,22 +168,11 @@ impl<'a> Engine<'a> {
         let mut fired = Vec::new();
         let mut misses = Vec::new();
 
-        let candidates: Vec<Root> = match &rule.pattern {
-            Pattern::Op { op, .. } => {
-                let order = g.topo_order().map_err(|e| RewriteError::Invalid {
-                    rule: rule.name.name.clone(),
-                    source: e.into(),
-                })?;
-                order.into_iter().filter(|&n| op_matches(g, n, &op.op.name)).map(Root::Node).collect()
-            }
-            Pattern::Const { .. } => g
-                .initializers()
-                .iter()
-                .copied()
-                .filter(|v| matches!(g.value(*v).def, ValueDef::Initializer(_)) && !g.inputs.contains(v))
-                .map(Root::Const)
-                .collect(),
-        };
+        g.topo_order().map_err(|e| RewriteError::Invalid {
+            rule: rule.name.name.clone(),
+            source: e.into(),
+        })?;
+        let candidates = self.candidates(rule);
         let mut order = self.order();
         for root in candidates {
             let g = &self.model.graph;
@@ -266,8 +263,49 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Match `rule`'s pattern at every candidate site without evaluating its clauses or changing
+    /// anything: (candidate sites, matches). For benchmarks of the matcher.
+    pub fn match_all(&self, rule: &Rule) -> (usize, usize) {
+        let g = &self.model.graph;
+        let params = Bindings::default();
+        let roots = self.candidates(rule);
+        let matched = roots
+            .iter()
+            .filter(|&&r| match_at(g, &rule.pattern, r, &params).is_ok())
+            .count();
+        (roots.len(), matched)
+    }
+
+    fn candidates(&self, rule: &Rule) -> Vec<Root> {
+        let g = &self.model.graph;
+        match &rule.pattern {
+            Pattern::Op { op, .. } => g
+                .topo_order()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|&n| op_matches(g, n, &op.op.name))
+                .map(Root::Node)
+                .collect(),
+            Pattern::Const { .. } => g
+                .initializers()
+                .iter()
+                .copied()
+                .filter(|v| {
+                    matches!(g.value(*v).def, ValueDef::Initializer(_)) && !g.inputs.contains(v)
+                })
+                .map(Root::Const)
+                .collect(),
+        }
+    }
+
     fn order(&self) -> HashMap<ValueId, usize> {
-        self.model.graph.initializers().iter().enumerate().map(|(i, &v)| (v, i)).collect()
+        self.model
+            .graph
+            .initializers()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v, i))
+            .collect()
     }
 
     /// Parameter bindings from `run` arguments and defaults.
@@ -295,7 +333,9 @@ impl<'a> Engine<'a> {
             let v = match (arg, &p.default) {
                 (Some(a), _) => ev.expr(&a.value).map_err(err)?,
                 (None, Some(d)) => ev.expr(d).map_err(err)?,
-                (None, None) => return Err(err(format!("parameter '{}' has no value", p.name.name))),
+                (None, None) => {
+                    return Err(err(format!("parameter '{}' has no value", p.name.name)))
+                }
             };
             b.set(&p.name.name, v);
         }
@@ -306,7 +346,11 @@ impl<'a> Engine<'a> {
     fn apply(&mut self, patch: Patch, hint: &str) -> Option<String> {
         let g = &self.model.graph;
         // A patch whose every emit re-defines a value as itself changes nothing.
-        if patch.emits.iter().all(|(t, v)| matches!(v, Val::Value(x) if x == t)) {
+        if patch
+            .emits
+            .iter()
+            .all(|(t, v)| matches!(v, Val::Value(x) if x == t))
+        {
             return None;
         }
         let mut created: HashSet<ValueId> = HashSet::new();
@@ -324,12 +368,31 @@ impl<'a> Engine<'a> {
         for (i, pn) in patch.nodes.iter().enumerate() {
             let mut inputs = Vec::new();
             for v in &pn.inputs {
-                inputs.push(self.resolve(v, &outs, &mut created, &format!("{hint}.{}", pn.op_type)));
+                inputs.push(self.resolve(
+                    v,
+                    &outs,
+                    &mut created,
+                    &format!("{hint}.{}", pn.op_type),
+                ));
             }
             let g = &mut self.model.graph;
-            let base = direct.get(&i).map(|t| g.value(*t).name.clone()).unwrap_or_else(|| format!("{hint}.{}", pn.op_type));
-            let names: Vec<Option<String>> = (0..pn.outputs).map(|k| Some(g.fresh_name(&if k == 0 { base.clone() } else { format!("{base}.{k}") }))).collect();
-            let mut node = Node::new(pn.op_type.clone(), fresh_node_name(g, &format!("{hint}/{}", pn.op_type)));
+            let base = direct
+                .get(&i)
+                .map(|t| g.value(*t).name.clone())
+                .unwrap_or_else(|| format!("{hint}.{}", pn.op_type));
+            let names: Vec<Option<String>> = (0..pn.outputs)
+                .map(|k| {
+                    Some(g.fresh_name(&if k == 0 {
+                        base.clone()
+                    } else {
+                        format!("{base}.{k}")
+                    }))
+                })
+                .collect();
+            let mut node = Node::new(
+                pn.op_type.clone(),
+                fresh_node_name(g, &format!("{hint}/{}", pn.op_type)),
+            );
             node.domain = pn.domain.clone();
             node.attributes = pn.attributes.clone();
             let (_, o) = match g.add_node(node, inputs, names) {
@@ -341,7 +404,9 @@ impl<'a> Engine<'a> {
         }
         for (target, v) in &patch.emits {
             let target_name = self.model.graph.value(*target).name.clone();
-            let Some(new) = self.resolve(v, &outs, &mut created, &target_name) else { continue };
+            let Some(new) = self.resolve(v, &outs, &mut created, &target_name) else {
+                continue;
+            };
             if new == *target {
                 continue;
             }
@@ -365,13 +430,19 @@ impl<'a> Engine<'a> {
                 let declared = g.value(*target).declared.clone();
                 let _ = g.rename_value(*target, tomb);
                 let node = Node::new("Identity", fresh_node_name(g, &format!("{hint}/Identity")));
-                if let Ok((_, o)) = g.add_node(node, vec![Some(new)], vec![Some(target_name.clone())]) {
+                if let Ok((_, o)) =
+                    g.add_node(node, vec![Some(new)], vec![Some(target_name.clone())])
+                {
                     if let Some(id) = o[0] {
                         g.value_mut(id).declared = declared;
                         g.replace_uses(*target, id);
                     }
                 }
-                details.push(format!("'{}' ← Identity({})", target_name, self.describe(new, fresh)));
+                details.push(format!(
+                    "'{}' ← Identity({})",
+                    target_name,
+                    self.describe(new, fresh)
+                ));
             } else {
                 g.replace_uses(*target, new);
                 details.push(format!("'{}' ← {}", target_name, self.describe(new, fresh)));
@@ -389,17 +460,29 @@ impl<'a> Engine<'a> {
         match &g.value(v).def {
             ValueDef::Node(n, _) => {
                 let node = g.node(*n);
-                let args: Vec<String> = node.inputs().iter().map(|i| i.map_or("_".into(), |i| format!("'{}'", g.value(i).name))).collect();
+                let args: Vec<String> = node
+                    .inputs()
+                    .iter()
+                    .map(|i| i.map_or("_".into(), |i| format!("'{}'", g.value(i).name)))
+                    .collect();
                 format!("{}({})", node.op_type, args.join(", "))
             }
             ValueDef::Initializer(t) if fresh => format!("new constant {}{:?}", t.dtype, t.dims),
-            ValueDef::Initializer(t) => format!("constant '{}' {}{:?}", g.value(v).name, t.dtype, t.dims),
+            ValueDef::Initializer(t) => {
+                format!("constant '{}' {}{:?}", g.value(v).name, t.dtype, t.dims)
+            }
             _ => format!("'{}'", g.value(v).name),
         }
     }
 
     /// The graph value for an evaluated operand, storing new constants (once per content).
-    fn resolve(&mut self, v: &Val, outs: &[Vec<Option<ValueId>>], created: &mut HashSet<ValueId>, hint: &str) -> Option<ValueId> {
+    fn resolve(
+        &mut self,
+        v: &Val,
+        outs: &[Vec<Option<ValueId>>],
+        created: &mut HashSet<ValueId>,
+        hint: &str,
+    ) -> Option<ValueId> {
         match v {
             Val::Value(id) => Some(*id),
             Val::Planned(i, p) => outs.get(*i).and_then(|o| o.get(*p).copied().flatten()),
@@ -427,7 +510,11 @@ impl<'a> Engine<'a> {
         }
         for &v in g.initializers() {
             if let ValueDef::Initializer(x) = &g.value(v).def {
-                if x.dtype == t.dtype && x.dims == t.dims && !g.inputs.contains(&v) && x.data == t.data {
+                if x.dtype == t.dtype
+                    && x.dims == t.dims
+                    && !g.inputs.contains(&v)
+                    && x.data == t.data
+                {
                     self.stored.insert(key, v);
                     return Some(v);
                 }
@@ -441,11 +528,18 @@ impl<'a> Engine<'a> {
 }
 
 fn fresh_node_name(g: &Graph, base: &str) -> String {
-    let taken: HashSet<&str> = g.node_ids().into_iter().map(|n| g.node(n).name.as_str()).collect();
+    let taken: HashSet<&str> = g
+        .node_ids()
+        .into_iter()
+        .map(|n| g.node(n).name.as_str())
+        .collect();
     if !taken.contains(base) {
         return base.to_string();
     }
-    (1..).map(|i| format!("{base}_{i}")).find(|n| !taken.contains(n.as_str())).unwrap_or_default()
+    (1..)
+        .map(|i| format!("{base}_{i}"))
+        .find(|n| !taken.contains(n.as_str()))
+        .unwrap_or_default()
 }
 
 /// Human-readable `--explain` text for a pipeline run.
@@ -475,7 +569,11 @@ pub fn render_explain(r: &RewriteReport, max_misses: usize) -> String {
             let _ = writeln!(o, "  miss   {} [{}]: {}", m.at, m.op, m.detail);
         }
         if s.near_misses.len() > max_misses {
-            let _ = writeln!(o, "  ... and {} more near misses", s.near_misses.len() - max_misses);
+            let _ = writeln!(
+                o,
+                "  ... and {} more near misses",
+                s.near_misses.len() - max_misses
+            );
         }
         if s.fired.is_empty() && s.near_misses.is_empty() {
             let _ = writeln!(o, "  (no candidate site in this model)");

@@ -60,7 +60,11 @@ impl Eval<'_> {
             match c {
                 Clause::Where(e) => {
                     if !self.truth(e)? {
-                        return Err(format!("where {} is false{}", src(e), self.explain_false(e)));
+                        return Err(format!(
+                            "where {} is false{}",
+                            src(e),
+                            self.explain_false(e)
+                        ));
                     }
                 }
                 Clause::Let { names, value, .. } => {
@@ -74,13 +78,23 @@ impl Eval<'_> {
                                     self.b.set(&n.name, item);
                                 }
                             }
-                            other => return Err(format!("let needs {} values, got a {}", names.len(), other.kind())),
+                            other => {
+                                return Err(format!(
+                                    "let needs {} values, got a {}",
+                                    names.len(),
+                                    other.kind()
+                                ))
+                            }
                         }
                     }
                 }
                 Clause::Emit { targets, value, .. } => {
                     let v = self.expr(value)?;
-                    let values: Vec<Val> = if targets.len() == 1 { vec![v] } else { self.items(v, targets.len())? };
+                    let values: Vec<Val> = if targets.len() == 1 {
+                        vec![v]
+                    } else {
+                        self.items(v, targets.len())?
+                    };
                     for (t, v) in targets.iter().zip(values) {
                         match self.b.get(&t.name).cloned() {
                             Some(Val::Value(target)) => self.patch.emits.push((target, v)),
@@ -102,7 +116,11 @@ impl Eval<'_> {
         }
         for e in requires {
             if !self.truth(e)? {
-                return Err(format!("require {} is false{}", src(e), self.explain_false(e)));
+                return Err(format!(
+                    "require {} is false{}",
+                    src(e),
+                    self.explain_false(e)
+                ));
             }
         }
         Ok(())
@@ -111,7 +129,9 @@ impl Eval<'_> {
     fn items(&self, v: Val, n: usize) -> R<Vec<Val>> {
         match v {
             Val::List(items) | Val::Tuple(items) if items.len() == n => Ok(items),
-            Val::List(items) | Val::Tuple(items) => Err(format!("{} values for {n} targets", items.len())),
+            Val::List(items) | Val::Tuple(items) => {
+                Err(format!("{} values for {n} targets", items.len()))
+            }
             other => Err(format!("a {} for {n} targets", other.kind())),
         }
     }
@@ -145,8 +165,14 @@ impl Eval<'_> {
                 Literal::Bool(b) => Val::Bool(*b),
                 Literal::Ints(v) => Val::List(v.iter().map(|&i| Val::Int(i)).collect()),
             },
-            ExprKind::Name(n) => self.b.get(&n.name).cloned().ok_or_else(|| format!("'{}' is not bound", n.name))?,
-            ExprKind::List(items) => Val::List(items.iter().map(|x| self.expr(x)).collect::<R<_>>()?),
+            ExprKind::Name(n) => self
+                .b
+                .get(&n.name)
+                .cloned()
+                .ok_or_else(|| format!("'{}' is not bound", n.name))?,
+            ExprKind::List(items) => {
+                Val::List(items.iter().map(|x| self.expr(x)).collect::<R<_>>()?)
+            }
             ExprKind::Plan => Val::Plan,
             ExprKind::None => Val::None,
             ExprKind::Unary(op, x) => {
@@ -179,7 +205,12 @@ impl Eval<'_> {
                 let mut attributes = Vec::new();
                 for (name, x) in attrs {
                     let v = self.expr(x)?;
-                    attributes.push(Attribute::new(name.name.clone(), to_attr(&v).ok_or_else(|| format!("attribute {} cannot hold a {}", name.name, v.kind()))?));
+                    attributes.push(Attribute::new(
+                        name.name.clone(),
+                        to_attr(&v).ok_or_else(|| {
+                            format!("attribute {} cannot hold a {}", name.name, v.kind())
+                        })?,
+                    ));
                 }
                 let inputs = args.iter().map(|x| self.expr(x)).collect::<R<Vec<_>>>()?;
                 self.patch.nodes.push(PlannedNode {
@@ -196,7 +227,12 @@ impl Eval<'_> {
 
     fn args(&mut self, args: &[Arg]) -> R<Vec<(Option<String>, Val)>> {
         args.iter()
-            .map(|a| Ok((a.name.as_ref().map(|n| n.name.clone()), self.expr(&a.value)?)))
+            .map(|a| {
+                Ok((
+                    a.name.as_ref().map(|n| n.name.clone()),
+                    self.expr(&a.value)?,
+                ))
+            })
             .collect()
     }
 
@@ -213,11 +249,23 @@ impl Eval<'_> {
     fn ints(&self, v: &Val) -> R<Option<Vec<i64>>> {
         Ok(match v {
             Val::None => None,
-            Val::List(items) => Some(items.iter().map(|x| x.as_int().ok_or("expected ints")).collect::<Result<_, _>>()?),
-            Val::Attr(AttrValue::Ints(v)) => Some(v.clone()),
+            Val::List(items) => Some(
+                items
+                    .iter()
+                    .map(|x| x.as_int().ok_or("expected ints"))
+                    .collect::<Result<_, _>>()?,
+            ),
             Val::Int(i) => Some(vec![*i]),
-            Val::Attr(AttrValue::Int(i)) => Some(vec![*i]),
-            other => Some(self.tensor(other)?.to_i64_vec().ok_or("expected an integer constant")?),
+            Val::Attr(a) if matches!(**a, AttrValue::Ints(_) | AttrValue::Int(_)) => match &**a {
+                AttrValue::Ints(v) => Some(v.clone()),
+                AttrValue::Int(i) => Some(vec![*i]),
+                _ => None,
+            },
+            other => Some(
+                self.tensor(other)?
+                    .to_i64_vec()
+                    .ok_or("expected an integer constant")?,
+            ),
         })
     }
 
@@ -225,15 +273,34 @@ impl Eval<'_> {
         match v {
             Val::Value(id) => format!("v{}", id.0),
             Val::Tensor(t) => format!("d{:016x}", t.digest()),
-            Val::List(items) => format!("[{}]", items.iter().map(|x| self.key(x)).collect::<Vec<_>>().join(",")),
+            Val::List(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(|x| self.key(x))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             other => format!("{other:?}"),
         }
     }
 
-    fn memo(&mut self, kernel: &str, args: &[(Option<String>, Val)], f: impl FnOnce(&Self) -> R<Val>) -> R<Val> {
+    fn memo(
+        &mut self,
+        kernel: &str,
+        args: &[(Option<String>, Val)],
+        f: impl FnOnce(&Self) -> R<Val>,
+    ) -> R<Val> {
         let key = format!(
             "{kernel}({})",
-            args.iter().map(|(n, v)| format!("{}{}", n.as_deref().map(|n| format!("{n}=")).unwrap_or_default(), self.key(v))).collect::<Vec<_>>().join(",")
+            args.iter()
+                .map(|(n, v)| format!(
+                    "{}{}",
+                    n.as_deref().map(|n| format!("{n}=")).unwrap_or_default(),
+                    self.key(v)
+                ))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         if let Some(v) = self.memo.map.get(&key) {
             self.memo.hits += 1;
@@ -276,24 +343,37 @@ impl Eval<'_> {
         }
         let a = self.args(args)?;
         let pos = |i: usize, name: &str| -> Option<&Val> {
-            a.iter().find(|(n, _)| n.as_deref() == Some(name)).map(|(_, v)| v).or_else(|| a.get(i).filter(|(n, _)| n.is_none()).map(|(_, v)| v))
+            a.iter()
+                .find(|(n, _)| n.as_deref() == Some(name))
+                .map(|(_, v)| v)
+                .or_else(|| a.get(i).filter(|(n, _)| n.is_none()).map(|(_, v)| v))
         };
-        let need = |i: usize, name: &str| pos(i, name).cloned().ok_or_else(|| format!("{func}: missing argument {name}"));
+        let need = |i: usize, name: &str| {
+            pos(i, name)
+                .cloned()
+                .ok_or_else(|| format!("{func}: missing argument {name}"))
+        };
         match func {
             "numel" => Ok(Val::Int(self.dims_of(&need(0, "x")?)?.iter().product())),
             "rank" => Ok(Val::Int(self.dims_of(&need(0, "x")?)?.len() as i64)),
             "dim" => {
                 let d = self.dims_of(&need(0, "x")?)?;
-                let i = need(1, "axis")?.as_int().ok_or("dim: axis must be an int")?;
+                let i = need(1, "axis")?
+                    .as_int()
+                    .ok_or("dim: axis must be an int")?;
                 let k = if i < 0 { i + d.len() as i64 } else { i };
-                d.get(k as usize).map(|&x| Val::Int(x)).ok_or_else(|| format!("dim: axis {i} out of range"))
+                d.get(k as usize)
+                    .map(|&x| Val::Int(x))
+                    .ok_or_else(|| format!("dim: axis {i} out of range"))
             }
             "uses" => {
                 let v = self.value_of(&need(0, "x")?)?;
                 let outputs = self.g.outputs.iter().filter(|&&o| o == v).count();
                 Ok(Val::Int((self.g.value(v).uses().len() + outputs) as i64))
             }
-            "is_output" => Ok(Val::Bool(self.g.outputs.contains(&self.value_of(&need(0, "x")?)?))),
+            "is_output" => Ok(Val::Bool(
+                self.g.outputs.contains(&self.value_of(&need(0, "x")?)?),
+            )),
             "len" => match need(0, "x")? {
                 Val::List(v) | Val::Tuple(v) => Ok(Val::Int(v.len() as i64)),
                 other => Err(format!("len of a {}", other.kind())),
@@ -302,14 +382,16 @@ impl Eval<'_> {
                 Val::Value(v) => Ok(Val::Str(self.g.value(v).name.clone())),
                 _ => Ok(Val::Str(String::new())),
             },
-            "starts_with" | "ends_with" | "contains" => match (need(0, "s")?, need(1, "pattern")?) {
-                (Val::Str(s), Val::Str(p)) => Ok(Val::Bool(match func {
-                    "starts_with" => s.starts_with(&p),
-                    "ends_with" => s.ends_with(&p),
-                    _ => s.contains(&p),
-                })),
-                _ => Err(format!("{func} takes two strings")),
-            },
+            "starts_with" | "ends_with" | "contains" => {
+                match (need(0, "s")?, need(1, "pattern")?) {
+                    (Val::Str(s), Val::Str(p)) => Ok(Val::Bool(match func {
+                        "starts_with" => s.starts_with(&p),
+                        "ends_with" => s.ends_with(&p),
+                        _ => s.contains(&p),
+                    })),
+                    _ => Err(format!("{func} takes two strings")),
+                }
+            }
             "transpose" => {
                 let x = need(0, "x")?;
                 let perm = pos(1, "perm").cloned().unwrap_or(Val::None);
@@ -330,7 +412,13 @@ impl Eval<'_> {
                     let e = me.ints(&e)?.ok_or("slice: ends required")?;
                     let ax = me.ints(&ax)?;
                     let st = me.ints(&st)?;
-                    Ok(Val::Tensor(Arc::new(kernels::slice(&t, &s, &e, ax.as_deref(), st.as_deref())?)))
+                    Ok(Val::Tensor(Arc::new(kernels::slice(
+                        &t,
+                        &s,
+                        &e,
+                        ax.as_deref(),
+                        st.as_deref(),
+                    )?)))
                 })
             }
             "concat" => {
@@ -338,7 +426,9 @@ impl Eval<'_> {
                     Val::List(v) => v,
                     other => return Err(format!("concat takes a list, got a {}", other.kind())),
                 };
-                let axis = need(1, "axis")?.as_int().ok_or("concat: axis must be an int")?;
+                let axis = need(1, "axis")?
+                    .as_int()
+                    .ok_or("concat: axis must be an int")?;
                 self.memo("concat", &a, |me| {
                     let ts = xs.iter().map(|x| me.tensor(x)).collect::<R<Vec<_>>>()?;
                     let refs: Vec<&Tensor> = ts.iter().map(|t| t.as_ref()).collect();
@@ -354,7 +444,12 @@ impl Eval<'_> {
                     let t = me.tensor(&x)?;
                     let s = me.ints(&sizes)?;
                     let parts = kernels::split(&t, axis, s.as_deref(), n)?;
-                    Ok(Val::List(parts.into_iter().map(|p| Val::Tensor(Arc::new(p))).collect()))
+                    Ok(Val::List(
+                        parts
+                            .into_iter()
+                            .map(|p| Val::Tensor(Arc::new(p)))
+                            .collect(),
+                    ))
                 })
             }
             other => Err(format!("'{other}' is not available in this version of hcc")),
@@ -371,7 +466,14 @@ impl Eval<'_> {
                 .filter_map(|&v| {
                     let o = *self.order.get(&v)?;
                     match &g.value(v).def {
-                        ValueDef::Initializer(t) if o < root_order && t.dtype == dtype && t.dims == dims && !g.inputs.contains(&v) => Some((o, v)),
+                        ValueDef::Initializer(t)
+                            if o < root_order
+                                && t.dtype == dtype
+                                && t.dims == dims
+                                && !g.inputs.contains(&v) =>
+                        {
+                            Some((o, v))
+                        }
                         _ => None,
                     }
                 })
@@ -393,7 +495,10 @@ impl Eval<'_> {
                             }
                         }
                     }
-                    return Err(format!("no constant stored before it equals transpose({})", show(self.g, &x)));
+                    return Err(format!(
+                        "no constant stored before it equals transpose({})",
+                        show(self.g, &x)
+                    ));
                 }
             }
         }
@@ -409,14 +514,21 @@ impl Eval<'_> {
                 }
             }
         }
-        Err(format!("no constant stored before it equals {}", show(self.g, &x)))
+        Err(format!(
+            "no constant stored before it equals {}",
+            show(self.g, &x)
+        ))
     }
 }
 
 /// Binary operators on ints, floats, strings, bools.
 fn binary(op: BinaryOp, x: &Val, y: &Val) -> R<Val> {
     use BinaryOp::*;
-    if let (Some(a), Some(b), true) = (x.as_int(), y.as_int(), !matches!(x, Val::Float(_)) && !matches!(y, Val::Float(_))) {
+    if let (Some(a), Some(b), true) = (
+        x.as_int(),
+        y.as_int(),
+        !matches!(x, Val::Float(_)) && !matches!(y, Val::Float(_)),
+    ) {
         return Ok(match op {
             Add => Val::Int(a.checked_add(b).ok_or("integer overflow")?),
             Sub => Val::Int(a.checked_sub(b).ok_or("integer overflow")?),
@@ -453,9 +565,17 @@ fn binary(op: BinaryOp, x: &Val, y: &Val) -> R<Val> {
         (Ne, Val::Str(a), Val::Str(b)) => Ok(Val::Bool(a != b)),
         (Eq, Val::Bool(a), Val::Bool(b)) => Ok(Val::Bool(a == b)),
         (Ne, Val::Bool(a), Val::Bool(b)) => Ok(Val::Bool(a != b)),
-        (Eq, Val::None, other) | (Eq, other, Val::None) => Ok(Val::Bool(matches!(other, Val::None))),
-        (Ne, Val::None, other) | (Ne, other, Val::None) => Ok(Val::Bool(!matches!(other, Val::None))),
-        _ => Err(format!("cannot apply {op:?} to a {} and a {}", x.kind(), y.kind())),
+        (Eq, Val::None, other) | (Eq, other, Val::None) => {
+            Ok(Val::Bool(matches!(other, Val::None)))
+        }
+        (Ne, Val::None, other) | (Ne, other, Val::None) => {
+            Ok(Val::Bool(!matches!(other, Val::None)))
+        }
+        _ => Err(format!(
+            "cannot apply {op:?} to a {} and a {}",
+            x.kind(),
+            y.kind()
+        )),
     }
 }
 
@@ -466,12 +586,17 @@ fn to_attr(v: &Val) -> Option<AttrValue> {
         Val::Float(f) => AttrValue::Float(*f as f32),
         Val::Bool(b) => AttrValue::Int(*b as i64),
         Val::Str(s) => AttrValue::String(bytes::Bytes::from(s.clone().into_bytes())),
-        Val::Attr(a) => a.clone(),
+        Val::Attr(a) => (**a).clone(),
         Val::List(items) => {
             if let Some(ints) = items.iter().map(Val::as_int).collect::<Option<Vec<_>>>() {
                 AttrValue::Ints(ints)
             } else {
-                AttrValue::Floats(items.iter().map(|x| x.as_float().map(|f| f as f32)).collect::<Option<Vec<_>>>()?)
+                AttrValue::Floats(
+                    items
+                        .iter()
+                        .map(|x| x.as_float().map(|f| f as f32))
+                        .collect::<Option<Vec<_>>>()?,
+                )
             }
         }
         Val::Tensor(t) => AttrValue::Tensor((**t).clone()),
@@ -490,7 +615,14 @@ pub fn show(g: &Graph, v: &Val) -> String {
         Val::Value(id) => format!("'{}'", g.value(*id).name),
         Val::Tensor(t) => format!("{}{:?}", t.dtype, t.dims),
         Val::Planned(i, _) => format!("operation #{i}"),
-        Val::List(items) | Val::Tuple(items) => format!("[{}]", items.iter().map(|x| show(g, x)).collect::<Vec<_>>().join(", ")),
+        Val::List(items) | Val::Tuple(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|x| show(g, x))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Val::Attr(a) => format!("{a:?}"),
         Val::Plan => "plan".into(),
     }

@@ -11,7 +11,10 @@ pub type KernelError = String;
 fn elem_size(t: &Tensor) -> Result<usize, KernelError> {
     match t.dtype.bits() {
         Some(b) if b >= 8 => Ok(b / 8),
-        _ => Err(format!("{} constants are not supported by this kernel", t.dtype)),
+        _ => Err(format!(
+            "{} constants are not supported by this kernel",
+            t.dtype
+        )),
     }
 }
 
@@ -63,7 +66,10 @@ pub fn transpose(t: &Tensor, perm: Option<&[i64]>) -> Result<Tensor, KernelError
             if p.len() != rank {
                 return Err(format!("perm {p:?} does not fit rank {rank}"));
             }
-            let p: Vec<usize> = p.iter().map(|&a| normalize_axis(a, rank)).collect::<Result<_, _>>()?;
+            let p: Vec<usize> = p
+                .iter()
+                .map(|&a| normalize_axis(a, rank))
+                .collect::<Result<_, _>>()?;
             let mut seen = vec![false; rank];
             for &a in &p {
                 if std::mem::replace(&mut seen[a], true) {
@@ -103,11 +109,21 @@ pub fn transpose(t: &Tensor, perm: Option<&[i64]>) -> Result<Tensor, KernelError
             chunk.copy_from_slice(&b[src * es..src * es + es]);
         }
     }
-    Ok(derived(t, out_dims.iter().map(|&d| d as i64).collect(), out))
+    Ok(derived(
+        t,
+        out_dims.iter().map(|&d| d as i64).collect(),
+        out,
+    ))
 }
 
 /// `Slice` with ONNX semantics (negative indices, clamping, negative steps).
-pub fn slice(t: &Tensor, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps: Option<&[i64]>) -> Result<Tensor, KernelError> {
+pub fn slice(
+    t: &Tensor,
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> Result<Tensor, KernelError> {
     let es = elem_size(t)?;
     let b = raw(t)?;
     let dims = udims(t)?;
@@ -116,7 +132,10 @@ pub fn slice(t: &Tensor, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, ste
         return Err("starts and ends differ in length".into());
     }
     let axes: Vec<usize> = match axes {
-        Some(a) => a.iter().map(|&x| normalize_axis(x, rank)).collect::<Result<_, _>>()?,
+        Some(a) => a
+            .iter()
+            .map(|&x| normalize_axis(x, rank))
+            .collect::<Result<_, _>>()?,
         None => (0..starts.len()).collect(),
     };
     if axes.len() != starts.len() {
@@ -132,8 +151,16 @@ pub fn slice(t: &Tensor, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, ste
             return Err("slice step 0".into());
         }
         let clamp = |v: i64, lo: i64, hi: i64| v.max(lo).min(hi);
-        let mut st = if starts[k] < 0 { starts[k] + d } else { starts[k] };
-        let mut en = if ends[k] < 0 { ends[k].saturating_add(d) } else { ends[k] };
+        let mut st = if starts[k] < 0 {
+            starts[k] + d
+        } else {
+            starts[k]
+        };
+        let mut en = if ends[k] < 0 {
+            ends[k].saturating_add(d)
+        } else {
+            ends[k]
+        };
         if s > 0 {
             st = clamp(st, 0, d);
             en = clamp(en, 0, d);
@@ -141,7 +168,11 @@ pub fn slice(t: &Tensor, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, ste
             st = clamp(st, -1, d - 1);
             en = clamp(en, -1, d - 1);
         }
-        let n = if s > 0 { (en - st + s - 1).div_euclid(s).max(0) } else { (st - en + (-s) - 1).div_euclid(-s).max(0) };
+        let n = if s > 0 {
+            (en - st + s - 1).div_euclid(s).max(0)
+        } else {
+            (st - en + (-s) - 1).div_euclid(-s).max(0)
+        };
         begin[a] = st;
         step[a] = s;
         count[a] = n as usize;
@@ -179,7 +210,11 @@ pub fn concat(ts: &[&Tensor], axis: i64) -> Result<Tensor, KernelError> {
         }
     }
     let outer: usize = first.dims[..a].iter().map(|&d| d as usize).product();
-    let inner: usize = first.dims[a + 1..].iter().map(|&d| d as usize).product::<usize>() * es;
+    let inner: usize = first.dims[a + 1..]
+        .iter()
+        .map(|&d| d as usize)
+        .product::<usize>()
+        * es;
     let mut out = Vec::new();
     for o in 0..outer {
         for t in ts {
@@ -194,7 +229,12 @@ pub fn concat(ts: &[&Tensor], axis: i64) -> Result<Tensor, KernelError> {
 
 /// `Split` along `axis` into `sizes` (or `n` equal parts, the last one smaller if needed,
 /// as ONNX opset 18 defines).
-pub fn split(t: &Tensor, axis: i64, sizes: Option<&[i64]>, n: usize) -> Result<Vec<Tensor>, KernelError> {
+pub fn split(
+    t: &Tensor,
+    axis: i64,
+    sizes: Option<&[i64]>,
+    n: usize,
+) -> Result<Vec<Tensor>, KernelError> {
     let dims = &t.dims;
     let a = normalize_axis(axis, dims.len())?;
     let d = dims[a];
@@ -210,7 +250,9 @@ pub fn split(t: &Tensor, axis: i64, sizes: Option<&[i64]>, n: usize) -> Result<V
                 return Err("split into 0 parts".into());
             }
             let chunk = (d + n as i64 - 1) / n as i64;
-            (0..n as i64).map(|i| (d - i * chunk).clamp(0, chunk)).collect()
+            (0..n as i64)
+                .map(|i| (d - i * chunk).clamp(0, chunk))
+                .collect()
         }
     };
     let mut out = Vec::with_capacity(sizes.len());
@@ -269,7 +311,10 @@ mod tests {
     fn slice_like_onnx() {
         let a = t(&[2, 4], &[1., 2., 3., 4., 5., 6., 7., 8.]);
         let s = slice(&a, &[0, 1], &[2, 3], None, None).unwrap();
-        assert_eq!((s.dims.clone(), vals(&s)), (vec![2, 2], vec![2., 3., 6., 7.]));
+        assert_eq!(
+            (s.dims.clone(), vals(&s)),
+            (vec![2, 2], vec![2., 3., 6., 7.])
+        );
         let s = slice(&a, &[-1], &[i64::MAX], Some(&[1]), None).unwrap();
         assert_eq!(vals(&s), vec![4., 8.]);
         let s = slice(&a, &[-1], &[i64::MIN], Some(&[1]), Some(&[-2])).unwrap();
@@ -285,6 +330,9 @@ mod tests {
         let back = concat(&[&parts[0], &parts[1]], -1).unwrap();
         assert!(back.same_content(&a));
         let eq = split(&t(&[5], &[1., 2., 3., 4., 5.]), 0, None, 2).unwrap();
-        assert_eq!((vals(&eq[0]), vals(&eq[1])), (vec![1., 2., 3.], vec![4., 5.]));
+        assert_eq!(
+            (vals(&eq[0]), vals(&eq[1])),
+            (vec![1., 2., 3.], vec![4., 5.])
+        );
     }
 }

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use super::value::Val;
-use crate::dsl::ast::{AttrPattern, AttrPatternValue, DimPattern, Literal, OpPattern, Operand, Outputs, Pattern, TypePattern};
+use crate::dsl::ast::{
+    AttrPattern, AttrPatternValue, DimPattern, Literal, OpPattern, Operand, Outputs, Pattern,
+    TypePattern,
+};
 use crate::ir::{AttrValue, Dim, Graph, NodeId, Tensor, ValueDef, ValueId};
 
 /// Names bound by a match (and later by `let`), in binding order.
@@ -104,8 +107,16 @@ pub struct Miss {
 }
 
 /// Match `pattern` at a root; `Err` says why it did not match (for near-miss reports).
-pub fn match_at(g: &Graph, pattern: &Pattern, root: Root, params: &Bindings) -> Result<Match, Miss> {
-    let near = |reason: String| Miss { at_root: false, reason };
+pub fn match_at(
+    g: &Graph,
+    pattern: &Pattern,
+    root: Root,
+    params: &Bindings,
+) -> Result<Match, Miss> {
+    let near = |reason: String| Miss {
+        at_root: false,
+        reason,
+    };
     let mut m = Matcher {
         g,
         b: params.clone(),
@@ -114,20 +125,31 @@ pub fn match_at(g: &Graph, pattern: &Pattern, root: Root, params: &Bindings) -> 
     match (pattern, root) {
         (Pattern::Op { outputs, op, .. }, Root::Node(n)) => {
             if !op_matches(g, n, &op.op.name) {
-                return Err(Miss { at_root: true, reason: format!("not {}", op.op.name) });
+                return Err(Miss {
+                    at_root: true,
+                    reason: format!("not {}", op.op.name),
+                });
             }
             m.op(op, n).map_err(near)?;
             m.outputs(outputs, n).map_err(near)?;
         }
         (Pattern::Const { name, ty, .. }, Root::Const(v)) => {
-            let at_root = |reason: String| Miss { at_root: true, reason };
+            let at_root = |reason: String| Miss {
+                at_root: true,
+                reason,
+            };
             if const_tensor(g, v).is_none() {
                 return Err(at_root("not a stored constant".into()));
             }
             m.typed(ty, v, &name.name).map_err(at_root)?;
             m.bind(&name.name, Val::Value(v)).map_err(near)?;
         }
-        _ => return Err(Miss { at_root: true, reason: "pattern and root kinds differ".into() }),
+        _ => {
+            return Err(Miss {
+                at_root: true,
+                reason: "pattern and root kinds differ".into(),
+            })
+        }
     }
     Ok(Match {
         bindings: m.b,
@@ -173,18 +195,38 @@ impl Matcher<'_> {
             self.attr(a, node.attr(&a.name.name), n)?;
         }
         let inputs = node.inputs();
-        let variadic = matches!(p.operands.last(), Some(Operand::Value { variadic: true, .. }));
-        let fixed = if variadic { p.operands.len() - 1 } else { p.operands.len() };
-        let present = inputs.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        let variadic = matches!(
+            p.operands.last(),
+            Some(Operand::Value { variadic: true, .. })
+        );
+        let fixed = if variadic {
+            p.operands.len() - 1
+        } else {
+            p.operands.len()
+        };
+        let present = inputs
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
         if !variadic && present > fixed {
-            return Err(format!("{} has {present} inputs, the pattern lists {fixed}", self.describe(n)));
+            return Err(format!(
+                "{} has {present} inputs, the pattern lists {fixed}",
+                self.describe(n)
+            ));
         }
         for (i, operand) in p.operands.iter().enumerate() {
             match operand {
-                Operand::Value { variadic: true, name, ty, .. } => {
+                Operand::Value {
+                    variadic: true,
+                    name,
+                    ty,
+                    ..
+                } => {
                     let mut list = Vec::new();
                     for (k, v) in inputs.iter().enumerate().skip(i) {
-                        let v = v.ok_or_else(|| format!("input {k} of {} is absent", self.describe(n)))?;
+                        let v = v.ok_or_else(|| {
+                            format!("input {k} of {} is absent", self.describe(n))
+                        })?;
                         if let Some(ty) = ty {
                             let label = name.as_ref().map_or("_", |x| x.name.as_str());
                             self.typed(ty, v, &format!("{label}[{}]", k - i))?;
@@ -195,7 +237,9 @@ impl Matcher<'_> {
                         self.bind(&name.name, Val::List(list))?;
                     }
                 }
-                Operand::Value { name, ty, optional, .. } => match inputs.get(i).copied().flatten() {
+                Operand::Value {
+                    name, ty, optional, ..
+                } => match inputs.get(i).copied().flatten() {
                     None if *optional => {
                         if let Some(name) = name {
                             self.bind(&name.name, Val::None)?;
@@ -213,15 +257,18 @@ impl Matcher<'_> {
                     }
                 },
                 Operand::Op(inner) => {
-                    let v = inputs
-                        .get(i)
-                        .copied()
-                        .flatten()
-                        .ok_or_else(|| format!("input {i} of {} is absent", self.describe(n)))?;
-                    let (producer, _) = self
-                        .g
-                        .producer(v)
-                        .ok_or_else(|| format!("input {i} of {} ('{}') is not computed by {}", self.describe(n), self.g.value(v).name, inner.op.name))?;
+                    let v =
+                        inputs.get(i).copied().flatten().ok_or_else(|| {
+                            format!("input {i} of {} is absent", self.describe(n))
+                        })?;
+                    let (producer, _) = self.g.producer(v).ok_or_else(|| {
+                        format!(
+                            "input {i} of {} ('{}') is not computed by {}",
+                            self.describe(n),
+                            self.g.value(v).name,
+                            inner.op.name
+                        )
+                    })?;
                     self.op(inner, producer)?;
                 }
             }
@@ -229,10 +276,15 @@ impl Matcher<'_> {
         Ok(())
     }
 
-    fn attr(&mut self, a: &AttrPattern, value: Option<&AttrValue>, n: NodeId) -> Result<(), String> {
+    fn attr(
+        &mut self,
+        a: &AttrPattern,
+        value: Option<&AttrValue>,
+        n: NodeId,
+    ) -> Result<(), String> {
         match &a.value {
             AttrPatternValue::Bind(name) => {
-                let v = value.map_or(Val::None, |v| Val::Attr(v.clone()));
+                let v = value.map_or(Val::None, |v| Val::Attr(Box::new(v.clone())));
                 self.bind(&name.name, v)
             }
             AttrPatternValue::Literal(lit) => {
@@ -267,7 +319,9 @@ impl Matcher<'_> {
         }
         let vt = val.ty();
         if let Some((dt, _)) = ty.dtype {
-            let actual = vt.and_then(|t| t.elem()).or_else(|| const_tensor(self.g, v).map(|t| t.dtype));
+            let actual = vt
+                .and_then(|t| t.elem())
+                .or_else(|| const_tensor(self.g, v).map(|t| t.dtype));
             if actual != Some(dt) {
                 return Err(format!(
                     "{label} ('{}') is {}, the pattern wants {}",
@@ -286,24 +340,40 @@ impl Matcher<'_> {
                 },
             };
             if shape.len() != dims.len() {
-                return Err(format!("{label} ('{}') has rank {}, the pattern wants {}", val.name, shape.len(), dims.len()));
+                return Err(format!(
+                    "{label} ('{}') has rank {}, the pattern wants {}",
+                    val.name,
+                    shape.len(),
+                    dims.len()
+                ));
             }
             for (i, (d, p)) in shape.iter().zip(dims).enumerate() {
                 match p {
                     DimPattern::Any(_) => {}
                     DimPattern::Lit(x, _) => {
                         if d.known() != Some(*x) {
-                            return Err(format!("dim {i} of {label} ('{}') is {d}, the pattern wants {x}", val.name));
+                            return Err(format!(
+                                "dim {i} of {label} ('{}') is {d}, the pattern wants {x}",
+                                val.name
+                            ));
                         }
                     }
                     DimPattern::Sym(s) => match d.known() {
                         Some(k) => {
                             if !self.b.bind(&s.name, Val::Int(k)) {
                                 let prev = self.b.get(&s.name).and_then(Val::as_int).unwrap_or(-1);
-                                return Err(format!("dim {i} of {label} ('{}') is {k}, but {} = {prev}", val.name, s.name));
+                                return Err(format!(
+                                    "dim {i} of {label} ('{}') is {k}, but {} = {prev}",
+                                    val.name, s.name
+                                ));
                             }
                         }
-                        None => return Err(format!("dim {i} of {label} ('{}') is not a known number ({d})", val.name)),
+                        None => {
+                            return Err(format!(
+                                "dim {i} of {label} ('{}') is not a known number ({d})",
+                                val.name
+                            ))
+                        }
                     },
                 }
             }
@@ -315,17 +385,28 @@ impl Matcher<'_> {
         let outs = self.g.node(n).outputs().to_vec();
         match outputs {
             Outputs::Variadic(name) => {
-                let list = outs.iter().map(|o| o.map_or(Val::None, Val::Value)).collect();
+                let list = outs
+                    .iter()
+                    .map(|o| o.map_or(Val::None, Val::Value))
+                    .collect();
                 self.bind(&name.name, Val::List(list))
             }
             Outputs::Fixed(names) => {
                 if names.len() > outs.len() {
-                    return Err(format!("{} has {} outputs, the pattern names {}", self.describe(n), outs.len(), names.len()));
+                    return Err(format!(
+                        "{} has {} outputs, the pattern names {}",
+                        self.describe(n),
+                        outs.len(),
+                        names.len()
+                    ));
                 }
                 for (k, extra) in outs.iter().enumerate().skip(names.len()) {
                     if let Some(v) = extra {
                         if !self.g.value(*v).uses().is_empty() || self.g.outputs.contains(v) {
-                            return Err(format!("output {k} of {} is used, the pattern does not name it", self.describe(n)));
+                            return Err(format!(
+                                "output {k} of {} is used, the pattern does not name it",
+                                self.describe(n)
+                            ));
                         }
                     }
                 }

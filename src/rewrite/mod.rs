@@ -7,4 +7,6 @@ pub mod kernels;
 pub mod matcher;
 pub mod value;
 
-pub use engine::{render_explain, Engine, RewriteError, RewriteReport, RuleSource, Site, StageReport};
+pub use engine::{
+    render_explain, Engine, RewriteError, RewriteReport, RuleSource, Site, StageReport,
+};

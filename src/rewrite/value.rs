@@ -22,7 +22,7 @@ pub enum Val {
     List(Vec<Val>),
     Tuple(Vec<Val>),
     /// An attribute value bound by a pattern.
-    Attr(AttrValue),
+    Attr(Box<AttrValue>),
     /// `plan`: chosen by the budget planner.
     Plan,
 }
@@ -50,7 +50,10 @@ impl Val {
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Val::Int(i) => Some(*i),
-            Val::Attr(AttrValue::Int(i)) => Some(*i),
+            Val::Attr(a) => match **a {
+                AttrValue::Int(i) => Some(i),
+                _ => None,
+            },
             Val::Float(f) if f.fract() == 0.0 => Some(*f as i64),
             _ => None,
         }
@@ -61,8 +64,11 @@ impl Val {
         match self {
             Val::Int(i) => Some(*i as f64),
             Val::Float(f) => Some(*f),
-            Val::Attr(AttrValue::Int(i)) => Some(*i as f64),
-            Val::Attr(AttrValue::Float(f)) => Some(*f as f64),
+            Val::Attr(a) => match **a {
+                AttrValue::Int(i) => Some(i as f64),
+                AttrValue::Float(f) => Some(f as f64),
+                _ => None,
+            },
             _ => None,
         }
     }

@@ -10,7 +10,9 @@ use std::process::Command;
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("HCC_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/hcc-models"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/hcc-models")
+        });
     assert!(
         dir.join("gpt2-tiny-random.onnx").exists(),
         "real models not found in {} — run `bash ../shared/models/fetch.sh` (or set HCC_MODELS)",
@@ -47,8 +49,14 @@ pub fn python() -> PathBuf {
 /// Run a judge script from tests/python with arguments; returns stdout, panics with stderr on
 /// failure.
 pub fn judge(script: &str, args: &[&std::ffi::OsStr]) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
-    let out = Command::new(python()).arg(&script).args(args).output().expect("run python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("run python");
     assert!(
         out.status.success(),
         "{} failed:\n{}\n{}",
