@@ -19,7 +19,11 @@ echo "== hcc compile examples/mlp.onnxtxt (a model written in the ONNX textual s
 $HCC compile examples/mlp.onnxtxt -o out/mlp.onnx
 $HCC print out/mlp.onnx
 
-echo "== hcc compile gpt2-small-random.onnx, judged by onnx.checker and onnxruntime"
-$HCC compile "$HCC_MODELS/gpt2-small-random.onnx" -o out/gpt2-small.hcc.onnx
-"$PY" tests/python/judge_check.py out/gpt2-small.hcc.onnx
-"$PY" tests/python/judge_run.py "$HCC_MODELS/gpt2-small-random.onnx" out/gpt2-small.hcc.onnx --seq 8 --require-identical
+echo "== exact clean-ups on a GPT-2 whose head is a stored transposed copy: bit-identical outputs"
+$HCC compile "$HCC_MODELS/gpt2-tiny-untied-random.onnx" --pipeline cleanup -o out/gpt2-tiny-untied.clean.onnx --explain --max-misses 2
+"$PY" tests/python/judge_run.py "$HCC_MODELS/gpt2-tiny-untied-random.onnx" out/gpt2-tiny-untied.clean.onnx --seq 8 --require-identical
+
+echo "== compress SmolLM2-135M 2x (default pipeline), judged by onnx.checker and onnxruntime"
+$HCC compile "$HCC_MODELS/smollm2-135m-f32.onnx" --ratio 2 -o out/smollm2.2x.onnx --report out/smollm2.2x.json
+"$PY" tests/python/judge_check.py out/smollm2.2x.onnx
+"$PY" tests/python/judge_run.py "$HCC_MODELS/smollm2-135m-f32.onnx" out/smollm2.2x.onnx --seq 8

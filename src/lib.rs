@@ -5,5 +5,6 @@ pub mod compute;
 pub mod dsl;
 pub mod ir;
 pub mod onnx;
+pub mod plan;
 pub mod report;
 pub mod rewrite;

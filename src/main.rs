@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use hcc::dsl::ast::BudgetKind;
 use hcc::onnx::{self, ExternalData, SaveOptions};
 use hcc::report::inspect;
+use hcc::rewrite::engine::Target;
 
 /// hcc: a model-compression compiler for ONNX models.
 #[derive(Parser)]
@@ -72,6 +74,20 @@ enum Command {
         /// With --explain: how many near misses to list per rule.
         #[arg(long, default_value_t = 10)]
         max_misses: usize,
+        /// Size budget: stored parameters original / compressed (overrides the pipeline's
+        /// `budget` line). Used by rules run with `rank = plan`.
+        #[arg(long, conflicts_with = "max_bytes")]
+        ratio: Option<f64>,
+        /// Size budget in stored bytes, e.g. 200MB or 1.5GiB.
+        #[arg(long, value_parser = parse_bytes)]
+        max_bytes: Option<u64>,
+        /// How the planner compares sites: uniform (the same kept fraction everywhere) or
+        /// global (the singular triplets with the most relative energy per parameter).
+        #[arg(long, default_value = "uniform")]
+        strategy: hcc::plan::Strategy,
+        /// Write the report: JSON (`.json`) or HTML (`.html`).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         #[command(flatten)]
         ext: ExtArgs,
     },
@@ -166,7 +182,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Print { model } => {
             let bytes = onnx::import::map_file(&model)?;
             let proto = onnx::import::decode(bytes, &model)?;
-            print!("{}", onnx::text::print_model(&proto));
+            println!("{}", onnx::text::print_model(&proto));
         }
         Command::Convert { input, output, ext } => {
             refuse_overwrite_input(&input, &output)?;
@@ -181,8 +197,17 @@ fn run(cli: Cli) -> Result<()> {
             pipeline,
             explain,
             max_misses,
+            ratio,
+            max_bytes,
+            strategy,
+            report: report_path,
             ext,
         } => {
+            if let Some(r) = ratio {
+                if !(r.is_finite() && r >= 1.0) {
+                    bail!("--ratio must be a number ≥ 1, got {r}");
+                }
+            }
             let output = output.unwrap_or_else(|| default_output(&model));
             refuse_overwrite_input(&model, &output)?;
             let program = match &passes {
@@ -193,24 +218,52 @@ fn run(cli: Cli) -> Result<()> {
             let mut m = onnx::load(&model)?;
             hcc::ir::verify::verify(&m.graph)
                 .with_context(|| format!("'{}' does not verify", model.display()))?;
-            let (p0, b0) = hcc::rewrite::engine::stored_size(&m.graph);
-            let report = hcc::rewrite::Engine::new(&mut m, &program).run_pipeline(pipe)?;
+            let before = hcc::rewrite::engine::stored_size(&m.graph);
+            let target = match (ratio, max_bytes, &pipe.budget) {
+                (Some(r), _, _) => Some(Target::Ratio(r)),
+                (None, Some(b), _) => Some(Target::Bytes(b)),
+                (None, None, Some(b)) => Some(match b.kind {
+                    BudgetKind::Ratio(r) => Target::Ratio(r),
+                    BudgetKind::Params(p) => Target::Params(p),
+                    BudgetKind::Bytes(b) => Target::Bytes(b),
+                }),
+                (None, None, None) => None,
+            };
+            let mut engine = hcc::rewrite::Engine::new(&mut m, &program);
+            let plan = engine.plan_pipeline(pipe, target, strategy)?;
+            let stages = engine.run_pipeline(pipe)?;
             if explain {
-                print!("{}", hcc::rewrite::render_explain(&report, max_misses));
+                print!("{}", hcc::rewrite::render_explain(&stages, max_misses));
             }
-            let (p1, b1) = hcc::rewrite::engine::stored_size(&m.graph);
+            let after = hcc::rewrite::engine::stored_size(&m.graph);
             let stats = onnx::save(&m, &output, &ext.options())?;
+            let file_before = file_size(&model);
+            let file_after = stats.model_bytes + stats.external_bytes;
+            let has_plan = plan.sites.iter().any(|s| s.rank.is_some());
+            let report = hcc::report::compile::CompileReport::new(
+                model.display().to_string(),
+                output.display().to_string(),
+                stages,
+                has_plan.then_some(plan),
+                before,
+                after,
+                file_before,
+                file_after,
+            );
+            if let Some(t) = target {
+                let goal = t.params(before.0, before.1);
+                if after.0 > goal {
+                    tracing::warn!(
+                        "the budget asked for at most {goal} parameters; the model stores {}",
+                        after.0
+                    );
+                }
+            }
             if !cli.quiet {
-                let fired: usize = report.stages.iter().map(|s| s.fired.len()).sum();
-                eprintln!(
-                    "pipeline '{}': {} rewrites; parameters {} → {}, stored {} → {}",
-                    report.pipeline,
-                    fired,
-                    inspect::human_count(p0),
-                    inspect::human_count(p1),
-                    inspect::human_bytes(b0),
-                    inspect::human_bytes(b1)
-                );
+                eprint!("{}", report.render(12));
+            }
+            if let Some(path) = &report_path {
+                hcc::report::write_report(&report, path)?;
             }
             report_saved(&output, &stats, cli.quiet);
         }
@@ -237,6 +290,39 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn file_size(model: &Path) -> u64 {
+    std::fs::metadata(model).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `200MB`, `1.5GiB`, `123456`.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let x: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 200MB, 1.5GiB)"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' (B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    if !(x.is_finite() && x > 0.0) {
+        return Err(format!("'{s}' is not a positive size"));
+    }
+    Ok((x * mult) as u64)
 }
 
 /// The built-in default pipeline.

@@ -1,5 +1,5 @@
 //! External-judge tests: every real model, re-saved by the `hcc` binary (inline and with
-//! external data), must pass the reference ONNX checker (`full_check=True`) and compute
+//! external data) and compiled with the exact `cleanup` pipeline, must pass the reference ONNX checker (`full_check=True`) and compute
 //! bit-identical outputs in onnxruntime; converting back to inline must give the original bytes.
 //! The judges are `tests/python/judge_check.py` and `tests/python/judge_run.py` (see their
 //! docstrings); the last tests check that the judges themselves catch a broken model.
@@ -190,18 +190,35 @@ fn judge_model(name: &str) {
         "{name}: .data holds {data_len} bytes, .onnx {ext_len}, original {orig_len}: weights missing?"
     );
 
-    // 3. The reference checker accepts both; onnxruntime gives bit-identical outputs.
-    check(&[&inline, &ext]);
-    run_identical(&original, &[&inline, &ext]);
+    // 3. `hcc compile` with the built-in `cleanup` pipeline (exact clean-ups only).
+    let compiled = tmp.path().join("compiled.onnx");
+    let out = common::hcc()
+        .arg("-q")
+        .arg("compile")
+        .arg(&original)
+        .arg("-o")
+        .arg(&compiled)
+        .args(["--pipeline", "cleanup"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hcc compile {name}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    // 4. hcc reads its own external-data output back: same inspection as the original.
+    // 4. The reference checker accepts all three; onnxruntime gives bit-identical outputs.
+    check(&[&inline, &ext, &compiled]);
+    run_identical(&original, &[&inline, &ext, &compiled]);
+
+    // 5. hcc reads its own external-data output back: same inspection as the original.
     assert_eq!(
         inspect(&ext),
         inspect(&original),
         "{name}: inspect of the external-data copy differs"
     );
 
-    // 5. External back to inline: the original file, byte for byte.
+    // 6. External back to inline: the original file, byte for byte.
     let back = tmp.path().join("back.onnx");
     convert(&ext, &back, &[]);
     assert_same_bytes(&original, &back);

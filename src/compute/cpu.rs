@@ -112,6 +112,18 @@ impl Backend for Cpu {
                 .map(|(i, w)| exact_one(*w, rank).map_err(numerical(i)))
                 .collect();
         }
+        if 4 * k >= m.min(n) {
+            // A large fraction of the spectrum: the Gram eigendecomposition is cheaper than
+            // sketching with (2q + 2) passes at this width, and as accurate for the kept part.
+            for (i, w) in batch.iter().enumerate() {
+                check_finite(*w, i)?;
+            }
+            return batch
+                .par_iter()
+                .enumerate()
+                .map(|(i, w)| super::rsvd::gram_one(*w, rank).map_err(numerical(i)))
+                .collect();
+        }
         let omega = gaussian_f32(opts.seed, n, k);
         let omega = MatRef::from_row_major_slice(&omega, n, k);
         batch
@@ -231,6 +243,37 @@ impl Backend for Cpu {
             check_finite(*w, i)?;
         }
         Ok(mask::global_masks(batch, sparsity))
+    }
+
+    fn full_spectrum(&self, w: MatrixRef<'_>) -> Result<Vec<f32>, ComputeError> {
+        let (m, n) = w.shape();
+        if m == 0 || n == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(i) = w.data().iter().position(|x| !x.is_finite()) {
+            return Err(ComputeError::NonFinite {
+                index: 0,
+                row: i / n,
+                col: i % n,
+                value: w.data()[i],
+            });
+        }
+        let g = if m >= n {
+            super::dense::gram(w.data(), m, n)
+        } else {
+            super::dense::gram(w.to_matrix().transpose().data(), n, m)
+        };
+        let k = m.min(n);
+        let mat = faer::Mat::<f64>::from_fn(k, k, |i, j| g[i * k + j]);
+        let ev = mat
+            .self_adjoint_eigenvalues(faer::Side::Lower)
+            .map_err(|e| ComputeError::Numerical {
+                index: 0,
+                reason: format!("eigenvalues of the Gram matrix: {e:?}"),
+            })?;
+        let mut s: Vec<f32> = ev.iter().map(|&e| e.max(0.0).sqrt() as f32).collect();
+        s.sort_by(|a, b| b.total_cmp(a));
+        Ok(s)
     }
 
     fn row_norms(&self, w: MatrixRef<'_>) -> Vec<f32> {

@@ -515,6 +515,12 @@ pub trait Backend: Send + Sync {
         sparsity: f32,
     ) -> Result<Vec<MaskResult>, ComputeError>;
 
+    /// Every singular value of `w` (`min(rows, cols)` of them, descending), from the
+    /// eigenvalues of the Gram matrix of its shorter side, accumulated in `f64`. Values below
+    /// about 1e-7 of the largest are not resolved (they come out near zero). For the budget
+    /// planner, which needs whole spectra of many matrices cheaply.
+    fn full_spectrum(&self, w: MatrixRef<'_>) -> Result<Vec<f32>, ComputeError>;
+
     /// L2 norm of each row (accumulated in `f64`), length `rows`.
     fn row_norms(&self, w: MatrixRef<'_>) -> Vec<f32>;
 

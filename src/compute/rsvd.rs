@@ -225,3 +225,64 @@ fn finish(mut u: Vec<f32>, s: &[f64], mut vt: Vec<f32>, m: usize, n: usize, r: u
         },
     }
 }
+
+/// Top-`rank` SVD through the Gram matrix of the shorter side (`f64` accumulation and
+/// eigendecomposition): for `W` (`m × n`, `m ≤ n`), `W·Wᵀ = U·Σ²·Uᵀ` and `Vᵀ = Σ⁻¹·Uᵀ·W`
+/// (mirrored when `m > n`). Cheaper than the randomized method when the rank is a large
+/// fraction of the shorter side; singular values below ~1e-7 of the largest are not resolved
+/// (their vectors are set to zero).
+pub(crate) fn gram_one(w: MatrixRef<'_>, rank: usize) -> Result<Factors, String> {
+    let (m, n) = w.shape();
+    let wide = m <= n;
+    let (s_dim, l_dim) = if wide { (m, n) } else { (n, m) };
+    // Gram of the short side, s_dim × s_dim.
+    let g = if wide {
+        super::dense::gram(w.to_matrix().transpose().data(), n, m)
+    } else {
+        super::dense::gram(w.data(), m, n)
+    };
+    let gm = faer::Mat::<f64>::from_fn(s_dim, s_dim, |i, j| g[i * s_dim + j]);
+    let eig = gm
+        .self_adjoint_eigen(faer::Side::Lower)
+        .map_err(|e| format!("eigendecomposition: {e:?}"))?;
+    let vecs = eig.U();
+    let vals = eig.S();
+    let r = rank.min(s_dim);
+    // Eigenvalues ascend: take the last r, largest first.
+    let idx: Vec<usize> = (0..r).map(|l| s_dim - 1 - l).collect();
+    let sig: Vec<f64> = idx.iter().map(|&i| vals[i].max(0.0).sqrt()).collect();
+    let floor = sig.first().copied().unwrap_or(0.0) * 1e-7;
+    // Short-side vectors E (s_dim × r); the long side is W·E/σ (or Wᵀ·E/σ).
+    let e = faer::Mat::<f64>::from_fn(s_dim, r, |i, l| vecs[(i, idx[l])]);
+    let a = to_f64(w.data());
+    let wa = MatRef::from_row_major_slice(&a, m, n);
+    let long = if wide { wa.transpose() * &e } else { wa * &e }; // l_dim × r
+    let mut short_f = vec![0.0f32; s_dim * r];
+    let mut long_f = vec![0.0f32; l_dim * r];
+    for l in 0..r {
+        let inv = if sig[l] > floor { 1.0 / sig[l] } else { 0.0 };
+        for i in 0..s_dim {
+            short_f[i * r + l] = e[(i, l)] as f32;
+        }
+        for i in 0..l_dim {
+            long_f[i * r + l] = (long[(i, l)] * inv) as f32;
+        }
+    }
+    // u: m × r; vt: r × n.
+    let (u, vt) = if wide {
+        (short_f, transpose_rm(&long_f, n, r))
+    } else {
+        (long_f, transpose_rm(&short_f, n, r))
+    };
+    Ok(finish(u, &sig, vt, m, n, r))
+}
+
+fn transpose_rm(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = x[i * cols + j];
+        }
+    }
+    out
+}

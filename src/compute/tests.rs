@@ -521,3 +521,20 @@ fn cholesky_and_triangular_inverse() {
     }
     assert!(super::dense::cholesky_upper(&singular, k).is_none());
 }
+
+#[test]
+fn full_spectrum_matches_exact_svd() {
+    let cpu = Cpu;
+    for (m, n) in [(60usize, 40usize), (40, 60)] {
+        let data: Vec<f32> = (0..m * n)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let w = MatrixRef::new(m, n, &data).unwrap();
+        let full = cpu.full_spectrum(w).unwrap();
+        let exact = cpu.svd_exact(w, m.min(n)).unwrap();
+        assert_eq!(full.len(), m.min(n));
+        for (a, b) in full.iter().zip(&exact.s) {
+            assert!((a - b).abs() <= 1e-4 * exact.s[0], "{a} vs {b}");
+        }
+    }
+}

@@ -13,6 +13,9 @@ use super::proto::{self, attribute_type as at, ModelProto};
 use super::tensor::{kv_to_proto, sparse_to_proto, tensor_to_proto};
 use crate::ir::{verify, AttrValue, Attribute, Dim, Graph, Model, Type, ValueDef, ValueType};
 
+/// Tensors smaller than this many bytes are never written to external data.
+pub const MIN_EXTERNAL: usize = 64;
+
 /// Protobuf's hard limit on a message: 2 GiB.
 pub const PROTOBUF_LIMIT: u64 = (1 << 31) - 1;
 

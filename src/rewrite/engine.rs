@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::eval::{Eval, Memo, Patch};
+use super::eval::{Eval, Memo, Patch, RankSpec};
 use super::matcher::{match_at, op_matches, Bindings, Root};
 use super::value::Val;
 use crate::dsl::ast::{Arg, Expr, Pattern, Pipeline, Rule, Step};
@@ -23,6 +23,9 @@ pub enum RewriteError {
     /// A rule argument is wrong.
     #[error("rule '{rule}': {detail}")]
     Argument { rule: String, detail: String },
+    /// The budget cannot be met.
+    #[error("{0}")]
+    Budget(String),
     /// A stage left the graph invalid: a bug in a rule (or in hcc).
     #[error("after rule '{rule}' the graph is invalid: {source}")]
     Invalid {
@@ -30,6 +33,54 @@ pub enum RewriteError {
         #[source]
         source: verify::VerifyError,
     },
+}
+
+/// A size target for `rank = plan`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Target {
+    /// Stored parameters: original / compressed ≥ this.
+    Ratio(f64),
+    /// At most this many stored parameters.
+    Params(u64),
+    /// At most this many stored bytes.
+    Bytes(u64),
+}
+
+impl Target {
+    /// The parameter budget this target means for a model of `params` parameters in `bytes`
+    /// bytes (bytes are converted at the model's average bytes per parameter).
+    pub fn params(&self, params: u64, bytes: u64) -> u64 {
+        match *self {
+            Target::Ratio(r) => (params as f64 / r).floor() as u64,
+            Target::Params(p) => p,
+            Target::Bytes(b) => {
+                let per = bytes as f64 / params.max(1) as f64;
+                (b as f64 / per.max(1e-9)).floor() as u64
+            }
+        }
+    }
+}
+
+/// What the planner decided.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanReport {
+    pub strategy: crate::plan::Strategy,
+    /// The parameter budget, when ranks were planned.
+    pub target_params: Option<u64>,
+    pub params_before: u64,
+    pub sites: Vec<PlannedSite>,
+}
+
+/// One planned matrix.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedSite {
+    pub name: String,
+    pub shape: Vec<i64>,
+    /// `None`: stays dense.
+    pub rank: Option<usize>,
+    /// Singular values, when the planner computed them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spectrum: Option<Vec<f32>>,
 }
 
 /// One place a rule fired or nearly did.
@@ -41,6 +92,9 @@ pub struct Site {
     pub op: String,
     /// What was done, or why the match did not hold.
     pub detail: String,
+    /// What the kernels did here (rank, error, parameters), for fired sites.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<super::eval::Note>,
 }
 
 /// What one stage (one `run`) did.
@@ -113,6 +167,188 @@ impl<'a> Engine<'a> {
             memo: Memo::default(),
             stored: HashMap::new(),
         }
+    }
+
+    /// Use `backend` for numeric kernels (default: the CPU backend).
+    pub fn set_backend(&mut self, backend: Arc<dyn crate::compute::Backend>) {
+        self.memo.backend = backend;
+    }
+
+    /// Survey `pipeline` (on a copy of the model), choose every `lowrank` rank (`plan` against
+    /// `target` with `strategy`, `energy(p)` from the spectrum, fixed ranks as given), and
+    /// factorize all sites in same-shape batches ahead of the run. Call before
+    /// [`Engine::run_pipeline`].
+    pub fn plan_pipeline(
+        &mut self,
+        pipeline: &Pipeline,
+        target: Option<Target>,
+        strategy: crate::plan::Strategy,
+    ) -> Result<PlanReport, RewriteError> {
+        use rayon::prelude::*;
+        let mut copy = self.model.clone();
+        let requests = {
+            let mut survey = Engine::new(&mut copy, self.rules);
+            survey.memo.backend = self.memo.backend.clone();
+            survey.memo.survey = Some(Vec::new());
+            survey.run_pipeline(pipeline)?;
+            survey.memo.survey.take().unwrap_or_default()
+        };
+        // One site per distinct matrix (a tied table read in two places is one site).
+        let mut unique: Vec<super::eval::Request> = Vec::new();
+        for r in requests {
+            if let Some(u) = unique.iter_mut().find(|u| u.key == r.key) {
+                if u.spec != r.spec && r.spec == RankSpec::Plan {
+                    u.spec = RankSpec::Plan;
+                }
+            } else {
+                unique.push(r);
+            }
+        }
+        let (params_before, bytes_before) = stored_size(&self.model.graph);
+        let needs_spectrum = |r: &super::eval::Request| {
+            matches!(r.spec, RankSpec::Energy(_))
+                || (r.spec == RankSpec::Plan && strategy == crate::plan::Strategy::Global)
+        };
+        let backend = self.memo.backend.clone();
+        let spectra: Vec<Option<Vec<f32>>> = unique
+            .par_iter()
+            .map(|r| {
+                if !needs_spectrum(r) {
+                    return Ok(None);
+                }
+                let data = r
+                    .matrix
+                    .as_f32()
+                    .ok_or_else(|| format!("{} is not f32", r.name))?;
+                let w = crate::compute::MatrixRef::new(
+                    r.matrix.dims[0] as usize,
+                    r.matrix.dims[1] as usize,
+                    &data,
+                )
+                .map_err(|e| e.to_string())?;
+                backend
+                    .full_spectrum(w)
+                    .map(Some)
+                    .map_err(|e| format!("{}: {e}", r.name))
+            })
+            .collect::<Result<_, String>>()
+            .map_err(|detail| RewriteError::Argument {
+                rule: "lowrank".into(),
+                detail,
+            })?;
+        let dims =
+            |r: &super::eval::Request| (r.matrix.dims[0] as usize, r.matrix.dims[1] as usize);
+        let mut ranks: Vec<Option<usize>> = vec![None; unique.len()];
+        let mut fixed = params_before;
+        let mut planned: Vec<usize> = Vec::new();
+        for (i, r) in unique.iter().enumerate() {
+            let (k, n) = dims(r);
+            let site = crate::plan::PlanSite {
+                k,
+                n,
+                spectrum: None,
+            };
+            fixed = fixed.saturating_sub(site.dense());
+            match r.spec {
+                RankSpec::Fixed(rank) => ranks[i] = Some(rank.min(k.min(n))),
+                RankSpec::Energy(p) => {
+                    ranks[i] = Some(
+                        crate::plan::energy_rank(spectra[i].as_deref().unwrap_or(&[]), p)
+                            .min(k.min(n)),
+                    )
+                }
+                RankSpec::Plan => {
+                    planned.push(i);
+                    continue;
+                }
+            }
+            // Sites at a given rank that would not save stay dense (their rule's `require`
+            // says so at run time); count what they will store.
+            let cost = ranks[i]
+                .map(|r| site.at(r))
+                .filter(|&c| c < site.dense())
+                .unwrap_or(site.dense());
+            fixed += cost;
+        }
+        let mut target_params = None;
+        if !planned.is_empty() {
+            let t = target.ok_or_else(|| RewriteError::Argument {
+                rule: "lowrank".into(),
+                detail: "`rank = plan` needs a budget: pass --ratio or --max-bytes, or add a `budget` line to the pipeline".into(),
+            })?;
+            let goal = t.params(params_before, bytes_before);
+            target_params = Some(goal);
+            let sites: Vec<crate::plan::PlanSite> = planned
+                .iter()
+                .map(|&i| {
+                    let (k, n) = dims(&unique[i]);
+                    crate::plan::PlanSite {
+                        k,
+                        n,
+                        spectrum: spectra[i].clone(),
+                    }
+                })
+                .collect();
+            let got = crate::plan::plan(&sites, fixed, goal, params_before, strategy)
+                .map_err(|e| RewriteError::Budget(e.to_string()))?;
+            for (&i, r) in planned.iter().zip(got) {
+                ranks[i] = r;
+            }
+        }
+        // Factorize every site, same shape and rank together.
+        let mut groups: std::collections::BTreeMap<(usize, usize, usize), Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (i, r) in unique.iter().enumerate() {
+            let (k, n) = dims(r);
+            self.memo.ranks.insert(r.key.clone(), ranks[i]);
+            if let Some(rank) = ranks[i] {
+                groups.entry((k, n, rank)).or_default().push(i);
+            }
+        }
+        for ((k, n, rank), members) in groups {
+            let datas: Vec<_> = members.iter().map(|&i| unique[i].matrix.as_f32()).collect();
+            let mut views = Vec::new();
+            for d in &datas {
+                let d = d.as_ref().ok_or_else(|| RewriteError::Argument {
+                    rule: "lowrank".into(),
+                    detail: "not f32".into(),
+                })?;
+                views.push(crate::compute::MatrixRef::new(k, n, d).map_err(|e| {
+                    RewriteError::Argument {
+                        rule: "lowrank".into(),
+                        detail: e.to_string(),
+                    }
+                })?);
+            }
+            let factors = self
+                .memo
+                .backend
+                .lowrank(&views, rank, &self.memo.svd)
+                .map_err(|e| RewriteError::Argument {
+                    rule: "lowrank".into(),
+                    detail: e.to_string(),
+                })?;
+            for (&i, f) in members.iter().zip(&factors) {
+                let (v, note) = super::eval::factor_tensors(f, &unique[i].matrix, &unique[i].name);
+                self.memo.insert_lowrank(&unique[i].key, rank, v, note);
+            }
+        }
+        let sites = unique
+            .iter()
+            .enumerate()
+            .map(|(i, r)| PlannedSite {
+                name: r.name.clone(),
+                shape: vec![r.matrix.dims[0], r.matrix.dims[1]],
+                rank: ranks[i],
+                spectrum: spectra[i].clone(),
+            })
+            .collect();
+        Ok(PlanReport {
+            strategy,
+            target_params,
+            params_before,
+            sites,
+        })
     }
 
     /// Run every step of `pipeline`.
@@ -188,11 +424,13 @@ impl<'a> Engine<'a> {
                     at: g.node(n).name.clone(),
                     op: g.node(n).op_type.clone(),
                     detail,
+                    notes: Vec::new(),
                 },
                 Root::Const(v) => Site {
                     at: g.value(v).name.clone(),
                     op: "const".into(),
                     detail,
+                    notes: Vec::new(),
                 },
             };
             let m = match match_at(g, &rule.pattern, root, &params) {
@@ -217,11 +455,17 @@ impl<'a> Engine<'a> {
                 order: &order,
             };
             let rules = self.rules;
-            if let Err(reason) = ev.clauses(&rule.clauses, &|e| rules.text(e)) {
+            ev.memo.notes.clear();
+            ev.memo.surveyed = false;
+            // While surveying, `lowrank` gives placeholder factors and the site is applied like
+            // in the real run, so later stages see the graph they will see then.
+            let result = ev.clauses(&rule.clauses, &|e| rules.text(e));
+            if let Err(reason) = result {
                 misses.push(site(g, reason));
                 continue;
             }
             let patch = ev.patch;
+            let notes = std::mem::take(&mut self.memo.notes);
             let hint = match root {
                 Root::Node(n) => g.node(n).name.clone(),
                 Root::Const(v) => g.value(v).name.clone(),
@@ -229,7 +473,11 @@ impl<'a> Engine<'a> {
             let before = site(g, String::new());
             match self.apply(patch, &hint) {
                 Some(detail) => {
-                    fired.push(Site { detail, ..before });
+                    fired.push(Site {
+                        detail,
+                        notes,
+                        ..before
+                    });
                     order = self.order();
                 }
                 None => misses.push(Site {
@@ -520,8 +768,10 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        let name = g.fresh_name(hint);
-        let v = g.add_initializer(name, (**t).clone()).ok()?;
+        let name = g.fresh_name(if t.name.is_empty() { hint } else { &t.name });
+        let mut stored = (**t).clone();
+        stored.name.clear();
+        let v = g.add_initializer(name, stored).ok()?;
         self.stored.insert(key, v);
         Some(v)
     }

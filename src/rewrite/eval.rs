@@ -29,13 +29,124 @@ pub struct Patch {
     pub emits: Vec<(ValueId, Val)>,
 }
 
-/// Kernel results, memoised per (kernel, arguments): a constant used at several sites is
-/// transformed once, and the identical result is stored once.
-#[derive(Default)]
+/// How a `lowrank` call chooses its rank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RankSpec {
+    Fixed(usize),
+    Plan,
+    Energy(f64),
+}
+
+/// A `lowrank` call seen while surveying a pipeline (before planning).
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Identifies the matrix (a stored constant's id, or a derived tensor's digest).
+    pub key: String,
+    /// Shown in reports.
+    pub name: String,
+    pub matrix: Arc<Tensor>,
+    pub spec: RankSpec,
+}
+
+/// What a kernel did at a site, for the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Note {
+    pub kernel: String,
+    /// The constant the kernel transformed.
+    pub constant: String,
+    pub shape: Vec<i64>,
+    pub rank: Option<usize>,
+    pub sparsity: Option<f64>,
+    /// ‖W − Ŵ‖_F / ‖W‖_F of the result.
+    pub rel_error: f64,
+    pub params_before: u64,
+    pub params_after: u64,
+    /// Whether the result came from the memo (a tied weight already transformed elsewhere).
+    pub shared: bool,
+}
+
+/// Kernel state for a whole pipeline: the memo (results per kernel and arguments: a constant
+/// used at several sites is transformed once, and the identical result is stored once), the
+/// numeric backend, planned ranks, and what kernels did at the current site.
 pub struct Memo {
-    map: HashMap<String, Val>,
+    map: HashMap<String, (Val, Option<Note>)>,
     pub hits: usize,
     pub misses: usize,
+    pub backend: Arc<dyn crate::compute::Backend>,
+    pub svd: crate::compute::SvdOptions,
+    /// `Some` while surveying: `lowrank` calls are recorded here instead of computed.
+    pub survey: Option<Vec<Request>>,
+    /// Ranks from the planner, by matrix key (`None`: the site stays dense).
+    pub ranks: HashMap<String, Option<usize>>,
+    /// Notes of the site being evaluated (the engine takes them after each site).
+    pub notes: Vec<Note>,
+    /// Set when the site being evaluated made a surveyed `lowrank` call.
+    pub surveyed: bool,
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Memo {
+            map: HashMap::new(),
+            hits: 0,
+            misses: 0,
+            backend: Arc::new(crate::compute::Cpu),
+            svd: crate::compute::SvdOptions::default(),
+            survey: None,
+            ranks: HashMap::new(),
+            notes: Vec::new(),
+            surveyed: false,
+        }
+    }
+}
+
+impl Memo {
+    /// Store a precomputed result (batched factorization) under the key `lowrank` would use.
+    pub fn insert_lowrank(&mut self, matrix_key: &str, rank: usize, factors: Val, note: Note) {
+        self.map
+            .insert(lowrank_key(matrix_key, rank), (factors, Some(note)));
+    }
+}
+
+/// The memo key of `lowrank(matrix, rank)`.
+pub fn lowrank_key(matrix_key: &str, rank: usize) -> String {
+    format!("lowrank({matrix_key},{rank})")
+}
+
+/// Factor `w` (K×N, f32) at `rank` into (A = U√S: K×r, B = √S·Vᵀ: r×N) and the note.
+pub fn factor_tensors(f: &crate::compute::Factors, w: &Tensor, name: &str) -> (Val, Note) {
+    let (a, b) = f.balanced();
+    let (k, n) = (w.dims[0], w.dims[1]);
+    let r = f.rank();
+    let norm2: f64 = w
+        .as_f32()
+        .map_or(0.0, |d| d.iter().map(|&x| (x as f64) * (x as f64)).sum());
+    let kept: f64 = f.s.iter().map(|&x| (x as f64) * (x as f64)).sum();
+    let rel_error = if norm2 > 0.0 {
+        ((norm2 - kept).max(0.0) / norm2).sqrt()
+    } else {
+        0.0
+    };
+    let mut ta = Tensor::from_f32(vec![k, r as i64], a.data());
+    let mut tb = Tensor::from_f32(vec![r as i64, n], b.data());
+    let base = name.trim_matches('\'');
+    ta.name = format!("{base}.lowrank_a");
+    tb.name = format!("{base}.lowrank_b");
+    let note = Note {
+        kernel: "lowrank".into(),
+        constant: name.to_string(),
+        shape: vec![k, n],
+        rank: Some(r),
+        sparsity: None,
+        rel_error,
+        params_before: (k * n) as u64,
+        params_after: (r as i64 * (k + n)) as u64,
+        shared: false,
+    };
+    (
+        Val::Tuple(vec![Val::Tensor(Arc::new(ta)), Val::Tensor(Arc::new(tb))]),
+        note,
+    )
 }
 
 /// Evaluation context for one match.
@@ -205,6 +316,9 @@ impl Eval<'_> {
                 let mut attributes = Vec::new();
                 for (name, x) in attrs {
                     let v = self.expr(x)?;
+                    if matches!(v, Val::None) {
+                        continue;
+                    }
                     attributes.push(Attribute::new(
                         name.name.clone(),
                         to_attr(&v).ok_or_else(|| {
@@ -302,13 +416,13 @@ impl Eval<'_> {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        if let Some(v) = self.memo.map.get(&key) {
+        if let Some((v, _)) = self.memo.map.get(&key) {
             self.memo.hits += 1;
             return Ok(v.clone());
         }
         self.memo.misses += 1;
         let v = f(self)?;
-        self.memo.map.insert(key, v.clone());
+        self.memo.map.insert(key, (v.clone(), None));
         Ok(v)
     }
 
@@ -452,8 +566,118 @@ impl Eval<'_> {
                     ))
                 })
             }
+            "energy" => {
+                let p = need(0, "p")?
+                    .as_float()
+                    .ok_or("energy: p must be a number")?;
+                if !(0.0..=1.0).contains(&p) || p == 0.0 {
+                    return Err(format!("energy({p}): p must be in (0, 1]"));
+                }
+                Ok(Val::Energy(p))
+            }
+            "lowrank" => {
+                let x = need(0, "w")?;
+                let spec =
+                    match need(1, "rank")? {
+                        Val::Plan => RankSpec::Plan,
+                        Val::Energy(p) => RankSpec::Energy(p),
+                        v => match v.as_int() {
+                            Some(r) if r >= 1 => RankSpec::Fixed(r as usize),
+                            _ => return Err(format!(
+                                "lowrank: rank must be a positive int, plan or energy(p), got {}",
+                                show(self.g, &v)
+                            )),
+                        },
+                    };
+                self.lowrank(&x, spec)
+            }
             other => Err(format!("'{other}' is not available in this version of hcc")),
         }
+    }
+
+    fn lowrank(&mut self, x: &Val, spec: RankSpec) -> R<Val> {
+        let t = self.tensor(x)?;
+        if t.dtype != DType::F32 || t.dims.len() != 2 {
+            return Err(format!(
+                "lowrank needs a 2-D float constant, {} is {}{:?}",
+                show(self.g, x),
+                t.dtype,
+                t.dims
+            ));
+        }
+        let mkey = self.key(x);
+        let name = match x {
+            Val::Value(v) => self.g.value(*v).name.clone(),
+            _ => show(self.g, x),
+        };
+        if let Some(reqs) = &mut self.memo.survey {
+            // Record the call and go on with placeholder factors (the survey runs on a copy of
+            // the model, so later stages see the structure the real run will give them).
+            let (k, n) = (t.dims[0], t.dims[1]);
+            reqs.push(Request {
+                key: mkey,
+                name,
+                matrix: t,
+                spec,
+            });
+            self.memo.surveyed = true;
+            let r = k.min(n).min(crate::plan::ALIGN as i64);
+            let a = Tensor::from_f32(vec![k, r], &vec![0.0; (k * r) as usize]);
+            let b = Tensor::from_f32(vec![r, n], &vec![0.0; (r * n) as usize]);
+            return Ok(Val::Tuple(vec![
+                Val::Tensor(Arc::new(a)),
+                Val::Tensor(Arc::new(b)),
+            ]));
+        }
+        let r = match spec {
+            RankSpec::Fixed(r) => r,
+            RankSpec::Plan | RankSpec::Energy(_) => match self.memo.ranks.get(&mkey) {
+                Some(Some(r)) => *r,
+                Some(None) => return Err(format!("the plan keeps {name} dense (factorizing would not save enough)")),
+                None => return Err(format!("no planned rank for {name}: `rank = plan` needs a budget (--ratio, --max-bytes or a budget line)")),
+            },
+        };
+        let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+        if r > k.min(n) {
+            return Err(format!("rank {r} exceeds min({k}, {n})"));
+        }
+        let key = lowrank_key(&mkey, r);
+        if let Some((v, note)) = self.memo.map.get(&key) {
+            self.memo.hits += 1;
+            if let Some(mut note) = note.clone() {
+                note.shared = self.seen(&key);
+                self.memo.notes.push(note);
+            }
+            let v = v.clone();
+            self.mark_seen(&key);
+            return Ok(v);
+        }
+        self.memo.misses += 1;
+        let data = t.as_f32().ok_or("lowrank: not f32")?;
+        let w = crate::compute::MatrixRef::new(k, n, &data).map_err(|e| e.to_string())?;
+        let f = self
+            .memo
+            .backend
+            .lowrank(&[w], r, &self.memo.svd)
+            .map_err(|e| e.to_string())?;
+        let f = f.into_iter().next().ok_or("lowrank: no result")?;
+        let (v, note) = factor_tensors(&f, &t, &name);
+        self.memo
+            .map
+            .insert(key.clone(), (v.clone(), Some(note.clone())));
+        self.memo.notes.push(note);
+        self.mark_seen(&key);
+        Ok(v)
+    }
+
+    fn seen(&self, key: &str) -> bool {
+        self.memo.map.contains_key(&format!("seen:{key}"))
+    }
+
+    fn mark_seen(&mut self, key: &str) {
+        self.memo
+            .map
+            .insert(format!("seen:{key}"), (Val::None, None));
     }
 
     fn stored(&mut self, args: &[Arg]) -> R<Val> {
@@ -625,5 +849,6 @@ pub fn show(g: &Graph, v: &Val) -> String {
         ),
         Val::Attr(a) => format!("{a:?}"),
         Val::Plan => "plan".into(),
+        Val::Energy(p) => format!("energy({p})"),
     }
 }

@@ -25,6 +25,8 @@ pub enum Val {
     Attr(Box<AttrValue>),
     /// `plan`: chosen by the budget planner.
     Plan,
+    /// `energy(p)`: the smallest rank keeping fraction `p` of a matrix's energy.
+    Energy(f64),
 }
 
 impl Val {
@@ -43,6 +45,7 @@ impl Val {
             Val::Tuple(_) => "tuple",
             Val::Attr(_) => "attribute",
             Val::Plan => "plan",
+            Val::Energy(_) => "rank spec",
         }
     }
 

@@ -1,0 +1,325 @@
+//! The budget planner: a size target → a rank for every low-rank site of a pipeline.
+//!
+//! Sites are matrices `K × N` that a pipeline would factorize (one per distinct constant: a
+//! tied table is one site however many places read it). A site at rank `r` stores `r·(K + N)`
+//! parameters instead of `K·N`; a site stays dense where factorizing would not save. Ranks are
+//! multiples of [`ALIGN`] (at least `ALIGN`).
+
+use serde::Serialize;
+
+/// Ranks are multiples of this.
+pub const ALIGN: usize = 8;
+
+/// How ranks are compared between sites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// The same kept-parameter fraction at every site.
+    Uniform,
+    /// Keep the singular triplets with the most relative energy (σ² / ‖W‖²) per parameter,
+    /// each matrix's spectrum normalised by its own norm.
+    Global,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "uniform" => Ok(Strategy::Uniform),
+            "global" => Ok(Strategy::Global),
+            other => Err(format!("unknown strategy '{other}' (uniform, global)")),
+        }
+    }
+}
+
+/// One matrix to plan.
+#[derive(Clone, Debug)]
+pub struct PlanSite {
+    pub k: usize,
+    pub n: usize,
+    /// Singular values, descending (needed by [`Strategy::Global`]).
+    pub spectrum: Option<Vec<f32>>,
+}
+
+impl PlanSite {
+    /// Parameters stored dense.
+    pub fn dense(&self) -> u64 {
+        (self.k * self.n) as u64
+    }
+    /// Parameters stored at rank `r`.
+    pub fn at(&self, r: usize) -> u64 {
+        (r * (self.k + self.n)) as u64
+    }
+    /// The largest aligned rank that still saves parameters (0 if none does).
+    pub fn max_rank(&self) -> usize {
+        let mut r = (self.k * self.n).saturating_sub(1) / (self.k + self.n);
+        r -= r % ALIGN;
+        r.min(self.k.min(self.n))
+    }
+    fn cost(&self, r: Option<usize>) -> u64 {
+        r.map_or(self.dense(), |r| self.at(r))
+    }
+}
+
+/// A plan: per site, `Some(rank)` or `None` (stay dense).
+pub type Ranks = Vec<Option<usize>>;
+
+/// The budget cannot be met.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("the budget of {target} parameters cannot be met: at the smallest ranks the model keeps {best} parameters (ratio {best_ratio:.2} of {original}); ask for ratio ≤ {best_ratio:.2}, or add rules that reach more weights")]
+pub struct Unreachable {
+    pub target: u64,
+    pub best: u64,
+    pub original: u64,
+    pub best_ratio: f64,
+}
+
+/// Parameters a plan stores: `fixed` (everything not planned) plus every site's cost.
+pub fn total(sites: &[PlanSite], ranks: &Ranks, fixed: u64) -> u64 {
+    fixed
+        + sites
+            .iter()
+            .zip(ranks)
+            .map(|(s, r)| s.cost(*r))
+            .sum::<u64>()
+}
+
+/// Plan ranks so that `fixed + Σ site cost ≤ target`, as close to it as the alignment allows.
+/// `original` is the model's parameter count (for the error message).
+pub fn plan(
+    sites: &[PlanSite],
+    fixed: u64,
+    target: u64,
+    original: u64,
+    strategy: Strategy,
+) -> Result<Ranks, Unreachable> {
+    let smallest: Ranks = sites
+        .iter()
+        .map(|s| {
+            if s.max_rank() >= ALIGN {
+                Some(ALIGN)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let best = total(sites, &smallest, fixed);
+    if best > target {
+        return Err(Unreachable {
+            target,
+            best,
+            original,
+            best_ratio: original as f64 / best as f64,
+        });
+    }
+    let dense: Ranks = vec![None; sites.len()];
+    if total(sites, &dense, fixed) <= target {
+        return Ok(dense);
+    }
+    Ok(match strategy {
+        Strategy::Uniform => uniform(sites, fixed, target),
+        Strategy::Global => global(sites, fixed, target),
+    })
+}
+
+/// Ranks keeping fraction `f` of each site's parameters (dense where that would not save).
+fn uniform_at(sites: &[PlanSite], f: f64) -> Ranks {
+    sites
+        .iter()
+        .map(|s| {
+            let max = s.max_rank();
+            if max < ALIGN {
+                return None;
+            }
+            let want = f * s.dense() as f64 / (s.k + s.n) as f64;
+            let r = ((want / ALIGN as f64).round() as usize * ALIGN).clamp(ALIGN, max.max(ALIGN));
+            if f >= 1.0 {
+                None
+            } else {
+                Some(r)
+            }
+        })
+        .collect()
+}
+
+fn uniform(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
+    // total(f) is non-decreasing in f: bisect for the largest f that fits.
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if total(sites, &uniform_at(sites, mid), fixed) <= target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let mut ranks = uniform_at(sites, lo);
+    // Rounding to multiples of ALIGN leaves budget unused: hand it out a step at a time to
+    // the sites that keep the smallest fraction, while it fits.
+    let mut used = total(sites, &ranks, fixed);
+    loop {
+        let next = sites
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let r = ranks[i]?;
+                let step = (ALIGN * (s.k + s.n)) as u64;
+                (r + ALIGN <= s.max_rank() && used + step <= target)
+                    .then(|| (s.at(r) as f64 / s.dense() as f64, i, step))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        match next {
+            Some((_, i, step)) => {
+                ranks[i] = ranks[i].map(|r| r + ALIGN);
+                used += step;
+            }
+            None => break,
+        }
+    }
+    ranks
+}
+
+fn global(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
+    // Score of the next block of ALIGN triplets at a site: its share of the site's energy per
+    // parameter it costs.
+    let energy: Vec<(f64, Vec<f64>)> = sites
+        .iter()
+        .map(|s| {
+            let sp = s.spectrum.as_deref().unwrap_or(&[]);
+            let e: Vec<f64> = sp.iter().map(|&x| (x as f64) * (x as f64)).collect();
+            (e.iter().sum::<f64>().max(f64::MIN_POSITIVE), e)
+        })
+        .collect();
+    let block = |i: usize, r: usize| -> f64 {
+        let (tot, e) = &energy[i];
+        let gain: f64 = e.iter().skip(r).take(ALIGN).sum();
+        gain / tot / (ALIGN * (sites[i].k + sites[i].n)) as f64
+    };
+    let mut ranks: Vec<usize> = sites
+        .iter()
+        .map(|s| if s.max_rank() >= ALIGN { ALIGN } else { 0 })
+        .collect();
+    let current = |ranks: &[usize]| -> Ranks {
+        ranks
+            .iter()
+            .map(|&r| if r == 0 { None } else { Some(r) })
+            .collect()
+    };
+    let mut used = total(sites, &current(&ranks), fixed);
+    let mut heap: std::collections::BinaryHeap<(u64, std::cmp::Reverse<usize>)> =
+        std::collections::BinaryHeap::new();
+    let key = |x: f64| (x.max(0.0) * 1e18) as u64;
+    for (i, &r) in ranks.iter().enumerate() {
+        if r > 0 && r + ALIGN <= sites[i].max_rank() {
+            heap.push((key(block(i, r)), std::cmp::Reverse(i)));
+        }
+    }
+    while let Some((_, std::cmp::Reverse(i))) = heap.pop() {
+        let step = (ALIGN * (sites[i].k + sites[i].n)) as u64;
+        if used + step > target {
+            continue;
+        }
+        ranks[i] += ALIGN;
+        used += step;
+        if ranks[i] + ALIGN <= sites[i].max_rank() {
+            heap.push((key(block(i, ranks[i])), std::cmp::Reverse(i)));
+        }
+    }
+    // Sites at their largest saving rank go dense when the budget has room for it.
+    let mut out = current(&ranks);
+    for i in 0..sites.len() {
+        if let Some(r) = out[i] {
+            if r == sites[i].max_rank() {
+                let extra = sites[i].dense() - sites[i].at(r);
+                if used + extra <= target {
+                    out[i] = None;
+                    used += extra;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The smallest aligned rank keeping fraction `p` of the energy (Σσ²) of `spectrum`.
+pub fn energy_rank(spectrum: &[f32], p: f64) -> usize {
+    let e: Vec<f64> = spectrum.iter().map(|&x| (x as f64) * (x as f64)).collect();
+    let tot: f64 = e.iter().sum();
+    let mut acc = 0.0;
+    let mut r = e.len();
+    for (i, x) in e.iter().enumerate() {
+        acc += x;
+        if acc >= p * tot {
+            r = i + 1;
+            break;
+        }
+    }
+    (r.div_ceil(ALIGN) * ALIGN).max(ALIGN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(k: usize, n: usize, decay: f32) -> PlanSite {
+        PlanSite {
+            k,
+            n,
+            spectrum: Some((0..k.min(n)).map(|i| decay.powi(i as i32)).collect()),
+        }
+    }
+
+    #[test]
+    fn uniform_meets_the_budget_tightly() {
+        let sites = vec![
+            site(768, 768, 0.99),
+            site(768, 3072, 0.99),
+            site(3072, 768, 0.99),
+        ];
+        let orig: u64 = sites.iter().map(|s| s.dense()).sum::<u64>() + 1000;
+        for ratio in [1.5, 2.0, 4.0] {
+            let target = (orig as f64 / ratio) as u64;
+            let r = plan(&sites, 1000, target, orig, Strategy::Uniform).unwrap();
+            let t = total(&sites, &r, 1000);
+            assert!(t <= target, "{t} > {target}");
+            assert!(
+                t as f64 >= 0.99 * target as f64,
+                "{t} too far under {target}"
+            );
+            assert!(r.iter().flatten().all(|r| r % ALIGN == 0));
+        }
+    }
+
+    #[test]
+    fn global_prefers_the_concentrated_spectrum() {
+        let sites = vec![site(512, 512, 0.9), site(512, 512, 0.999)];
+        let orig: u64 = sites.iter().map(|s| s.dense()).sum();
+        let r = plan(&sites, 0, orig / 4, orig, Strategy::Global).unwrap();
+        let (a, b) = (r[0].unwrap(), r[1].unwrap());
+        assert!(
+            a < b,
+            "fast-decaying site should need fewer ranks: {a} vs {b}"
+        );
+        assert!(total(&sites, &r, 0) <= orig / 4);
+    }
+
+    #[test]
+    fn unreachable_budget_says_what_is_reachable() {
+        let sites = vec![site(64, 64, 0.9)];
+        let e = plan(&sites, 10_000, 5_000, 14_096, Strategy::Uniform).unwrap_err();
+        assert_eq!(e.best, 10_000 + 8 * 128);
+        assert!(e.to_string().contains("cannot be met"));
+    }
+
+    #[test]
+    fn loose_budgets_keep_sites_dense() {
+        let sites = vec![site(64, 64, 0.9)];
+        assert_eq!(
+            plan(&sites, 0, 4096, 4096, Strategy::Uniform).unwrap(),
+            vec![None]
+        );
+        assert_eq!(energy_rank(&[1.0, 0.5, 0.1], 0.9), 8);
+        let s: Vec<f32> = (0..100).map(|_| 1.0).collect();
+        assert_eq!(energy_rank(&s, 0.5), 56);
+    }
+}

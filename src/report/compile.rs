@@ -1,0 +1,235 @@
+//! The compile report: sizes before and after (as stored in the file), per rule and per site,
+//! the error each rewrite introduced, the planner's decisions, and fidelity when measured.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::inspect::{human_bytes, human_count};
+use crate::rewrite::engine::{PlanReport, RewriteReport};
+
+/// Everything `hcc compile --report` writes. JSON field names are part of the interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompileReport {
+    pub model: String,
+    pub output: String,
+    pub pipeline: String,
+    /// Stored parameters (initializers, counted as written) before and after.
+    pub params_before: u64,
+    pub params_after: u64,
+    /// Stored tensor bytes before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Sizes of the files themselves (model file plus external data).
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+    /// params_before / params_after.
+    pub ratio: f64,
+    pub rules: Vec<RuleSummary>,
+    pub sites: Vec<SiteReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanReport>,
+    pub stages: RewriteReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<serde_json::Value>,
+}
+
+/// Totals for one rule.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleSummary {
+    pub rule: String,
+    pub fired: usize,
+    pub near_misses: usize,
+    /// Stored parameters saved by this rule's stages (negative if they grew).
+    pub params_saved: i64,
+    pub bytes_saved: i64,
+}
+
+/// One transformed constant at one site.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteReport {
+    pub rule: String,
+    pub node: String,
+    pub constant: String,
+    pub shape: Vec<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
+    /// ‖W − Ŵ‖_F / ‖W‖_F.
+    pub rel_error: f64,
+    pub params_before: u64,
+    pub params_after: u64,
+    /// The factors are shared with an earlier site (a tied weight): stored once.
+    pub shared: bool,
+}
+
+impl CompileReport {
+    /// Assemble the report from the engine's stages.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: String,
+        output: String,
+        stages: RewriteReport,
+        plan: Option<PlanReport>,
+        (params_before, bytes_before): (u64, u64),
+        (params_after, bytes_after): (u64, u64),
+        file_bytes_before: u64,
+        file_bytes_after: u64,
+    ) -> CompileReport {
+        let mut rules: Vec<RuleSummary> = Vec::new();
+        let mut sites = Vec::new();
+        for s in &stages.stages {
+            let i = match rules.iter().position(|r| r.rule == s.rule) {
+                Some(i) => i,
+                None => {
+                    rules.push(RuleSummary {
+                        rule: s.rule.clone(),
+                        fired: 0,
+                        near_misses: 0,
+                        params_saved: 0,
+                        bytes_saved: 0,
+                    });
+                    rules.len() - 1
+                }
+            };
+            let r = &mut rules[i];
+            r.fired += s.fired.len();
+            r.near_misses += s.near_misses.len();
+            r.params_saved += s.params_before as i64 - s.params_after as i64;
+            r.bytes_saved += s.bytes_before as i64 - s.bytes_after as i64;
+            for f in &s.fired {
+                for n in &f.notes {
+                    sites.push(SiteReport {
+                        rule: s.rule.clone(),
+                        node: f.at.clone(),
+                        constant: n.constant.clone(),
+                        shape: n.shape.clone(),
+                        rank: n.rank,
+                        sparsity: n.sparsity,
+                        rel_error: n.rel_error,
+                        params_before: n.params_before,
+                        params_after: if n.shared { 0 } else { n.params_after },
+                        shared: n.shared,
+                    });
+                }
+            }
+        }
+        CompileReport {
+            model,
+            output,
+            pipeline: stages.pipeline.clone(),
+            params_before,
+            params_after,
+            bytes_before,
+            bytes_after,
+            file_bytes_before,
+            file_bytes_after,
+            ratio: params_before as f64 / params_after.max(1) as f64,
+            rules,
+            sites,
+            plan,
+            stages,
+            fidelity: None,
+        }
+    }
+
+    /// The terminal table.
+    pub fn render(&self, max_sites: usize) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "{} → {}  (pipeline {})",
+            self.model, self.output, self.pipeline
+        );
+        let _ = writeln!(
+            o,
+            "  parameters  {:>12} → {:>12}   ratio {:.3}",
+            human_count(self.params_before),
+            human_count(self.params_after),
+            self.ratio
+        );
+        let _ = writeln!(
+            o,
+            "  stored      {:>12} → {:>12}",
+            human_bytes(self.bytes_before),
+            human_bytes(self.bytes_after)
+        );
+        let _ = writeln!(
+            o,
+            "  file        {:>12} → {:>12}",
+            human_bytes(self.file_bytes_before),
+            human_bytes(self.file_bytes_after)
+        );
+        if let Some(p) = &self.plan {
+            if let Some(t) = p.target_params {
+                let _ = writeln!(
+                    o,
+                    "  budget      {} parameters ({:?} strategy)",
+                    human_count(t),
+                    p.strategy
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "\n  {:<20} {:>6} {:>8} {:>14} {:>14}",
+            "rule", "fired", "misses", "params saved", "bytes saved"
+        );
+        for r in &self.rules {
+            let _ = writeln!(
+                o,
+                "  {:<20} {:>6} {:>8} {:>14} {:>14}",
+                r.rule, r.fired, r.near_misses, r.params_saved, r.bytes_saved
+            );
+        }
+        if !self.sites.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n  {:<22} {:<44} {:<14} {:>5} {:>9} {:>11} {:>11}",
+                "rule", "constant", "shape", "rank", "rel err", "params", "after"
+            );
+            for s in self.sites.iter().take(max_sites) {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} {:<44} {:<14} {:>5} {:>9.4} {:>11} {:>11}{}",
+                    s.rule,
+                    clip(&s.constant, 44),
+                    format!("{:?}", s.shape),
+                    s.rank.map_or("-".into(), |r| r.to_string()),
+                    s.rel_error,
+                    s.params_before,
+                    s.params_after,
+                    if s.shared { "  (shared)" } else { "" }
+                );
+            }
+            if self.sites.len() > max_sites {
+                let _ = writeln!(
+                    o,
+                    "  ... {} more sites (see --report)",
+                    self.sites.len() - max_sites
+                );
+            }
+        }
+        if let Some(f) = &self.fidelity {
+            let _ = writeln!(o, "\n  fidelity    {f}");
+        }
+        o
+    }
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(n - 1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("…{tail}")
+    }
+}
