@@ -2,7 +2,9 @@
 //! a smaller ONNX model out, with an honest report.
 
 pub mod compute;
+pub mod config;
 pub mod dsl;
+pub mod eval;
 pub mod ir;
 pub mod onnx;
 pub mod plan;

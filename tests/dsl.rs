@@ -73,8 +73,8 @@ fn good_file_ast_shape() {
     assert_eq!(program.sources.files()[1].name, "<built-in>/std.hcp");
 
     let r = program
-        .rule("linear_factorize")
-        .unwrap_or_else(|| panic!("no linear_factorize"));
+        .rule("my_factorize")
+        .unwrap_or_else(|| panic!("no my_factorize"));
     assert_eq!(r.params.len(), 2);
     assert_eq!(r.params[0].name.name, "rank");
     assert!(r.params[0].default.is_none());
@@ -140,7 +140,7 @@ fn good_file_ast_shape() {
     let Step::Run { rule, args, .. } = &p.steps[2] else {
         panic!()
     };
-    assert_eq!(rule.name, "linear_factorize");
+    assert_eq!(rule.name, "my_factorize");
     assert_eq!(args[0].name.as_ref().map(|n| n.name.as_str()), Some("rank"));
     assert!(matches!(&args[0].value.kind, ExprKind::Call { func, .. } if func.name == "energy"));
 }

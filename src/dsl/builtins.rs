@@ -258,6 +258,15 @@ pub static BUILTINS: &[Builtin] = &[
               squared singular values (0 < fraction <= 1).",
     },
     Builtin {
+        name: "input",
+        kind: BuiltinKind::Builtin,
+        params: &[p("x", Ty::Value), p("i", Ty::Int)],
+        ret: Ty::Value,
+        doc: "Input `i` of the operation defining `x`; the match fails if `x` is not an \
+              operation's output or that input is absent. With `op`, checks that a value bound in \
+              one place of a pattern is the same computation as a nested pattern elsewhere.",
+    },
+    Builtin {
         name: "is_output",
         kind: BuiltinKind::Builtin,
         params: &[p("x", Ty::Value)],
@@ -284,6 +293,14 @@ pub static BUILTINS: &[Builtin] = &[
         params: &[p("x", Ty::Value)],
         ret: Ty::Int,
         doc: "The number of elements; the match fails if the shape is not fully known.",
+    },
+    Builtin {
+        name: "op",
+        kind: BuiltinKind::Builtin,
+        params: &[p("x", Ty::Value)],
+        ret: Ty::Str,
+        doc: "The type of the operation defining `x` (`\"MatMul\"`); `\"\"` for a graph input or \
+              a stored constant.",
     },
     Builtin {
         name: "rank",
@@ -328,11 +345,28 @@ pub static BUILTINS: &[Builtin] = &[
         params: &[
             p("w", Ty::Const),
             p("sparsity", Ty::Float),
-            p("pattern", Ty::Str),
+            opt("pattern", Ty::Str, Default::Str("unstructured")),
         ],
         ret: Ty::Const,
-        doc: "`w` with the smallest-magnitude entries zeroed: `pattern` is \"unstructured\", \
-              \"2:4\" or \"rows\".",
+        doc: "A 2-D f32 `w` with its smallest-magnitude entries zeroed: `pattern` is \
+              \"unstructured\" (exact count per tensor), \"N:M\" such as \"2:4\" (N kept of every M \
+              along dim 0, K of a MatMul weight; `sparsity` ignored), \"rows\" or \"cols\". The \
+              file stores it sparse only where that is smaller.",
+    },
+    Builtin {
+        name: "neurons",
+        kind: BuiltinKind::Kernel,
+        params: &[
+            p("up", Ty::Const),
+            p("down", Ty::Const),
+            p("sparsity", Ty::Float),
+            opt("gate", Ty::OneOf(&[Ty::Const, Ty::None]), Default::None),
+            opt("bias", Ty::OneOf(&[Ty::Const, Ty::None]), Default::None),
+        ],
+        ret: Ty::Const,
+        doc: "The hidden neurons of an MLP block to keep when a `sparsity` fraction is removed: \
+              ascending int64 indices into F of `up` [D, F] (and `gate` [D, F], `bias` [F]) and \
+              `down` [F, E], least important (‖up col‖·‖down row‖·‖gate col‖) removed first.",
     },
     Builtin {
         name: "slice",
@@ -367,6 +401,14 @@ pub static BUILTINS: &[Builtin] = &[
         ret: Ty::Const,
         doc: "An identical constant stored earlier in the model than the matched one; the match \
               fails if there is none.",
+    },
+    Builtin {
+        name: "take",
+        kind: BuiltinKind::Kernel,
+        params: &[p("x", Ty::Const), p("indices", INTS_OR_CONST), p("axis", Ty::Int)],
+        ret: Ty::Const,
+        doc: "The slices of the constant at `indices` along `axis`, in that order (as ONNX \
+              `Gather` with constant indices).",
     },
     Builtin {
         name: "transpose",

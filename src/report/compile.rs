@@ -62,6 +62,12 @@ pub struct SiteReport {
     pub params_after: u64,
     /// The factors are shared with an earlier site (a tied weight): stored once.
     pub shared: bool,
+    /// For masks: "sparse" (stored as a sparse initializer) or "dense" (zeros stored, no saving).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// Bytes the storage saves against the dense constant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_saved: Option<u64>,
 }
 
 impl CompileReport {
@@ -111,6 +117,8 @@ impl CompileReport {
                         params_before: n.params_before,
                         params_after: if n.shared { 0 } else { n.params_after },
                         shared: n.shared,
+                        storage: n.storage.clone(),
+                        bytes_saved: n.bytes_saved,
                     });
                 }
             }

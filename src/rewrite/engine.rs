@@ -155,7 +155,9 @@ pub struct Engine<'a> {
     pub model: &'a mut Model,
     pub rules: &'a dyn RuleSource,
     memo: Memo,
-    stored: HashMap<usize, ValueId>,
+    /// Constants stored from kernel results, by the result's address; the `Arc` is kept so
+    /// that the address cannot be reused by another tensor while the engine lives.
+    stored: HashMap<usize, (Arc<Tensor>, ValueId)>,
 }
 
 impl<'a> Engine<'a> {
@@ -358,6 +360,14 @@ impl<'a> Engine<'a> {
             stages: Vec::new(),
         };
         self.steps(&pipeline.steps, None, &mut report)?;
+        if self.memo.survey.is_none() {
+            // Masked constants are stored as sparse initializers where that is smaller.
+            super::prune::pack_sparse(&mut self.model.graph);
+            verify::verify(&self.model.graph).map_err(|source| RewriteError::Invalid {
+                rule: "sparse storage".into(),
+                source,
+            })?;
+        }
         Ok(report)
     }
 
@@ -751,9 +761,9 @@ impl<'a> Engine<'a> {
     fn materialise(&mut self, t: &Arc<Tensor>, hint: &str) -> Option<ValueId> {
         let key = Arc::as_ptr(t) as usize;
         let g = &mut self.model.graph;
-        if let Some(&v) = self.stored.get(&key) {
-            if matches!(g.value(v).def, ValueDef::Initializer(_)) {
-                return Some(v);
+        if let Some((_, v)) = self.stored.get(&key) {
+            if matches!(g.value(*v).def, ValueDef::Initializer(_)) {
+                return Some(*v);
             }
         }
         for &v in g.initializers() {
@@ -763,7 +773,7 @@ impl<'a> Engine<'a> {
                     && !g.inputs.contains(&v)
                     && x.data == t.data
                 {
-                    self.stored.insert(key, v);
+                    self.stored.insert(key, (t.clone(), v));
                     return Some(v);
                 }
             }
@@ -772,7 +782,7 @@ impl<'a> Engine<'a> {
         let mut stored = (**t).clone();
         stored.name.clear();
         let v = g.add_initializer(name, stored).ok()?;
-        self.stored.insert(key, v);
+        self.stored.insert(key, (t.clone(), v));
         Some(v)
     }
 }

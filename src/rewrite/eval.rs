@@ -63,6 +63,13 @@ pub struct Note {
     pub params_after: u64,
     /// Whether the result came from the memo (a tied weight already transformed elsewhere).
     pub shared: bool,
+    /// How a masked constant is stored: `"sparse"` (ONNX `sparse_initializer`, values + int64
+    /// indices) when that is smaller, else `"dense"` (zeros stored densely save nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// Bytes the storage saves against the dense constant (0 when stored densely).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_saved: Option<u64>,
 }
 
 /// Kernel state for a whole pipeline: the memo (results per kernel and arguments: a constant
@@ -142,6 +149,8 @@ pub fn factor_tensors(f: &crate::compute::Factors, w: &Tensor, name: &str) -> (V
         params_before: (k * n) as u64,
         params_after: (r as i64 * (k + n)) as u64,
         shared: false,
+        storage: None,
+        bytes_saved: None,
     };
     (
         Val::Tuple(vec![Val::Tensor(Arc::new(ta)), Val::Tensor(Arc::new(tb))]),
@@ -577,19 +586,125 @@ impl Eval<'_> {
             }
             "lowrank" => {
                 let x = need(0, "w")?;
-                let spec =
-                    match need(1, "rank")? {
-                        Val::Plan => RankSpec::Plan,
-                        Val::Energy(p) => RankSpec::Energy(p),
-                        v => match v.as_int() {
-                            Some(r) if r >= 1 => RankSpec::Fixed(r as usize),
-                            _ => return Err(format!(
+                let spec = match need(1, "rank")? {
+                    Val::Plan => RankSpec::Plan,
+                    Val::Energy(p) => RankSpec::Energy(p),
+                    v => match v.as_int() {
+                        Some(r) if r >= 1 => RankSpec::Fixed(r as usize),
+                        _ => {
+                            return Err(format!(
                                 "lowrank: rank must be a positive int, plan or energy(p), got {}",
                                 show(self.g, &v)
-                            )),
-                        },
-                    };
+                            ))
+                        }
+                    },
+                };
                 self.lowrank(&x, spec)
+            }
+            "op" => {
+                let v = self.value_of(&need(0, "x")?)?;
+                Ok(Val::Str(
+                    self.g
+                        .producer(v)
+                        .map(|(n, _)| self.g.node(n).op_type.clone())
+                        .unwrap_or_default(),
+                ))
+            }
+            "input" => {
+                let v = self.value_of(&need(0, "x")?)?;
+                let i = need(1, "i")?.as_int().ok_or("input: i must be an int")?;
+                let (n, _) = self.g.producer(v).ok_or_else(|| {
+                    format!("'{}' is not an operation's output", self.g.value(v).name)
+                })?;
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| self.g.node(n).input(i))
+                    .map(Val::Value)
+                    .ok_or_else(|| {
+                        format!(
+                            "the operation defining '{}' has no input {i}",
+                            self.g.value(v).name
+                        )
+                    })
+            }
+            "take" => {
+                let x = need(0, "x")?;
+                let idx = need(1, "indices")?;
+                let axis = need(2, "axis")?
+                    .as_int()
+                    .ok_or("take: axis must be an int")?;
+                let name = match &x {
+                    Val::Value(v) => Some(format!("{}.pruned", self.g.value(*v).name)),
+                    _ => None,
+                };
+                self.memo("take", &a, |me| {
+                    let t = me.tensor(&x)?;
+                    let i = me.ints(&idx)?.ok_or("take: indices required")?;
+                    let mut out = kernels::take(&t, &i, axis)?;
+                    if let Some(n) = name {
+                        out.name = n;
+                    }
+                    Ok(Val::Tensor(Arc::new(out)))
+                })
+            }
+            "mask" => {
+                let x = need(0, "w")?;
+                let s = need(1, "sparsity")?
+                    .as_float()
+                    .ok_or("mask: sparsity must be a number")?;
+                let pattern = match pos(2, "pattern") {
+                    None | Some(Val::None) => "unstructured".to_string(),
+                    Some(Val::Str(p)) => p.clone(),
+                    Some(other) => {
+                        return Err(format!(
+                            "mask: pattern must be a string, got a {}",
+                            other.kind()
+                        ))
+                    }
+                };
+                let key = format!("mask({},{s},{pattern})", self.key(&x));
+                self.memo_noted(key, |me| {
+                    let t = me.tensor(&x)?;
+                    let (m, note) = super::prune::mask(
+                        me.memo.backend.as_ref(),
+                        &t,
+                        s,
+                        &pattern,
+                        &me.name_of(&x),
+                    )?;
+                    Ok((Val::Tensor(Arc::new(m)), note))
+                })
+            }
+            "neurons" => {
+                let (up, down) = (need(0, "up")?, need(1, "down")?);
+                let s = need(2, "sparsity")?
+                    .as_float()
+                    .ok_or("neurons: sparsity must be a number")?;
+                let gate = pos(3, "gate").cloned().unwrap_or(Val::None);
+                let bias = pos(4, "bias").cloned().unwrap_or(Val::None);
+                let key = format!(
+                    "neurons({},{},{s},{},{})",
+                    self.key(&up),
+                    self.key(&down),
+                    self.key(&gate),
+                    self.key(&bias)
+                );
+                self.memo_noted(key, |me| {
+                    let opt = |v: &Val| match v {
+                        Val::None => Ok(None),
+                        v => me.tensor(v).map(Some),
+                    };
+                    let (u, d) = (me.tensor(&up)?, me.tensor(&down)?);
+                    let (g, b) = (opt(&gate)?, opt(&bias)?);
+                    let block = super::prune::Block {
+                        up: &u,
+                        down: &d,
+                        gate: g.as_deref(),
+                        bias: b.as_deref(),
+                    };
+                    let (t, note) = super::prune::neurons(&block, s, &me.name_of(&down))?;
+                    Ok((Val::Tensor(Arc::new(t)), note))
+                })
             }
             other => Err(format!("'{other}' is not available in this version of hcc")),
         }
@@ -662,6 +777,37 @@ impl Eval<'_> {
             .map_err(|e| e.to_string())?;
         let f = f.into_iter().next().ok_or("lowrank: no result")?;
         let (v, note) = factor_tensors(&f, &t, &name);
+        self.memo
+            .map
+            .insert(key.clone(), (v.clone(), Some(note.clone())));
+        self.memo.notes.push(note);
+        self.mark_seen(&key);
+        Ok(v)
+    }
+
+    /// The name of a graph value, or a description of a computed constant.
+    fn name_of(&self, v: &Val) -> String {
+        match v {
+            Val::Value(id) => self.g.value(*id).name.clone(),
+            other => show(self.g, other),
+        }
+    }
+
+    /// Memoise a kernel that records a note: a hit records the note again, marked `shared`
+    /// from the second site on (a tied constant is transformed and stored once).
+    fn memo_noted(&mut self, key: String, f: impl FnOnce(&Self) -> R<(Val, Note)>) -> R<Val> {
+        if let Some((v, note)) = self.memo.map.get(&key) {
+            self.memo.hits += 1;
+            if let Some(mut note) = note.clone() {
+                note.shared = self.seen(&key);
+                self.memo.notes.push(note);
+            }
+            let v = v.clone();
+            self.mark_seen(&key);
+            return Ok(v);
+        }
+        self.memo.misses += 1;
+        let (v, note) = f(self)?;
         self.memo
             .map
             .insert(key.clone(), (v.clone(), Some(note.clone())));
@@ -789,6 +935,8 @@ fn binary(op: BinaryOp, x: &Val, y: &Val) -> R<Val> {
         (Ne, Val::Str(a), Val::Str(b)) => Ok(Val::Bool(a != b)),
         (Eq, Val::Bool(a), Val::Bool(b)) => Ok(Val::Bool(a == b)),
         (Ne, Val::Bool(a), Val::Bool(b)) => Ok(Val::Bool(a != b)),
+        (Eq, Val::Value(a), Val::Value(b)) => Ok(Val::Bool(a == b)),
+        (Ne, Val::Value(a), Val::Value(b)) => Ok(Val::Bool(a != b)),
         (Eq, Val::None, other) | (Eq, other, Val::None) => {
             Ok(Val::Bool(matches!(other, Val::None)))
         }

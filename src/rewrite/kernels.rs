@@ -273,6 +273,41 @@ pub fn count(dims: &[i64]) -> usize {
     num_elements(dims).unwrap_or(0)
 }
 
+/// `Gather` of a constant with constant `indices` along `axis` (negative indices count from the
+/// end): the selected slices, in the order given.
+pub fn take(t: &Tensor, indices: &[i64], axis: i64) -> Result<Tensor, KernelError> {
+    let es = elem_size(t)?;
+    let b = raw(t)?;
+    let dims = udims(t)?;
+    let a = normalize_axis(axis, dims.len())?;
+    if dims.is_empty() {
+        return Err("take needs a tensor of rank at least 1".into());
+    }
+    let n = dims[a];
+    let idx: Vec<usize> = indices
+        .iter()
+        .map(|&i| {
+            let k = if i < 0 { i + n as i64 } else { i };
+            usize::try_from(k)
+                .ok()
+                .filter(|&k| k < n)
+                .ok_or_else(|| format!("index {i} is out of range for dimension {n}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let outer: usize = dims[..a].iter().product();
+    let inner: usize = dims[a + 1..].iter().product::<usize>() * es;
+    let mut out = Vec::with_capacity(outer * idx.len() * inner);
+    for o in 0..outer {
+        for &k in &idx {
+            let src = (o * n + k) * inner;
+            out.extend_from_slice(&b[src..src + inner]);
+        }
+    }
+    let mut out_dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    out_dims[a] = idx.len() as i64;
+    Ok(derived(t, out_dims, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +369,17 @@ mod tests {
             (vals(&eq[0]), vals(&eq[1])),
             (vec![1., 2., 3.], vec![4., 5.])
         );
+    }
+
+    #[test]
+    fn take_along_axes() {
+        let a = t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
+        let c = take(&a, &[2, 0], 1).unwrap();
+        assert_eq!(c.dims, vec![2, 2]);
+        assert_eq!(vals(&c), vec![3., 1., 6., 4.]);
+        let r = take(&a, &[-1], 0).unwrap();
+        assert_eq!(vals(&r), vec![4., 5., 6.]);
+        assert!(take(&a, &[3], 1).is_err());
+        assert!(take(&a, &[0], 2).is_err());
     }
 }

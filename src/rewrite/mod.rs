@@ -5,6 +5,7 @@ pub mod engine;
 pub mod eval;
 pub mod kernels;
 pub mod matcher;
+pub mod prune;
 pub mod value;
 
 pub use engine::{

@@ -5,7 +5,7 @@ Usage: python judge_stats.py MODEL.onnx [--transposed]
 Loads the model without its external data (dims only) and prints:
   {"nodes": N, "ops": {op_type (domain::op for other domains): count},
    "initializers": N, "params": total elements of the initializers (sparse: their values),
-   "bytes": total bytes at each dtype's item size,
+   "bytes": total bytes at each dtype's item size (sparse: values plus indices),
    "by_dtype": {onnx dtype name: {"tensors", "params", "bytes"}},
    "inputs": [graph inputs that are not initializers], "outputs": [names],
    "largest": [name, bytes] of the largest initializer (ties: smallest name),
@@ -47,6 +47,8 @@ def main(argv):
         d["tensors"] += 1
         d["params"] += n
         d["bytes"] += n * itemsize(t.data_type)
+    index_bytes = sum(int(np.prod(s.indices.dims, dtype=np.int64)) * itemsize(s.indices.data_type)
+                      for s in g.sparse_initializer)
     sizes = sorted(((-int(np.prod(t.dims, dtype=np.int64)) * itemsize(t.data_type), nm)
                     for t, nm in zip(tensors, names)))
     ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in g.node)
@@ -79,7 +81,7 @@ def main(argv):
         "ops": dict(ops),
         "initializers": len(tensors),
         "params": sum(d["params"] for d in by.values()),
-        "bytes": sum(d["bytes"] for d in by.values()),
+        "bytes": sum(d["bytes"] for d in by.values()) + index_bytes,
         "by_dtype": by,
         "inputs": [i.name for i in g.input if i.name not in init_names],
         "outputs": [o.name for o in g.output],
