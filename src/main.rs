@@ -56,8 +56,12 @@ enum Command {
     },
     /// Compile a model: import, run a pipeline of rewrite rules, verify, write the result.
     Compile {
-        /// The ONNX model (binary, or `.onnxtxt` text).
-        model: PathBuf,
+        /// The ONNX model (binary, or `.onnxtxt` text); may come from --config instead.
+        model: Option<PathBuf>,
+        /// A compile profile (TOML: model, passes, pipeline, ratio, max_bytes, strategy,
+        /// output, report, external_data); flags given here override it.
+        #[arg(long, value_name = "FILE.toml")]
+        config: Option<PathBuf>,
         /// Where to write (default: MODEL with `.hcc.onnx` in place of `.onnx`).
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -81,15 +85,45 @@ enum Command {
         /// Size budget in stored bytes, e.g. 200MB or 1.5GiB.
         #[arg(long, value_parser = parse_bytes)]
         max_bytes: Option<u64>,
-        /// How the planner compares sites: uniform (the same kept fraction everywhere) or
-        /// global (the singular triplets with the most relative energy per parameter).
-        #[arg(long, default_value = "uniform")]
-        strategy: hcc::plan::Strategy,
+        /// How the planner compares sites: global (the singular triplets with the most relative
+        /// energy per parameter; the default, see docs/QUALITY.md) or uniform (the same kept
+        /// fraction everywhere).
+        #[arg(long)]
+        strategy: Option<hcc::plan::Strategy>,
         /// Write the report: JSON (`.json`) or HTML (`.html`).
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Skip the fidelity measurement (running both models in-process on seeded inputs).
+        #[arg(long)]
+        no_fidelity: bool,
         #[command(flatten)]
         ext: ExtArgs,
+    },
+    /// Measure fidelity: run the original and the compressed model (tract, in-process) on the
+    /// same seeded inputs and compare every output (relative error, cosine, top-1 agreement).
+    Eval {
+        /// The original ONNX model (its graph inputs define the inputs).
+        original: PathBuf,
+        /// The compressed model.
+        compressed: PathBuf,
+        /// Seed of the first input sample (sample k uses seed + k).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Length of symbolic sequence dims.
+        #[arg(long, default_value_t = 32)]
+        seq_len: usize,
+        /// Size of symbolic batch dims.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Number of input samples; the metrics are averaged over them.
+        #[arg(long, default_value_t = 2)]
+        samples: usize,
+        /// Vocabulary size, when it cannot be read from the embedding table.
+        #[arg(long)]
+        vocab: Option<usize>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Parse and check a pass-language file (no model needed).
     Check {
@@ -192,6 +226,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compile {
             model,
+            config,
             output,
             passes,
             pipeline,
@@ -201,8 +236,44 @@ fn run(cli: Cli) -> Result<()> {
             max_bytes,
             strategy,
             report: report_path,
+            no_fidelity,
             ext,
         } => {
+            let profile = match &config {
+                Some(c) => hcc::config::Profile::load(c)?,
+                None => hcc::config::Profile::default(),
+            };
+            let model = model
+                .or(profile.model.clone())
+                .context("no model given (as an argument or as `model` in --config)")?;
+            let output = output.or(profile.output.clone());
+            let passes = passes.or(profile.passes.clone());
+            let pipeline = pipeline.or(profile.pipeline.clone());
+            let ratio = ratio.or(if max_bytes.is_none() {
+                profile.ratio
+            } else {
+                None
+            });
+            let max_bytes = max_bytes.or(if ratio.is_none() {
+                profile.max_bytes
+            } else {
+                None
+            });
+            let strategy = match (strategy, &profile.strategy) {
+                (Some(s), _) => s,
+                (None, Some(s)) => s.parse().map_err(anyhow::Error::msg)?,
+                (None, None) => hcc::plan::Strategy::Global,
+            };
+            let report_path = report_path.or(profile.report.clone());
+            let ext = ExtArgs {
+                external_data: ext.external_data || profile.external_data.unwrap_or(false),
+                external_threshold: ext.external_threshold,
+            };
+            if let Some(b) = &profile.backend {
+                if b != "cpu" && b != "auto" {
+                    bail!("backend '{b}' is not available: this build has the cpu backend");
+                }
+            }
             if let Some(r) = ratio {
                 if !(r.is_finite() && r >= 1.0) {
                     bail!("--ratio must be a number ≥ 1, got {r}");
@@ -240,7 +311,7 @@ fn run(cli: Cli) -> Result<()> {
             let file_before = file_size(&model);
             let file_after = stats.model_bytes + stats.external_bytes;
             let has_plan = plan.sites.iter().any(|s| s.rank.is_some());
-            let report = hcc::report::compile::CompileReport::new(
+            let mut report = hcc::report::compile::CompileReport::new(
                 model.display().to_string(),
                 output.display().to_string(),
                 stages,
@@ -259,6 +330,13 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+            let changed = report.stages.stages.iter().any(|s| !s.fired.is_empty());
+            if !no_fidelity && changed {
+                match hcc::eval::fidelity(&model, &output, &hcc::eval::FidelityOptions::default()) {
+                    Ok(f) => report.fidelity = Some(serde_json::to_value(&f)?),
+                    Err(e) => tracing::warn!("fidelity not measured: {e}"),
+                }
+            }
             if !cli.quiet {
                 eprint!("{}", report.render(12));
             }
@@ -266,6 +344,30 @@ fn run(cli: Cli) -> Result<()> {
                 hcc::report::write_report(&report, path)?;
             }
             report_saved(&output, &stats, cli.quiet);
+        }
+        Command::Eval {
+            original,
+            compressed,
+            seed,
+            seq_len,
+            batch,
+            samples,
+            vocab,
+            json,
+        } => {
+            let opts = hcc::eval::FidelityOptions {
+                seed,
+                batch,
+                seq_len,
+                samples,
+                vocab,
+            };
+            let f = hcc::eval::fidelity(&original, &compressed, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                print!("{}", hcc::eval::render(&f));
+            }
         }
         Command::Check { file } => {
             let program = hcc::dsl::load(&file)?;

@@ -168,3 +168,51 @@ fn explain_lists_near_misses_with_reasons() {
         "{text}"
     );
 }
+
+#[test]
+fn config_profiles_drive_compile_and_flags_override_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "model = \"{}\"\npipeline = \"cleanup\"\noutput = \"out.onnx\"\nreport = \"r.json\"\n",
+            common::model("gpt2-tiny-untied-random.onnx").display()
+        ),
+    )
+    .unwrap();
+    let r = common::hcc()
+        .args(["compile", "-q", "--config"])
+        .arg(&profile)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(tmp.path().join("out.onnx").exists());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["pipeline"], "cleanup");
+    assert!(report["params_after"].as_u64() < report["params_before"].as_u64());
+
+    // A flag overrides the profile's output.
+    let other = tmp.path().join("other.onnx");
+    let r = common::hcc()
+        .args(["compile", "-q", "--config"])
+        .arg(&profile)
+        .arg("-o")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    assert!(other.exists());
+
+    // An unknown key is an error naming the profile.
+    std::fs::write(&profile, "modle = \"x.onnx\"\n").unwrap();
+    let r = common::hcc()
+        .args(["compile", "--config"])
+        .arg(&profile)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("p.toml") && err.contains("modle"), "{err}");
+}

@@ -220,7 +220,25 @@ impl CompileReport {
             }
         }
         if let Some(f) = &self.fidelity {
-            let _ = writeln!(o, "\n  fidelity    {f}");
+            let _ = writeln!(
+                o,
+                "\n  fidelity (original vs compressed on seeded inputs, tract)"
+            );
+            for out in f["outputs"].as_array().into_iter().flatten() {
+                let num = |k: &str| {
+                    out[k]
+                        .as_f64()
+                        .map_or("-".to_string(), |x| format!("{x:.4}"))
+                };
+                let _ = writeln!(
+                    o,
+                    "    {:<28} rel err {:>8}   cosine {:>8}   top-1 agreement {:>8}",
+                    clip(out["name"].as_str().unwrap_or("?"), 28),
+                    num("rel_error"),
+                    num("cosine"),
+                    num("top1_agreement")
+                );
+            }
         }
         o
     }
