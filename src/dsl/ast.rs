@@ -327,3 +327,18 @@ pub fn dtype_from_short(name: &str) -> Option<DType> {
         other => return DType::from_name(other),
     })
 }
+
+/// The multiplier of a byte-size unit: `B`, `KB`/`kB`, `MB`, `GB` (decimal), `KiB`, `MiB`,
+/// `GiB` (binary); `""` means bytes. Shared by `budget bytes` and `hcc compile --max-bytes`.
+pub fn byte_unit(suffix: &str) -> Option<f64> {
+    Some(match suffix {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    })
+}

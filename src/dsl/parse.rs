@@ -840,15 +840,9 @@ impl<'s> Walker<'s> {
                 BudgetKind::Params(whole(scaled(value, mult), "parameters")?)
             }
             _ => {
-                let mult = match suffix {
-                    "" | "B" => 1.0,
-                    "KB" | "kB" => 1e3,
-                    "MB" => 1e6,
-                    "GB" => 1e9,
-                    "KiB" => 1024.0,
-                    "MiB" => 1024.0 * 1024.0,
-                    "GiB" => 1024.0 * 1024.0 * 1024.0,
-                    _ => {
+                let mult = match super::ast::byte_unit(suffix) {
+                    Some(m) => m,
+                    None => {
                         bad(
                             format!("unknown unit `{suffix}` for a size in bytes"),
                             "sizes take B, KB, MB, GB (decimal) or KiB, MiB, GiB (binary)",

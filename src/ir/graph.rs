@@ -316,6 +316,11 @@ impl Graph {
         &mut self.values[v.0 as usize]
     }
 
+    /// One past the largest value id ever handed out (ids are never reused).
+    pub fn value_id_bound(&self) -> u32 {
+        self.values.len() as u32
+    }
+
     /// The live value called `name`.
     pub fn value_by_name(&self, name: &str) -> Option<ValueId> {
         self.by_name.get(name).copied()

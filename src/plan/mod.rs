@@ -39,6 +39,9 @@ pub struct PlanSite {
     pub n: usize,
     /// Singular values, descending (needed by [`Strategy::Global`]).
     pub spectrum: Option<Vec<f32>>,
+    /// Whether the site may be left dense when the budget has room (false for a site whose
+    /// rule factorizes several matrices together and fires only if all have a rank).
+    pub can_stay_dense: bool,
 }
 
 impl PlanSite {
@@ -225,11 +228,12 @@ fn global(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
             heap.push((key(block(i, ranks[i])), std::cmp::Reverse(i)));
         }
     }
-    // Sites at their largest saving rank go dense when the budget has room for it.
+    // Sites at their largest saving rank go dense when the budget has room for it (not sites
+    // coupled with others in one rule: going dense would take the partner with it).
     let mut out = current(&ranks);
     for i in 0..sites.len() {
         if let Some(r) = out[i] {
-            if r == sites[i].max_rank() {
+            if sites[i].can_stay_dense && r == sites[i].max_rank() {
                 let extra = sites[i].dense() - sites[i].at(r);
                 if used + extra <= target {
                     out[i] = None;
@@ -266,6 +270,7 @@ mod tests {
             k,
             n,
             spectrum: Some((0..k.min(n)).map(|i| decay.powi(i as i32)).collect()),
+            can_stay_dense: true,
         }
     }
 

@@ -163,10 +163,12 @@ pub struct Engine<'a> {
 impl<'a> Engine<'a> {
     /// An engine over `model`.
     pub fn new(model: &'a mut Model, rules: &'a dyn RuleSource) -> Engine<'a> {
+        let mut memo = Memo::default();
+        memo.original_values = model.graph.value_id_bound();
         Engine {
             model,
             rules,
-            memo: Memo::default(),
+            memo,
             stored: HashMap::new(),
         }
     }
@@ -191,6 +193,7 @@ impl<'a> Engine<'a> {
         let requests = {
             let mut survey = Engine::new(&mut copy, self.rules);
             survey.memo.backend = self.memo.backend.clone();
+            survey.memo.original_values = self.memo.original_values;
             survey.memo.survey = Some(Vec::new());
             survey.run_pipeline(pipeline)?;
             survey.memo.survey.take().unwrap_or_default()
@@ -249,6 +252,7 @@ impl<'a> Engine<'a> {
                 k,
                 n,
                 spectrum: None,
+                can_stay_dense: true,
             };
             fixed = fixed.saturating_sub(site.dense());
             match r.spec {
@@ -288,6 +292,9 @@ impl<'a> Engine<'a> {
                         k,
                         n,
                         spectrum: spectra[i].clone(),
+                        // A matrix computed by the rule (a slice of a fused weight) is
+                        // factorized together with its siblings: it cannot go dense alone.
+                        can_stay_dense: unique[i].key.starts_with('v'),
                     }
                 })
                 .collect();

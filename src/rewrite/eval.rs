@@ -89,6 +89,8 @@ pub struct Memo {
     pub notes: Vec<Note>,
     /// Set when the site being evaluated made a surveyed `lowrank` call.
     pub surveyed: bool,
+    /// Value ids below this existed when the engine started.
+    pub original_values: u32,
 }
 
 impl Default for Memo {
@@ -103,6 +105,7 @@ impl Default for Memo {
             ranks: HashMap::new(),
             notes: Vec::new(),
             surveyed: false,
+            original_values: u32::MAX,
         }
     }
 }
@@ -394,7 +397,14 @@ impl Eval<'_> {
 
     fn key(&self, v: &Val) -> String {
         match v {
-            Val::Value(id) => format!("v{}", id.0),
+            // Values of the model as loaded are named by id (stable between the survey and the
+            // run); constants created by the pipeline by their content, since the survey and
+            // the run create them under different ids.
+            Val::Value(id) if id.0 < self.memo.original_values => format!("v{}", id.0),
+            Val::Value(id) => match const_tensor(self.g, *id) {
+                Some(t) => format!("d{:016x}", t.digest()),
+                None => format!("v{}", id.0),
+            },
             Val::Tensor(t) => format!("d{:016x}", t.digest()),
             Val::List(items) => format!(
                 "[{}]",
@@ -756,33 +766,17 @@ impl Eval<'_> {
         if r > k.min(n) {
             return Err(format!("rank {r} exceeds min({k}, {n})"));
         }
-        let key = lowrank_key(&mkey, r);
-        if let Some((v, note)) = self.memo.map.get(&key) {
-            self.memo.hits += 1;
-            if let Some(mut note) = note.clone() {
-                note.shared = self.seen(&key);
-                self.memo.notes.push(note);
-            }
-            let v = v.clone();
-            self.mark_seen(&key);
-            return Ok(v);
-        }
-        self.memo.misses += 1;
-        let data = t.as_f32().ok_or("lowrank: not f32")?;
-        let w = crate::compute::MatrixRef::new(k, n, &data).map_err(|e| e.to_string())?;
-        let f = self
-            .memo
-            .backend
-            .lowrank(&[w], r, &self.memo.svd)
-            .map_err(|e| e.to_string())?;
-        let f = f.into_iter().next().ok_or("lowrank: no result")?;
-        let (v, note) = factor_tensors(&f, &t, &name);
-        self.memo
-            .map
-            .insert(key.clone(), (v.clone(), Some(note.clone())));
-        self.memo.notes.push(note);
-        self.mark_seen(&key);
-        Ok(v)
+        self.memo_noted(lowrank_key(&mkey, r), |me| {
+            let data = t.as_f32().ok_or("lowrank: not f32")?;
+            let w = crate::compute::MatrixRef::new(k, n, &data).map_err(|e| e.to_string())?;
+            let f = me
+                .memo
+                .backend
+                .lowrank(&[w], r, &me.memo.svd)
+                .map_err(|e| e.to_string())?;
+            let f = f.into_iter().next().ok_or("lowrank: no result")?;
+            Ok(factor_tensors(&f, &t, &name))
+        })
     }
 
     /// The name of a graph value, or a description of a computed constant.
