@@ -75,7 +75,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 #[test]
 fn help_works_for_every_subcommand() {
     let top = ok(&[os("--help")]);
-    for sub in ["inspect", "print", "convert", "compile", "check"] {
+    for sub in ["inspect", "print", "convert", "compile", "check", "eval"] {
         assert!(top.contains(sub), "hcc --help does not list {sub}:\n{top}");
         let h = ok(&[os(sub), os("--help")]);
         assert!(

@@ -76,7 +76,7 @@ fn cleanup_pipeline_is_exact_on_every_real_model() {
     for src in common::all_models() {
         let name = src.file_name().unwrap().to_string_lossy().into_owned();
         let out = tmp.path().join(&name);
-        compile(&src, &out, &[]);
+        compile(&src, &out, &["--pipeline", "cleanup"]);
         assert!(
             std::fs::metadata(&out).unwrap().len() <= std::fs::metadata(&src).unwrap().len() + 1024,
             "{name} grew"
@@ -99,12 +99,12 @@ fn cleanup_pipeline_is_exact_on_every_real_model() {
 #[test]
 fn compile_is_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = common::model("gpt2-tiny-untied-random.onnx");
+    let src = common::model("all-minilm-l6-v2-f32.onnx");
     let a = tmp.path().join("a.onnx");
     let b = tmp.path().join("b.onnx");
-    // The default pipeline, lossy: factorization included.
-    compile(&src, &a, &["--ratio", "1.5"]);
-    compile(&src, &b, &["--ratio", "1.5"]);
+    // The default pipeline, lossy: planning and factorization included.
+    compile(&src, &a, &["--ratio", "2", "--no-fidelity"]);
+    compile(&src, &b, &["--ratio", "2", "--no-fidelity"]);
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
 }
 
@@ -158,7 +158,7 @@ fn explain_lists_near_misses_with_reasons() {
     let text = compile(
         &common::model("gpt2-tiny-random.onnx"),
         &out,
-        &["--explain", "--max-misses", "100"],
+        &["--pipeline", "cleanup", "--explain", "--max-misses", "100"],
     );
     // The tied table is read by Gather and by Transpose→MatMul: folding the Transpose would
     // untie it, and the report says so.

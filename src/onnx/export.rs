@@ -511,7 +511,19 @@ unsafe impl BufMut for StreamSink {
         if src.len() >= SINK_CAP / 4 {
             self.flush_buf();
             if self.error.is_none() {
-                if let Err(e) = self.file.write_all(src) {
+                // Bytes that are a range of a mapped input file are copied file to file.
+                let copied = match super::source::locate(src) {
+                    Some((file, offset)) => {
+                        super::source::copy_range(&file, offset, &self.file, src.len())
+                    }
+                    None => Ok(false),
+                };
+                let result = match copied {
+                    Ok(true) => Ok(()),
+                    Ok(false) => self.file.write_all(src),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
                     self.error = Some(e);
                 }
             }

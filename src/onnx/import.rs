@@ -31,7 +31,7 @@ pub fn map_file(path: &Path) -> Result<Bytes, ImportError> {
     // SAFETY: the map is read-only. hcc never writes to its inputs; another process truncating
     // the file while we run is outside what any reader of a mapped file can defend against.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-    Ok(Bytes::from_owner(map))
+    Ok(Bytes::from_owner(super::source::Mapped::new(map, file)))
 }
 
 /// Decode a `ModelProto` from bytes; `path` names the source in errors.

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod proto;
+pub mod source;
 pub mod tensor;
 pub mod text;
 
