@@ -300,9 +300,13 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 (None, None, None) => None,
             };
+            let progress = Progress::new(cli.quiet);
+            progress.step("planning (survey, spectra, batched factorization)");
             let mut engine = hcc::rewrite::Engine::new(&mut m, &program);
             let plan = engine.plan_pipeline(pipe, target, strategy)?;
+            progress.step(&format!("running pipeline '{}'", pipe.name.name));
             let stages = engine.run_pipeline(pipe)?;
+            progress.step("writing the model");
             if explain {
                 print!("{}", hcc::rewrite::render_explain(&stages, max_misses));
             }
@@ -332,11 +336,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             let changed = report.stages.stages.iter().any(|s| !s.fired.is_empty());
             if !no_fidelity && changed {
+                progress.step("measuring fidelity (original vs compressed, tract)");
                 match hcc::eval::fidelity(&model, &output, &hcc::eval::FidelityOptions::default()) {
                     Ok(f) => report.fidelity = Some(serde_json::to_value(&f)?),
                     Err(e) => tracing::warn!("fidelity not measured: {e}"),
                 }
             }
+            progress.finish();
             if !cli.quiet {
                 eprint!("{}", report.render(12));
             }
@@ -425,6 +431,31 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}' is not a positive size"));
     }
     Ok((x * mult) as u64)
+}
+
+/// A spinner with the current step of a compile on stderr (hidden with `-q`, and when stderr
+/// is not a terminal).
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        if quiet {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Progress(Some(bar))
+    }
+    fn step(&self, msg: &str) {
+        if let Some(b) = &self.0 {
+            b.set_message(msg.to_string());
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
 }
 
 /// The built-in default pipeline.
