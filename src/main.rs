@@ -413,20 +413,9 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a size (e.g. 200MB, 1.5GiB)"))?;
-    let mult = match unit.trim() {
-        "" | "B" => 1.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "unknown size unit '{other}' (B, KB, MB, GB, KiB, MiB, GiB)"
-            ))
-        }
-    };
+    let unit = unit.trim();
+    let mult = hcc::dsl::ast::byte_unit(unit)
+        .ok_or_else(|| format!("unknown size unit '{unit}' (B, KB, MB, GB, KiB, MiB, GiB)"))?;
     if !(x.is_finite() && x > 0.0) {
         return Err(format!("'{s}' is not a positive size"));
     }
