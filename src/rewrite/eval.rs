@@ -899,13 +899,7 @@ fn binary(op: BinaryOp, x: &Val, y: &Val) -> R<Val> {
             Mul => Val::Int(a.checked_mul(b).ok_or("integer overflow")?),
             Div => Val::Int(a.checked_div(b).ok_or("division by zero")?),
             Rem => Val::Int(a.checked_rem(b).ok_or("division by zero")?),
-            Eq => Val::Bool(a == b),
-            Ne => Val::Bool(a != b),
-            Lt => Val::Bool(a < b),
-            Le => Val::Bool(a <= b),
-            Gt => Val::Bool(a > b),
-            Ge => Val::Bool(a >= b),
-            And | Or => unreachable!("handled by the caller"),
+            cmp => Val::Bool(compare(cmp, &a, &b)?),
         });
     }
     if let (Some(a), Some(b)) = (x.as_float(), y.as_float()) {
@@ -915,13 +909,7 @@ fn binary(op: BinaryOp, x: &Val, y: &Val) -> R<Val> {
             Mul => Val::Float(a * b),
             Div => Val::Float(a / b),
             Rem => Val::Float(a % b),
-            Eq => Val::Bool(a == b),
-            Ne => Val::Bool(a != b),
-            Lt => Val::Bool(a < b),
-            Le => Val::Bool(a <= b),
-            Gt => Val::Bool(a > b),
-            Ge => Val::Bool(a >= b),
-            And | Or => unreachable!("handled by the caller"),
+            cmp => Val::Bool(compare(cmp, &a, &b)?),
         });
     }
     match (op, x, y) {
@@ -943,6 +931,20 @@ fn binary(op: BinaryOp, x: &Val, y: &Val) -> R<Val> {
             y.kind()
         )),
     }
+}
+
+/// A comparison operator applied to two numbers of one kind.
+fn compare<T: PartialOrd>(op: BinaryOp, a: &T, b: &T) -> R<bool> {
+    use BinaryOp::*;
+    Ok(match op {
+        Eq => a == b,
+        Ne => a != b,
+        Lt => a < b,
+        Le => a <= b,
+        Gt => a > b,
+        Ge => a >= b,
+        other => return Err(format!("{other:?} is not a comparison")),
+    })
 }
 
 /// An attribute from a value (for emitted operations).
