@@ -154,7 +154,23 @@ impl ExtArgs {
     }
 }
 
+/// Keep freed memory in the allocator: the factorization allocates and frees many sketch-sized
+/// buffers (tens of MB); with glibc's defaults each one is a fresh `mmap` whose pages fault in
+/// zeroed, then an `munmap`. Measured on gpt2-small at rank 64: ~0.1 s of system time less.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
@@ -286,6 +302,8 @@ fn run(cli: Cli) -> Result<()> {
                 None => hcc::dsl::load_str(DEFAULT_HCP, "<built-in>/default.hcp")?,
             };
             let pipe = pick_pipeline(&program, pipeline.as_deref())?;
+            let progress = Progress::new(cli.quiet);
+            progress.step("loading the model");
             let mut m = onnx::load(&model)?;
             hcc::ir::verify::verify(&m.graph)
                 .with_context(|| format!("'{}' does not verify", model.display()))?;
@@ -300,7 +318,6 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 (None, None, None) => None,
             };
-            let progress = Progress::new(cli.quiet);
             progress.step("planning (survey, spectra, batched factorization)");
             let mut engine = hcc::rewrite::Engine::new(&mut m, &program);
             let plan = engine.plan_pipeline(pipe, target, strategy)?;
@@ -423,25 +440,39 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// A spinner with the current step of a compile on stderr (hidden with `-q`, and when stderr
-/// is not a terminal).
-struct Progress(Option<indicatif::ProgressBar>);
+/// is not a terminal). Each step's wall time is logged at debug level (`-v`).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    step: std::cell::RefCell<Option<(String, std::time::Instant)>>,
+}
 
 impl Progress {
     fn new(quiet: bool) -> Progress {
-        if quiet {
-            return Progress(None);
+        let bar = (!quiet).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            bar,
+            step: std::cell::RefCell::new(None),
         }
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Progress(Some(bar))
     }
     fn step(&self, msg: &str) {
-        if let Some(b) = &self.0 {
+        self.end_step();
+        if let Some(b) = &self.bar {
             b.set_message(msg.to_string());
+        }
+        *self.step.borrow_mut() = Some((msg.to_string(), std::time::Instant::now()));
+    }
+    fn end_step(&self) {
+        if let Some((msg, t)) = self.step.borrow_mut().take() {
+            tracing::debug!("{msg}: {:.3} s", t.elapsed().as_secs_f64());
         }
     }
     fn finish(&self) {
-        if let Some(b) = &self.0 {
+        self.end_step();
+        if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
     }

@@ -11,6 +11,21 @@ use super::{Factors, Matrix, MatrixRef};
 /// Cholesky-QR passes tried before falling back to an `f64` SVD basis.
 const MAX_PASSES: usize = 4;
 
+/// How orthonormal a basis must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Orth {
+    /// To `f64` rounding before the cast to `f32`: the basis the factors are built from.
+    Final,
+    /// A well-conditioned basis of the same span is enough: an iterate of the power method,
+    /// whose next product is orthonormalised again. One Cholesky-QR pass when `Y` is well
+    /// conditioned (κ(Y) ≤ [`ONE_PASS_KAPPA`], so that `‖QᵀQ − I‖ ≲ κ²·u₆₄·m` stays far
+    /// below 1 and `Q` is an excellent basis), else the same passes as [`Orth::Final`].
+    Iterate,
+}
+
+/// Largest κ(Y) for which an [`Orth::Iterate`] basis takes one Cholesky-QR pass.
+const ONE_PASS_KAPPA: f64 = 1e4;
+
 /// An orthonormal basis (`m × k`, row-major, returned in `f32`) of the columns of `y`
 /// (`m × k`, row-major).
 ///
@@ -21,14 +36,20 @@ const MAX_PASSES: usize = 4;
 /// orthonormal (`max |G − I| < 0.5`, after which one pass leaves it orthonormal to `f64`
 /// rounding). If that does not happen within [`MAX_PASSES`] (numerically rank-deficient `y`),
 /// the basis comes from an `f64` SVD of `y`, which is orthonormal whatever the rank.
-pub(crate) fn orth(y: &[f32], m: usize, k: usize) -> Result<Vec<f32>, String> {
+/// With [`Orth::Iterate`], a well-conditioned `y` takes a single pass.
+pub(crate) fn orth(y: &[f32], m: usize, k: usize, need: Orth) -> Result<Vec<f32>, String> {
     let mut out = vec![0.0f32; m * k];
     let mut q = vec![0.0f64; m * k];
     let mut g = gram(y, m, k);
     for pass in 0..MAX_PASSES {
-        let finishes = pass > 0 && max_dev_from_identity(&g, k) < 0.5;
+        let mut finishes = pass > 0 && max_dev_from_identity(&g, k) < 0.5;
         let r = match cholesky_upper(&g, k) {
-            Some(r) => r,
+            Some(r) => {
+                if pass == 0 && need == Orth::Iterate && condition(&r, k) <= ONE_PASS_KAPPA {
+                    finishes = true;
+                }
+                r
+            }
             None => match shifted_cholesky(&g, m, k) {
                 Some(r) => r,
                 None => break,
@@ -51,6 +72,18 @@ pub(crate) fn orth(y: &[f32], m: usize, k: usize) -> Result<Vec<f32>, String> {
         }
     }
     Ok(out)
+}
+
+/// κ(R) = σ_max/σ_min of the upper-triangular `r` (`k × k`, row-major), `∞` if singular or
+/// not computable.
+fn condition(r: &[f64], k: usize) -> f64 {
+    match svd_f64(MatRef::from_row_major_slice(r, k, k), false) {
+        Ok((_, s, _)) => match (s.first(), s.last()) {
+            (Some(&hi), Some(&lo)) if lo > 0.0 && hi.is_finite() => hi / lo,
+            _ => f64::INFINITY,
+        },
+        Err(_) => f64::INFINITY,
+    }
 }
 
 fn max_dev_from_identity(g: &[f64], k: usize) -> f64 {
@@ -99,13 +132,20 @@ fn range_finder(
     let (m, n) = w.shape();
     let k = omega.ncols();
     let a = w.faer();
+    let last = |i: usize| {
+        if i == power_iters {
+            Orth::Final
+        } else {
+            Orth::Iterate
+        }
+    };
     let y = mul_rows(a, omega);
-    let mut q = orth(&y, m, k)?;
-    for _ in 0..power_iters {
+    let mut q = orth(&y, m, k, last(0))?;
+    for i in 1..=power_iters {
         let z = mul_t(w.data(), m, n, &q, k);
-        let p = orth(&z, n, k)?;
+        let p = orth(&z, n, k, Orth::Iterate)?;
         let y = mul_rows(a, MatRef::from_row_major_slice(&p, n, k));
-        q = orth(&y, m, k)?;
+        q = orth(&y, m, k, last(i))?;
     }
     Ok(q)
 }

@@ -449,37 +449,63 @@ fn balanced_split_reconstructs() {
     }
 }
 
-/// Cholesky-QR on a sketch with κ ≈ 1e12: the Gram is not positive definite in f64, so the
-/// shifted pass runs; the result must still be orthonormal and span the sketch.
-#[test]
-fn orth_handles_ill_conditioned_sketches() {
-    let (m, k) = (5000, 40);
-    let sigma: Vec<f64> = (0..k)
-        .map(|i| 10f64.powf(-12.0 * i as f64 / (k - 1) as f64))
-        .collect();
-    let w = with_spectrum(21, m, k, &sigma);
-    let y = super::dense::to_f64(w.data());
-    let q = super::dense::to_f64(&super::rsvd::orth(w.data(), m, k).unwrap());
+/// Checks that `q` (`m × k`, from `orth` of `y`) is orthonormal and spans `y`, both to `tol`.
+fn assert_orthonormal_basis(y: &[f32], q: &[f32], m: usize, k: usize, tol: f64) {
+    let y = super::dense::to_f64(y);
+    let q = super::dense::to_f64(q);
     let g = super::dense::gram(&q, m, k);
     for i in 0..k {
         for j in 0..k {
             let e = if i == j { 1.0 } else { 0.0 };
-            // Returned in f32: orthonormal to f32 rounding.
             assert!(
-                (g[i * k + j] - e).abs() < 1e-6,
+                (g[i * k + j] - e).abs() < tol,
                 "QᵀQ[{i},{j}] = {}",
                 g[i * k + j]
             );
         }
     }
-    // ‖Y − Q Qᵀ Y‖ / ‖Y‖ is at f32 rounding level.
+    // ‖Y − Q Qᵀ Y‖ / ‖Y‖.
     let qm = faer::MatRef::from_row_major_slice(&q, m, k);
     let ym = faer::MatRef::from_row_major_slice(&y, m, k);
     let c = super::dense::mul_rows(qm.transpose(), ym);
     let p = super::dense::mul_rows(qm, faer::MatRef::from_row_major_slice(&c, k, k));
     let num: f64 = y.iter().zip(&p).map(|(a, b)| (a - b).powi(2)).sum();
     let den: f64 = y.iter().map(|a| a * a).sum();
-    assert!((num / den).sqrt() < 1e-6, "{}", (num / den).sqrt());
+    assert!((num / den).sqrt() < tol, "{}", (num / den).sqrt());
+}
+
+/// Cholesky-QR on a sketch with κ ≈ 1e12: the Gram is not positive definite in f64, so the
+/// shifted pass runs; the result must still be orthonormal and span the sketch, for a final
+/// basis and for a power-method iterate alike (κ is far above the one-pass limit).
+#[test]
+fn orth_handles_ill_conditioned_sketches() {
+    use super::rsvd::{orth, Orth};
+    let (m, k) = (5000, 40);
+    let sigma: Vec<f64> = (0..k)
+        .map(|i| 10f64.powf(-12.0 * i as f64 / (k - 1) as f64))
+        .collect();
+    let w = with_spectrum(21, m, k, &sigma);
+    for need in [Orth::Final, Orth::Iterate] {
+        let q = orth(w.data(), m, k, need).unwrap();
+        // Returned in f32: orthonormal to f32 rounding.
+        assert_orthonormal_basis(w.data(), &q, m, k, 1e-6);
+    }
+}
+
+/// A well-conditioned sketch (κ = 1e3, below the one-pass limit): an iterate takes a single
+/// Cholesky-QR pass and is still orthonormal to f32 rounding; the final basis is the same span.
+#[test]
+fn orth_one_pass_for_well_conditioned_iterates() {
+    use super::rsvd::{orth, Orth};
+    let (m, k) = (20_000, 48);
+    let sigma: Vec<f64> = (0..k)
+        .map(|i| 10f64.powf(-3.0 * i as f64 / (k - 1) as f64))
+        .collect();
+    let w = with_spectrum(22, m, k, &sigma);
+    let one = orth(w.data(), m, k, Orth::Iterate).unwrap();
+    assert_orthonormal_basis(w.data(), &one, m, k, 1e-6);
+    let two = orth(w.data(), m, k, Orth::Final).unwrap();
+    assert_orthonormal_basis(w.data(), &two, m, k, 1e-6);
 }
 
 #[test]

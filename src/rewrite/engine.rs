@@ -189,6 +189,7 @@ impl<'a> Engine<'a> {
         strategy: crate::plan::Strategy,
     ) -> Result<PlanReport, RewriteError> {
         use rayon::prelude::*;
+        let t0 = std::time::Instant::now();
         let mut copy = self.model.clone();
         let requests = {
             let mut survey = Engine::new(&mut copy, self.rules);
@@ -198,6 +199,7 @@ impl<'a> Engine<'a> {
             survey.run_pipeline(pipeline)?;
             survey.memo.survey.take().unwrap_or_default()
         };
+        tracing::debug!("plan: survey {:.3} s", t0.elapsed().as_secs_f64());
         // One site per distinct matrix (a tied table read in two places is one site).
         let mut unique: Vec<super::eval::Request> = Vec::new();
         for r in requests {
@@ -314,8 +316,18 @@ impl<'a> Engine<'a> {
                 groups.entry((k, n, rank)).or_default().push(i);
             }
         }
+        tracing::debug!(
+            "plan: spectra + planning {:.3} s",
+            t0.elapsed().as_secs_f64()
+        );
         for ((k, n, rank), members) in groups {
-            let datas: Vec<_> = members.iter().map(|&i| unique[i].matrix.as_f32()).collect();
+            let tg = std::time::Instant::now();
+            // In parallel: an unaligned tensor is copied, and the first touch of mapped weights
+            // faults their pages in.
+            let datas: Vec<_> = members
+                .par_iter()
+                .map(|&i| unique[i].matrix.as_f32())
+                .collect();
             let mut views = Vec::new();
             for d in &datas {
                 let d = d.as_ref().ok_or_else(|| RewriteError::Argument {
@@ -337,10 +349,24 @@ impl<'a> Engine<'a> {
                     rule: "lowrank".into(),
                     detail: e.to_string(),
                 })?;
-            for (&i, f) in members.iter().zip(&factors) {
-                let (v, note) = super::eval::factor_tensors(f, &unique[i].matrix, &unique[i].name);
+            let tf = tg.elapsed().as_secs_f64();
+            let built: Vec<_> = members
+                .par_iter()
+                .zip(factors.par_iter())
+                .zip(views.par_iter())
+                .map(|((&i, f), w)| {
+                    let r = &unique[i];
+                    super::eval::factor_tensors(f, &r.matrix, w.data(), &r.name)
+                })
+                .collect();
+            for (&i, (v, note)) in members.iter().zip(built) {
                 self.memo.insert_lowrank(&unique[i].key, rank, v, note);
             }
+            tracing::debug!(
+                "plan: {} × {k}×{n} at rank {rank}: {tf:.3} s factorizing, {:.3} s in all",
+                members.len(),
+                tg.elapsed().as_secs_f64()
+            );
         }
         let sites = unique
             .iter()

@@ -123,14 +123,18 @@ pub fn lowrank_key(matrix_key: &str, rank: usize) -> String {
     format!("lowrank({matrix_key},{rank})")
 }
 
-/// Factor `w` (K×N, f32) at `rank` into (A = U√S: K×r, B = √S·Vᵀ: r×N) and the note.
-pub fn factor_tensors(f: &crate::compute::Factors, w: &Tensor, name: &str) -> (Val, Note) {
+/// Factor `w` (K×N, f32, elements `data`) at `rank` into (A = U√S: K×r, B = √S·Vᵀ: r×N) and
+/// the note.
+pub fn factor_tensors(
+    f: &crate::compute::Factors,
+    w: &Tensor,
+    data: &[f32],
+    name: &str,
+) -> (Val, Note) {
     let (a, b) = f.balanced();
     let (k, n) = (w.dims[0], w.dims[1]);
     let r = f.rank();
-    let norm2: f64 = w
-        .as_f32()
-        .map_or(0.0, |d| d.iter().map(|&x| (x as f64) * (x as f64)).sum());
+    let norm2 = sum_squares(data);
     let kept: f64 = f.s.iter().map(|&x| (x as f64) * (x as f64)).sum();
     let rel_error = if norm2 > 0.0 {
         ((norm2 - kept).max(0.0) / norm2).sqrt()
@@ -159,6 +163,17 @@ pub fn factor_tensors(f: &crate::compute::Factors, w: &Tensor, name: &str) -> (V
         Val::Tuple(vec![Val::Tensor(Arc::new(ta)), Val::Tensor(Arc::new(tb))]),
         note,
     )
+}
+
+/// `Σ x²` in `f64`, over fixed chunks in parallel, the partial sums added in chunk order (the
+/// same result for any thread count).
+fn sum_squares(d: &[f32]) -> f64 {
+    use rayon::prelude::*;
+    let parts: Vec<f64> = d
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .collect();
+    parts.iter().sum()
 }
 
 /// Evaluation context for one match.
@@ -775,7 +790,7 @@ impl Eval<'_> {
                 .lowrank(&[w], r, &me.memo.svd)
                 .map_err(|e| e.to_string())?;
             let f = f.into_iter().next().ok_or("lowrank: no result")?;
-            Ok(factor_tensors(&f, &t, &name))
+            Ok(factor_tensors(&f, &t, &data, &name))
         })
     }
 
