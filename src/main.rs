@@ -318,10 +318,13 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 (None, None, None) => None,
             };
-            progress.step("planning (survey, spectra, batched factorization)");
+            progress.step("planning");
             let mut engine = hcc::rewrite::Engine::new(&mut m, &program);
+            if let Some(sink) = progress.sink() {
+                engine.set_progress(sink);
+            }
             let plan = engine.plan_pipeline(pipe, target, strategy)?;
-            progress.step(&format!("running pipeline '{}'", pipe.name.name));
+            progress.step(&format!("pipeline '{}'", pipe.name.name));
             let stages = engine.run_pipeline(pipe)?;
             progress.step("writing the model");
             if explain {
@@ -439,8 +442,10 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok((x * mult) as u64)
 }
 
-/// A spinner with the current step of a compile on stderr (hidden with `-q`, and when stderr
-/// is not a terminal). Each step's wall time is logged at debug level (`-v`).
+/// The progress of a compile on stderr (hidden with `-q`, and when stderr is not a terminal):
+/// a spinner naming the current step, which becomes a bar counting units (matrices factorized,
+/// candidate sites of a rule) while the engine reports a phase. Each step's wall time is logged
+/// at debug level (`-vv`).
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     step: std::cell::RefCell<Option<(String, std::time::Instant)>>,
@@ -458,18 +463,56 @@ impl Progress {
             step: std::cell::RefCell::new(None),
         }
     }
+
+    fn spinner_style() -> indicatif::ProgressStyle {
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+    }
+
     fn step(&self, msg: &str) {
         self.end_step();
         if let Some(b) = &self.bar {
+            b.set_style(Self::spinner_style());
             b.set_message(msg.to_string());
         }
         *self.step.borrow_mut() = Some((msg.to_string(), std::time::Instant::now()));
     }
+
+    /// A sink for the engine's progress events: each phase shows as a bar under the current
+    /// step's name.
+    fn sink(&self) -> Option<hcc::rewrite::ProgressSink> {
+        let bar = self.bar.clone()?;
+        let step = self
+            .step
+            .borrow()
+            .as_ref()
+            .map(|(m, _)| m.clone())
+            .unwrap_or_default();
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} {prefix}: {msg} [{bar:30}] {pos}/{len} ({elapsed})",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        Some(std::sync::Arc::new(
+            move |e: hcc::rewrite::Progress<'_>| match e {
+                hcc::rewrite::Progress::Begin { phase, total } => {
+                    bar.set_prefix(step.clone());
+                    bar.set_message(phase.to_string());
+                    bar.set_length(total as u64);
+                    bar.set_position(0);
+                    bar.set_style(style.clone());
+                }
+                hcc::rewrite::Progress::Advance(n) => bar.inc(n as u64),
+            },
+        ))
+    }
+
     fn end_step(&self) {
         if let Some((msg, t)) = self.step.borrow_mut().take() {
             tracing::debug!("{msg}: {:.3} s", t.elapsed().as_secs_f64());
         }
     }
+
     fn finish(&self) {
         self.end_step();
         if let Some(b) = &self.bar {

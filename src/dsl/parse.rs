@@ -473,7 +473,12 @@ impl<'s> Walker<'s> {
         let span = self.span(&p);
         let kind = match p.as_rule() {
             Rule::paren => match parts(p).next() {
-                Some(e) => return self.expr(e),
+                // The brackets belong to the expression's text (diagnostics, near-miss reasons).
+                Some(e) => {
+                    let mut inner = self.expr(e);
+                    inner.span = span;
+                    return inner;
+                }
                 None => ExprKind::None,
             },
             Rule::list => ExprKind::List(parts(p).map(|e| self.expr(e)).collect()),

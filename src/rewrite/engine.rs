@@ -151,10 +151,39 @@ pub fn stored_size(g: &Graph) -> (u64, u64) {
 }
 
 /// Runs rules on one model.
+/// What the engine is doing, for a progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress<'a> {
+    /// A phase of `total` units (matrices factorized, candidate sites of a rule) begins.
+    Begin {
+        /// What is being done, e.g. "factorizing 61 matrices" or "rule linear_factorize".
+        phase: &'a str,
+        /// Units in the phase.
+        total: usize,
+    },
+    /// `n` more units of the current phase are done.
+    Advance(usize),
+}
+
+/// Advances the progress by one unit when dropped (also on an early return).
+struct Done<'p>(Option<&'p ProgressSink>);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            p(Progress::Advance(1));
+        }
+    }
+}
+
+/// A receiver of [`Progress`] events; called from any thread.
+pub type ProgressSink = Arc<dyn Fn(Progress<'_>) + Send + Sync>;
+
 pub struct Engine<'a> {
     pub model: &'a mut Model,
     pub rules: &'a dyn RuleSource,
     memo: Memo,
+    progress: Option<ProgressSink>,
     /// Constants stored from kernel results, by the result's address; the `Arc` is kept so
     /// that the address cannot be reused by another tensor while the engine lives.
     stored: HashMap<usize, (Arc<Tensor>, ValueId)>,
@@ -169,7 +198,27 @@ impl<'a> Engine<'a> {
             model,
             rules,
             memo,
+            progress: None,
             stored: HashMap::new(),
+        }
+    }
+
+    /// Report progress to `sink`: each phase of [`Engine::plan_pipeline`] and each rule of
+    /// [`Engine::run_pipeline`] begins with its number of units (matrices, candidate sites) and
+    /// advances as they are done. The sink may be called from several threads.
+    pub fn set_progress(&mut self, sink: ProgressSink) {
+        self.progress = Some(sink);
+    }
+
+    fn begin(&self, phase: &str, total: usize) {
+        if let Some(p) = &self.progress {
+            p(Progress::Begin { phase, total });
+        }
+    }
+
+    fn advance(&self, n: usize) {
+        if let Some(p) = &self.progress {
+            p(Progress::Advance(n));
         }
     }
 
@@ -217,12 +266,17 @@ impl<'a> Engine<'a> {
                 || (r.spec == RankSpec::Plan && strategy == crate::plan::Strategy::Global)
         };
         let backend = self.memo.backend.clone();
+        let with_spectrum = unique.iter().filter(|r| needs_spectrum(r)).count();
+        if with_spectrum > 0 {
+            self.begin("singular spectra", with_spectrum);
+        }
         let spectra: Vec<Option<Vec<f32>>> = unique
             .par_iter()
             .map(|r| {
                 if !needs_spectrum(r) {
                     return Ok(None);
                 }
+                let _done = Done(self.progress.as_ref());
                 let data = r
                     .matrix
                     .as_f32()
@@ -320,6 +374,10 @@ impl<'a> Engine<'a> {
             "plan: spectra + planning {:.3} s",
             t0.elapsed().as_secs_f64()
         );
+        let to_factor: usize = groups.values().map(Vec::len).sum();
+        if to_factor > 0 {
+            self.begin(&format!("factorizing {to_factor} matrices"), to_factor);
+        }
         for ((k, n, rank), members) in groups {
             let tg = std::time::Instant::now();
             // In parallel: an unaligned tensor is copied, and the first touch of mapped weights
@@ -362,6 +420,7 @@ impl<'a> Engine<'a> {
             for (&i, (v, note)) in members.iter().zip(built) {
                 self.memo.insert_lowrank(&unique[i].key, rank, v, note);
             }
+            self.advance(members.len());
             tracing::debug!(
                 "plan: {} × {k}×{n} at rank {rank}: {tf:.3} s factorizing, {:.3} s in all",
                 members.len(),
@@ -453,7 +512,9 @@ impl<'a> Engine<'a> {
         })?;
         let candidates = self.candidates(rule);
         let mut order = self.order();
+        self.begin(&format!("rule {}", rule.name.name), candidates.len());
         for root in candidates {
+            self.advance(1);
             let g = &self.model.graph;
             let live = match root {
                 Root::Node(n) => g.contains_node(n),
@@ -811,7 +872,12 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        let name = g.fresh_name(if t.name.is_empty() { hint } else { &t.name });
+        // A kernel's description of its result (e.g. `W[:, 0:32]`) as a plain stored name.
+        let name = if t.name.is_empty() {
+            g.fresh_name(hint)
+        } else {
+            g.fresh_name(&super::eval::stored_base(&t.name))
+        };
         let mut stored = (**t).clone();
         stored.name.clear();
         let v = g.add_initializer(name, stored).ok()?;

@@ -143,7 +143,7 @@ pub fn factor_tensors(
     };
     let mut ta = Tensor::from_f32(vec![k, r as i64], a.data());
     let mut tb = Tensor::from_f32(vec![r as i64, n], b.data());
-    let base = name.trim_matches('\'');
+    let base = stored_base(name);
     ta.name = format!("{base}.lowrank_a");
     tb.name = format!("{base}.lowrank_b");
     let note = Note {
@@ -163,6 +163,66 @@ pub fn factor_tensors(
         Val::Tuple(vec![Val::Tensor(Arc::new(ta)), Val::Tensor(Arc::new(tb))]),
         note,
     )
+}
+
+/// A stored-name stem from a constant's description: `h.0.attn.c_attn.weight[:, 32:64]`
+/// becomes `h.0.attn.c_attn.weight_32_64` (letters, digits, `.`, `-` and `_` only).
+pub fn stored_base(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.trim_matches('\'').chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+            c
+        } else {
+            '_'
+        };
+        if !(c == '_' && out.ends_with('_')) {
+            out.push(c);
+        }
+    }
+    let trimmed = out.trim_end_matches('_');
+    if trimmed.is_empty() {
+        "w".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// The description of a slice of `src` (dims `dims`): `src[:, 32:64]`, with the ranges as
+/// taken (negative and out-of-range bounds resolved as Slice resolves them; a step ≠ 1 shown
+/// as `s:e:step`).
+fn slice_name(
+    src: &str,
+    dims: &[i64],
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> String {
+    let r = dims.len() as i64;
+    let mut parts = vec![":".to_string(); dims.len()];
+    for (i, (&s, &e)) in starts.iter().zip(ends).enumerate() {
+        let axis = axes.and_then(|a| a.get(i).copied()).unwrap_or(i as i64);
+        let axis = if axis < 0 { axis + r } else { axis };
+        let Some(&d) = usize::try_from(axis).ok().and_then(|a| dims.get(a)) else {
+            continue;
+        };
+        let step = steps.and_then(|s| s.get(i).copied()).unwrap_or(1);
+        let clamp = |x: i64| {
+            let x = if x < 0 { x.saturating_add(d) } else { x };
+            if step > 0 {
+                x.clamp(0, d)
+            } else {
+                x.clamp(-1, d - 1)
+            }
+        };
+        let (s, e) = (clamp(s), clamp(e));
+        parts[axis as usize] = if step == 1 {
+            format!("{s}:{e}")
+        } else {
+            format!("{s}:{e}:{step}")
+        };
+    }
+    format!("{}[{}]", src.trim_matches('\''), parts.join(", "))
 }
 
 /// `Σ x²` in `f64`, over fixed chunks in parallel, the partial sums added in chunk order (the
@@ -201,7 +261,7 @@ impl Eval<'_> {
                         return Err(format!(
                             "where {} is false{}",
                             src(e),
-                            self.explain_false(e)
+                            self.explain_false(e, src)
                         ));
                     }
                 }
@@ -257,7 +317,7 @@ impl Eval<'_> {
                 return Err(format!(
                     "require {} is false{}",
                     src(e),
-                    self.explain_false(e)
+                    self.explain_false(e, src)
                 ));
             }
         }
@@ -275,15 +335,28 @@ impl Eval<'_> {
     }
 
     /// For a false comparison, the values of both sides (`: 4096 < 65536`).
-    fn explain_false(&mut self, e: &Expr) -> String {
-        if let ExprKind::Binary(op, a, b) = &e.kind {
-            if !matches!(op, BinaryOp::And | BinaryOp::Or) {
-                if let (Ok(x), Ok(y)) = (self.expr(a), self.expr(b)) {
-                    return format!(" ({} vs {})", show(self.g, &x), show(self.g, &y));
+    /// Why the condition `e` (known false) is false: for a conjunction, the first false part
+    /// (`(K * N >= min_size is false: 176 vs 1024)`); for a comparison, both sides' values.
+    fn explain_false(&mut self, e: &Expr, src: &dyn Fn(&Expr) -> String) -> String {
+        let mut leaf = e;
+        while let ExprKind::Binary(BinaryOp::And, a, b) = &leaf.kind {
+            leaf = if self.truth(a) == Ok(false) { a } else { b };
+        }
+        let values = match &leaf.kind {
+            ExprKind::Binary(op, a, b) if !matches!(op, BinaryOp::And | BinaryOp::Or) => {
+                match (self.expr(a), self.expr(b)) {
+                    (Ok(x), Ok(y)) => Some(format!("{} vs {}", show(self.g, &x), show(self.g, &y))),
+                    _ => None,
                 }
             }
+            _ => None,
+        };
+        match (std::ptr::eq(leaf, e), values) {
+            (true, Some(v)) => format!(" ({v})"),
+            (true, None) => String::new(),
+            (false, Some(v)) => format!(" ({} is false: {v})", src(leaf)),
+            (false, None) => format!(" ({} is false)", src(leaf)),
         }
-        String::new()
     }
 
     fn truth(&mut self, e: &Expr) -> R<bool> {
@@ -560,13 +633,16 @@ impl Eval<'_> {
                     let e = me.ints(&e)?.ok_or("slice: ends required")?;
                     let ax = me.ints(&ax)?;
                     let st = me.ints(&st)?;
-                    Ok(Val::Tensor(Arc::new(kernels::slice(
-                        &t,
+                    let mut out = kernels::slice(&t, &s, &e, ax.as_deref(), st.as_deref())?;
+                    out.name = slice_name(
+                        &me.describe(&x),
+                        &t.dims,
                         &s,
                         &e,
                         ax.as_deref(),
                         st.as_deref(),
-                    )?)))
+                    );
+                    Ok(Val::Tensor(Arc::new(out)))
                 })
             }
             "concat" => {
@@ -746,10 +822,7 @@ impl Eval<'_> {
             ));
         }
         let mkey = self.key(x);
-        let name = match x {
-            Val::Value(v) => self.g.value(*v).name.clone(),
-            _ => show(self.g, x),
-        };
+        let name = self.describe(x);
         if let Some(reqs) = &mut self.memo.survey {
             // Record the call and go on with placeholder factors (the survey runs on a copy of
             // the model, so later stages see the structure the real run will give them).
@@ -795,6 +868,16 @@ impl Eval<'_> {
     }
 
     /// The name of a graph value, or a description of a computed constant.
+    /// What a constant is, for notes and stored names: a graph value's name, the name a kernel
+    /// gave its result (e.g. `W[:, 32:64]` for a slice of `W`), else its type.
+    fn describe(&self, v: &Val) -> String {
+        match v {
+            Val::Value(id) => self.g.value(*id).name.clone(),
+            Val::Tensor(t) if !t.name.is_empty() => t.name.clone(),
+            other => show(self.g, other),
+        }
+    }
+
     fn name_of(&self, v: &Val) -> String {
         match v {
             Val::Value(id) => self.g.value(*id).name.clone(),

@@ -9,5 +9,6 @@ pub mod prune;
 pub mod value;
 
 pub use engine::{
-    render_explain, Engine, RewriteError, RewriteReport, RuleSource, Site, StageReport,
+    render_explain, Engine, Progress, ProgressSink, RewriteError, RewriteReport, RuleSource, Site,
+    StageReport,
 };
