@@ -18,6 +18,7 @@
 
 mod cpu;
 mod dense;
+pub mod gpu;
 mod mask;
 mod rng;
 mod rsvd;
@@ -25,6 +26,7 @@ mod rsvd;
 mod tests;
 
 pub use cpu::Cpu;
+pub use gpu::Gpu;
 
 use crate::ir::{DType, Tensor};
 
@@ -99,6 +101,10 @@ pub enum ComputeError {
         /// What failed.
         reason: String,
     },
+    /// The compute device failed or is unavailable (GPU backend): no adapter, the device was
+    /// lost, it ran out of memory, or a tensor does not fit its limits. The message says which.
+    #[error("compute device: {0}")]
+    Device(String),
 }
 
 /// A borrowed dense `f32` matrix in row-major order: element `(i, j)` is `data[i * cols + j]`.

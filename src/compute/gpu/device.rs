@@ -1,0 +1,735 @@
+//! The wgpu device: adapter choice, limits, buffers, pipelines, submission and error capture.
+//!
+//! Device work runs in sections, [`Ctx::run`], which serialise device use (one section at a
+//! time), open error scopes for validation, out-of-memory and internal errors (wgpu error
+//! scopes are per thread: a section's device calls all happen on its thread), and turn
+//! whatever they caught — or a lost device — into [`ComputeError::Device`]. The device's
+//! uncaptured-error handler records instead of panicking.
+//!
+//! A section never uses rayon (nor faer's implicit parallelism): the backend may be called
+//! from rayon workers, and a lock holder waiting on rayon jobs while every worker waits on the
+//! lock would deadlock. Heavy CPU work (SVDs, eigendecompositions, applying masks) runs
+//! between sections, in parallel.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+
+use wgpu::util::DeviceExt;
+
+use super::gemm::GemmTiles;
+use crate::compute::ComputeError;
+
+pub(super) type GpuResult<T> = Result<T, ComputeError>;
+
+pub(super) fn device_err(msg: impl Into<String>) -> ComputeError {
+    ComputeError::Device(msg.into())
+}
+
+pub(super) const GEMM_WGSL: &str = include_str!("../../../shaders/gemm.wgsl");
+pub(super) const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl");
+const HISTOGRAM_WGSL: &str = include_str!("../../../shaders/histogram.wgsl");
+const NM_MASK_WGSL: &str = include_str!("../../../shaders/nm_mask.wgsl");
+const NORMS_WGSL: &str = include_str!("../../../shaders/norms.wgsl");
+
+/// Every shader file, by name (for the naga validation tests).
+#[cfg(test)]
+pub(super) const SHADERS: [(&str, &str); 5] = [
+    ("gemm.wgsl", GEMM_WGSL),
+    ("reduce.wgsl", REDUCE_WGSL),
+    ("histogram.wgsl", HISTOGRAM_WGSL),
+    ("nm_mask.wgsl", NM_MASK_WGSL),
+    ("norms.wgsl", NORMS_WGSL),
+];
+
+/// Default memory budget on a software (CPU) adapter such as lavapipe.
+const SOFTWARE_BUDGET: u64 = 1 << 30;
+/// Default memory budget on a hardware adapter (wgpu does not report the memory size).
+const HARDWARE_BUDGET: u64 = 4 << 30;
+/// Largest binding used, whatever the adapter allows: element offsets in the shaders are u32.
+const MAX_BINDING: u64 = 1 << 31;
+
+/// What wgpu reports about one adapter (for `hcc adapters` and reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterInfoSummary {
+    /// Adapter name, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// Graphics API: "vulkan", "metal", "dx12", ….
+    pub backend: String,
+    /// "discrete", "integrated", "virtual", "cpu" or "other".
+    pub device_type: String,
+    /// Driver name and version as reported (may be empty).
+    pub driver: String,
+    /// Whether this is a software adapter (device type "cpu").
+    pub software: bool,
+}
+
+impl AdapterInfoSummary {
+    fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        let device_type = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => "discrete",
+            wgpu::DeviceType::IntegratedGpu => "integrated",
+            wgpu::DeviceType::VirtualGpu => "virtual",
+            wgpu::DeviceType::Cpu => "cpu",
+            wgpu::DeviceType::Other => "other",
+        };
+        let driver = [info.driver.as_str(), info.driver_info.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        AdapterInfoSummary {
+            name: info.name.clone(),
+            backend: info.backend.to_str().to_string(),
+            device_type: device_type.to_string(),
+            driver,
+            software: info.device_type == wgpu::DeviceType::Cpu,
+        }
+    }
+}
+
+/// How [`super::Gpu::new_with`] chooses and configures the device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// Accept a software adapter (Mesa lavapipe / llvmpipe, device type "cpu") when no
+    /// hardware adapter is found. Hardware adapters are always preferred. Default `false`.
+    pub allow_software: bool,
+    /// Bytes of device memory that one operation may keep resident (matrices, sketches,
+    /// work buffers); batches are split to fit. Default: 1 GiB on a software adapter,
+    /// 4 GiB on hardware. A single matrix whose own working set exceeds it is still processed
+    /// (alone); the device reports an error if it really does not fit.
+    pub memory_budget: Option<u64>,
+    /// Lower the largest storage binding used (bytes, at least 1024) below what the adapter
+    /// allows, so that the splitting of large tensors along rows can be exercised on small
+    /// data. `None`: the adapter's limit (capped at 2 GiB).
+    pub binding_limit: Option<u64>,
+    /// Only adapters whose name contains this (case-insensitive) are considered.
+    pub adapter: Option<String>,
+    /// Do not use `f64` in shaders even where the adapter supports it: Gram matrices are then
+    /// accumulated in `f32` (Cholesky-QR passes repeat until orthogonality is checked), the
+    /// Gram-eigendecomposition path and norms run on the CPU.
+    pub disable_f64: bool,
+    /// GEMM tile configuration; `None`: the `HCC_GEMM_TILES` environment variable
+    /// (`BM,BN,BK,TM,TN`) if set, else [`GemmTiles::default`].
+    pub gemm_tiles: Option<GemmTiles>,
+    /// Compile the shaders without the bounds checks and integer-division guards wgpu adds
+    /// (also set by `HCC_GPU_UNCHECKED=1`). The shaders guard every index themselves; this is
+    /// for measuring what the checks cost. Loop bounding is always off (every loop of the
+    /// shaders is bounded).
+    pub unchecked_shaders: bool,
+}
+
+/// A compute kernel (one pipeline each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Kernel {
+    Gemm {
+        f64: bool,
+        ta: bool,
+        tb: bool,
+        va: bool,
+        vb: bool,
+    },
+    Reduce {
+        f64: bool,
+    },
+    Histogram,
+    NmMask,
+    RowSq,
+    ColSq,
+}
+
+/// The device and everything created on it.
+pub(super) struct Ctx {
+    pub(super) device: wgpu::Device,
+    pub(super) queue: wgpu::Queue,
+    pub(super) info: AdapterInfoSummary,
+    /// Largest storage binding (and buffer) used for tensors, in bytes.
+    pub(super) binding_limit: u64,
+    /// The adapter's own largest binding (for fixed-size buffers such as histograms, which
+    /// [`GpuOptions::binding_limit`] does not lower).
+    hw_binding_limit: u64,
+    /// Memory budget, in bytes.
+    pub(super) budget: u64,
+    /// Whether shaders may use `f64` (the SHADER_F64 feature is enabled).
+    pub(super) f64: bool,
+    pub(super) tiles: GemmTiles,
+    /// Largest workgroup count per dispatch dimension.
+    pub(super) max_groups: u32,
+    checks: wgpu::ShaderRuntimeChecks,
+    modules: Mutex<HashMap<(&'static str, bool), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+    op: Mutex<()>,
+    /// Dispatches per kernel (tests check that work really ran on the device).
+    #[cfg(test)]
+    pub(super) dispatches: Mutex<HashMap<Kernel, u64>>,
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY.with_env();
+    desc.flags = wgpu::InstanceFlags::empty().with_env();
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see on the primary backends (Vulkan, Metal, DX12).
+pub(super) fn adapters() -> Vec<(wgpu::Adapter, AdapterInfoSummary)> {
+    let inst = instance();
+    pollster::block_on(inst.enumerate_adapters(wgpu::Backends::PRIMARY.with_env()))
+        .into_iter()
+        .map(|a| {
+            let s = AdapterInfoSummary::from_info(&a.get_info());
+            (a, s)
+        })
+        .collect()
+}
+
+fn type_rank(t: &str) -> u32 {
+    match t {
+        "discrete" => 0,
+        "integrated" => 1,
+        "virtual" => 2,
+        "other" => 3,
+        _ => 4,
+    }
+}
+
+impl Ctx {
+    pub(super) fn new(opts: &GpuOptions) -> GpuResult<Ctx> {
+        let all = adapters();
+        let seen: Vec<String> = all
+            .iter()
+            .map(|(_, s)| format!("{} ({}, {})", s.name, s.backend, s.device_type))
+            .collect();
+        let mut candidates: Vec<(wgpu::Adapter, AdapterInfoSummary)> = all
+            .into_iter()
+            .filter(|(_, s)| opts.allow_software || !s.software)
+            .filter(|(_, s)| {
+                opts.adapter
+                    .as_ref()
+                    .is_none_or(|want| s.name.to_lowercase().contains(&want.to_lowercase()))
+            })
+            .collect();
+        // Stable: among equal types, enumeration order.
+        candidates.sort_by_key(|(_, s)| type_rank(&s.device_type));
+        let Some((adapter, info)) = candidates.into_iter().next() else {
+            return Err(device_err(format!(
+                "no suitable GPU adapter (software adapters {}; adapters seen: {})",
+                if opts.allow_software {
+                    "allowed"
+                } else {
+                    "not allowed"
+                },
+                if seen.is_empty() {
+                    "none".to_string()
+                } else {
+                    seen.join(", ")
+                }
+            )));
+        };
+        let limits = adapter.limits();
+        let f64 = !opts.disable_f64 && adapter.features().contains(wgpu::Features::SHADER_F64);
+        let features = if f64 {
+            wgpu::Features::SHADER_F64
+        } else {
+            wgpu::Features::empty()
+        };
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("hcc compute"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| device_err(format!("requesting a device on {}: {e}", info.name)))?;
+        let lost = Arc::new(Mutex::new(None));
+        let uncaptured = Arc::new(Mutex::new(None));
+        {
+            let lost = lost.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                *lost.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(format!("device lost ({reason:?}): {msg}"));
+            });
+            let uncaptured = uncaptured.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = uncaptured.lock().unwrap_or_else(PoisonError::into_inner);
+                if slot.is_none() {
+                    *slot = Some(e.to_string());
+                }
+            }));
+        }
+        let mut binding_limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(MAX_BINDING);
+        let hw_binding_limit = binding_limit & !15;
+        if let Some(cap) = opts.binding_limit {
+            binding_limit = binding_limit.min(cap.max(1024));
+        }
+        binding_limit &= !15; // whole vec4 / f64 elements
+        let budget = opts.memory_budget.unwrap_or(if info.software {
+            SOFTWARE_BUDGET
+        } else {
+            HARDWARE_BUDGET
+        });
+        let tiles = match opts.gemm_tiles {
+            Some(t) => t,
+            None => GemmTiles::from_env()?.unwrap_or_default(),
+        };
+        tiles.validate(
+            limits.max_compute_invocations_per_workgroup,
+            limits.max_compute_workgroup_storage_size,
+        )?;
+        let unchecked =
+            opts.unchecked_shaders || std::env::var("HCC_GPU_UNCHECKED").is_ok_and(|v| v == "1");
+        let mut checks = wgpu::ShaderRuntimeChecks::checked();
+        checks.force_loop_bounding = false;
+        if unchecked {
+            checks.bounds_checks = false;
+            checks.int_div_checks = false;
+        }
+        Ok(Ctx {
+            device,
+            queue,
+            checks,
+            info,
+            binding_limit,
+            hw_binding_limit,
+            budget,
+            f64,
+            tiles,
+            max_groups: limits.max_compute_workgroups_per_dimension.max(1),
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+            uncaptured,
+            op: Mutex::new(()),
+            #[cfg(test)]
+            dispatches: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn check_alive(&self) -> GpuResult<()> {
+        if let Some(msg) = self
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Err(device_err(msg));
+        }
+        Ok(())
+    }
+
+    /// Runs one section of device work: serialised, inside error scopes; any device error
+    /// caught becomes [`ComputeError::Device`] (it wins over the section's own result, which
+    /// may be garbage after a device error). Sections must not nest, nor use rayon.
+    pub(super) fn run<T>(&self, f: impl FnOnce() -> GpuResult<T>) -> GpuResult<T> {
+        let _op = self.op.lock().unwrap_or_else(PoisonError::into_inner);
+        self.check_alive()?;
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        self.check_alive()?;
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(device_err(format!("{e}")));
+        }
+        if let Some(msg) = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return Err(device_err(msg));
+        }
+        result
+    }
+
+    /// Runs `f` in its own validation and out-of-memory scopes and reports what they caught
+    /// at once (for resource creation, whose failure must stop the operation early).
+    fn checked<T>(&self, what: &str, f: impl FnOnce() -> T) -> GpuResult<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        match v.or(o) {
+            Some(e) => Err(device_err(format!("{what}: {e}"))),
+            None => Ok(out),
+        }
+    }
+
+    fn check_size(&self, bytes: u64, what: &str, limit: u64) -> GpuResult<u64> {
+        // At least one vec4, whole vec4s (the GEMM binds its inputs as arrays of vec4 too).
+        let size = bytes.max(16).next_multiple_of(16);
+        if size > limit {
+            return Err(device_err(format!(
+                "{what} needs a buffer of {size} bytes, above the binding limit of {limit} bytes"
+            )));
+        }
+        Ok(size)
+    }
+
+    /// A storage buffer of `bytes` (rounded up to 16, at least 16), zeroed (wgpu initialises
+    /// every buffer).
+    pub(super) fn buffer(&self, bytes: u64, what: &str) -> GpuResult<wgpu::Buffer> {
+        self.buffer_within(bytes, what, self.binding_limit)
+    }
+
+    /// [`Ctx::buffer`] for a small fixed-size buffer (a histogram), checked against the
+    /// adapter's own binding limit only.
+    pub(super) fn fixed_buffer(&self, bytes: u64, what: &str) -> GpuResult<wgpu::Buffer> {
+        self.buffer_within(bytes, what, self.hw_binding_limit)
+    }
+
+    fn buffer_within(&self, bytes: u64, what: &str, limit: u64) -> GpuResult<wgpu::Buffer> {
+        let size = self.check_size(bytes, what, limit)?;
+        self.checked(what, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// A storage buffer holding `parts` one after the other.
+    pub(super) fn upload<T: bytemuck::Pod>(
+        &self,
+        parts: &[&[T]],
+        what: &str,
+    ) -> GpuResult<wgpu::Buffer> {
+        let bytes: u64 = parts.iter().map(|p| std::mem::size_of_val(*p) as u64).sum();
+        let size = self.check_size(bytes, what, self.binding_limit)?;
+        let buf = self.checked(what, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: true,
+            })
+        })?;
+        {
+            let mut view = buf
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| device_err(format!("mapping {what}: {e}")))?;
+            let mut at = 0usize;
+            for p in parts {
+                let src: &[u8] = bytemuck::cast_slice(p);
+                view.slice(at..at + src.len()).copy_from_slice(src);
+                at += src.len();
+            }
+        }
+        buf.unmap();
+        Ok(buf)
+    }
+
+    /// Writes `data` into `buf` at byte `offset` (ordered before later submissions).
+    pub(super) fn write<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, offset: u64, data: &[T]) {
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(buf, offset, bytemuck::cast_slice(data));
+        }
+    }
+
+    fn module(&self, file: &'static str, f64: bool) -> GpuResult<wgpu::ShaderModule> {
+        let mut cache = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = cache.get(&(file, f64)) {
+            return Ok(m.clone());
+        }
+        let src: String = match file {
+            "gemm" => super::gemm::gemm_source(&self.tiles, f64)?,
+            "reduce" => super::gemm::reduce_source(f64)?,
+            "histogram" => HISTOGRAM_WGSL.to_string(),
+            "nm_mask" => NM_MASK_WGSL.to_string(),
+            "norms" => NORMS_WGSL.to_string(),
+            _ => return Err(device_err(format!("unknown shader {file}"))),
+        };
+        let module = self.checked(&format!("compiling {file}.wgsl"), || {
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(file),
+                source: wgpu::ShaderSource::Wgsl(Cow::Owned(src)),
+            };
+            // SAFETY: loop bounding is off, which requires that no shader loops forever: every
+            // loop in shaders/*.wgsl runs over a range given by its parameters, with a
+            // positive step, far from u32 overflow (offsets are below 2^31). Bounds checks
+            // and division guards are off only when asked (`unchecked_shaders`): every
+            // buffer index is guarded in the shaders and every divisor is a non-zero
+            // parameter (checked where the dispatch is recorded).
+            unsafe { self.device.create_shader_module_trusted(desc, self.checks) }
+        })?;
+        cache.insert((file, f64), module.clone());
+        Ok(module)
+    }
+
+    /// The pipeline of a kernel (created on first use, then cached).
+    pub(super) fn pipeline(&self, k: Kernel) -> GpuResult<wgpu::ComputePipeline> {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&k)
+        {
+            return Ok(p.clone());
+        }
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let (file, f64, entry, constants): (&'static str, bool, &str, Vec<(&str, f64)>) = match k {
+            Kernel::Gemm {
+                f64,
+                ta,
+                tb,
+                va,
+                vb,
+            } => (
+                "gemm",
+                f64,
+                "main",
+                vec![
+                    ("TRANS_A", flag(ta)),
+                    ("TRANS_B", flag(tb)),
+                    ("VEC_A", flag(va)),
+                    ("VEC_B", flag(vb)),
+                ],
+            ),
+            Kernel::Reduce { f64 } => ("reduce", f64, "main", vec![]),
+            Kernel::Histogram => ("histogram", false, "main", vec![]),
+            Kernel::NmMask => ("nm_mask", false, "main", vec![]),
+            Kernel::RowSq => ("norms", false, "row_sq", vec![]),
+            Kernel::ColSq => ("norms", false, "col_sq", vec![]),
+        };
+        let module = self.module(file, f64)?;
+        let pipeline = self.checked(&format!("creating the {k:?} pipeline"), || {
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(file),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+        })?;
+        self.pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(k, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Workgroup counts `(x, y)` covering `groups` workgroups in a 2-D grid within the
+    /// per-dimension limit (shaders index `y · nx + x`).
+    pub(super) fn grid(&self, groups: u64) -> GpuResult<(u32, u32)> {
+        let max = self.max_groups as u64;
+        let groups = groups.max(1);
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(device_err(format!(
+                "dispatch of {groups} workgroups is too large"
+            )));
+        }
+        Ok((x as u32, y as u32))
+    }
+}
+
+/// A sequence of commands recorded into one encoder and submitted when results are read.
+pub(super) struct Session<'c> {
+    pub(super) ctx: &'c Ctx,
+    enc: Option<wgpu::CommandEncoder>,
+}
+
+impl<'c> Session<'c> {
+    pub(super) fn new(ctx: &'c Ctx) -> Self {
+        Session { ctx, enc: None }
+    }
+
+    fn enc(&mut self) -> &mut wgpu::CommandEncoder {
+        let device = &self.ctx.device;
+        self.enc.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hcc") })
+        })
+    }
+
+    /// Records one dispatch of `kernel` with the uniform `params` at binding 0 and
+    /// `buffers[i]` at binding `i + 1`.
+    pub(super) fn dispatch(
+        &mut self,
+        kernel: Kernel,
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        groups: (u32, u32, u32),
+    ) -> GpuResult<()> {
+        if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
+            return Ok(());
+        }
+        let max = self.ctx.max_groups;
+        if groups.0 > max || groups.1 > max || groups.2 > max {
+            return Err(device_err(format!(
+                "{kernel:?}: dispatch {groups:?} exceeds {max} workgroups per dimension"
+            )));
+        }
+        let pipeline = self.ctx.pipeline(kernel)?;
+        #[cfg(test)]
+        {
+            *self
+                .ctx
+                .dispatches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(kernel)
+                .or_default() += 1;
+        }
+        let uniform = self
+            .ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let bind = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+        let enc = self.enc();
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        Ok(())
+    }
+
+    /// Records zeroing `buf`.
+    pub(super) fn clear(&mut self, buf: &wgpu::Buffer) {
+        self.enc().clear_buffer(buf, 0, None);
+    }
+
+    /// Submits what was recorded and waits for it.
+    pub(super) fn flush(&mut self) -> GpuResult<()> {
+        if let Some(enc) = self.enc.take() {
+            let idx = self.ctx.queue.submit([enc.finish()]);
+            self.ctx
+                .device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(idx),
+                    timeout: None,
+                })
+                .map_err(|e| device_err(format!("waiting for the device: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Submits what was recorded, then reads `count` elements of type `T` of each buffer
+    /// starting at element `first` (one staging buffer per read, one submission).
+    pub(super) fn read_many<T: bytemuck::Pod>(
+        &mut self,
+        reads: &[(&wgpu::Buffer, u64, u64)],
+    ) -> GpuResult<Vec<Vec<T>>> {
+        let el = std::mem::size_of::<T>() as u64;
+        let mut staging = Vec::with_capacity(reads.len());
+        for &(buf, first, count) in reads {
+            let bytes = count * el;
+            if bytes == 0 {
+                staging.push(None);
+                continue;
+            }
+            let size = bytes.next_multiple_of(4);
+            let s = self.ctx.checked("staging buffer", || {
+                self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("staging"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })?;
+            self.enc()
+                .copy_buffer_to_buffer(buf, first * el, &s, 0, Some(size));
+            staging.push(Some((s, bytes)));
+        }
+        // Make sure something is submitted even when nothing was recorded.
+        self.enc();
+        self.flush()?;
+        let (tx, rx) = mpsc::channel();
+        for (i, s) in staging.iter().enumerate() {
+            if let Some((s, _)) = s {
+                let tx = tx.clone();
+                s.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send((i, r));
+                });
+            }
+        }
+        drop(tx);
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| device_err(format!("waiting for a download: {e}")))?;
+        for (_, r) in rx.try_iter() {
+            r.map_err(|e| device_err(format!("mapping a download: {e}")))?;
+        }
+        let mut out = Vec::with_capacity(reads.len());
+        for s in staging {
+            match s {
+                None => out.push(Vec::new()),
+                Some((s, bytes)) => {
+                    let v = {
+                        let view = s
+                            .slice(..)
+                            .get_mapped_range()
+                            .map_err(|e| device_err(format!("reading a download: {e}")))?;
+                        bytemuck::pod_collect_to_vec::<u8, T>(&view[..bytes as usize])
+                    };
+                    s.unmap();
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Session::read_many`] for one buffer.
+    pub(super) fn read<T: bytemuck::Pod>(
+        &mut self,
+        buf: &wgpu::Buffer,
+        first: u64,
+        count: u64,
+    ) -> GpuResult<Vec<T>> {
+        Ok(self
+            .read_many::<T>(&[(buf, first, count)])?
+            .pop()
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,1001 @@
+//! Randomized SVD, spectra and the Gram-eigendecomposition path on the GPU.
+//!
+//! The algorithm is the CPU backend's (see `compute::rsvd`): the same Ω (from
+//! `rng::gaussian_f32` and the seed), sketch width, power iterations and Cholesky-QR2
+//! orthonormalisation after every multiply. What runs where:
+//! - on the GPU, in `f32`: `W·X`, `Wᵀ·X`, `Y·R⁻¹`, `Q·U_B` (the GEMM of gemm.wgsl, batched over
+//!   the matrices of a group);
+//! - on the GPU, accumulated in `f64` where the adapter has `SHADER_F64`: the Gram matrices
+//!   `YᵀY` of Cholesky-QR (else in `f32`, with the check described at `Group::orth`), the Gram of
+//!   the short side and the long-side products of the Gram path;
+//! - on the CPU, in `f64`: the `k × k` Cholesky factorizations and triangular inverses, the SVD
+//!   of `Bᵀ` (`n × k`), the eigendecompositions of the Gram path.
+//!
+//! Each matrix is uploaded once and stays resident for its whole factorization; only `k × k`
+//! Grams, `Bᵀ` and the final factors come back. Same-shape matrices are processed in groups
+//! that fit the memory budget; a matrix larger than a storage binding is split into blocks of
+//! rows (every m-side buffer follows the same blocks, and products over m accumulate the blocks
+//! in order).
+
+use faer::MatRef;
+use rayon::prelude::*;
+
+use super::device::{device_err, Ctx, GpuResult, Session};
+use super::gemm::{record, Gemm, Operand, Output};
+use crate::compute::dense::{cholesky_upper, inv_upper, svd_f64, to_f64};
+use crate::compute::rng::gaussian_f32;
+use crate::compute::{ComputeError, Factors, Matrix, MatrixRef};
+
+/// Cholesky-QR passes tried (with `f64` Grams, as on the CPU) before the SVD fallback.
+const MAX_PASSES_F64: usize = 4;
+/// Passes with `f32` Grams (one more: the last one only checks).
+const MAX_PASSES_F32: usize = 5;
+/// With `f32` Grams, a basis counts as orthonormal when `max |QᵀQ − I|` is below this.
+const F32_ORTH_TOL: f64 = 1e-4;
+/// Most matrices per group (keeps `batch · splits` within the dispatch limit).
+const MAX_GROUP: usize = 1024;
+/// Largest condition number of R (bounded by [`frobenius_condition`]) for which a
+/// power-iteration iterate takes a single Cholesky-QR pass (as the CPU's `Orth::Iterate`),
+/// with `f64` and with `f32` Grams.
+const ONE_PASS_KAPPA_F64: f64 = 1e4;
+const ONE_PASS_KAPPA_F32: f64 = 1e2;
+
+/// How orthonormal a basis must be (the CPU's `rsvd::Orth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Orthonormal to working precision: the basis the factors are built from.
+    Final,
+    /// A well-conditioned basis of the same span: a power-iteration iterate, whose next
+    /// product is orthonormalised again. One pass when the Cholesky factor is well
+    /// conditioned.
+    Iterate,
+}
+
+/// Row blocks `(first row, rows)` of `m` rows with at most `rows` each.
+fn blocks(m: usize, rows: usize) -> Vec<(usize, usize)> {
+    let rows = rows.max(1);
+    (0..m.div_ceil(rows))
+        .map(|i| (i * rows, rows.min(m - i * rows)))
+        .collect()
+}
+
+/// How a batch of same-shape matrices is processed: `g` matrices at a time, their rows in
+/// `blocks`.
+#[derive(Debug)]
+pub(super) struct Plan {
+    pub(super) g: usize,
+    pub(super) blocks: Vec<(usize, usize)>,
+}
+
+/// Sizes that decide a [`Plan`] (bytes).
+pub(super) struct Needs {
+    /// Largest bytes per row of one matrix over the m-side buffers (W, Y, Q, U, …).
+    pub(super) row_bytes: u64,
+    /// Largest single per-matrix buffer on the n side (Z, Ω, G, …).
+    pub(super) side_bytes: u64,
+    /// Everything resident per matrix.
+    pub(super) per_matrix: u64,
+    /// Resident once for the whole batch (Ω).
+    pub(super) shared: u64,
+}
+
+/// The needs of the randomized path for `m × n` matrices and a sketch of `k` columns.
+pub(super) fn randomized_needs(m: usize, n: usize, k: usize) -> Needs {
+    let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+    Needs {
+        row_bytes: 4 * n64.max(k64),
+        side_bytes: (4 * n64 * k64).max(8 * k64 * k64),
+        per_matrix: 4 * (m64 * n64 + 2 * m64 * k64 + 2 * n64 * k64) + 16 * k64 * k64,
+        shared: 4 * n64 * k64,
+    }
+}
+
+pub(super) fn plan(ctx: &Ctx, count: usize, m: usize, needs: &Needs) -> GpuResult<Plan> {
+    let lim = ctx.binding_limit;
+    if needs.side_bytes > lim {
+        return Err(device_err(format!(
+            "a {}-byte buffer of the short side does not fit the binding limit of {lim} bytes",
+            needs.side_bytes
+        )));
+    }
+    if needs.row_bytes > lim {
+        return Err(device_err(format!(
+            "one row ({} bytes) does not fit the binding limit of {lim} bytes",
+            needs.row_bytes
+        )));
+    }
+    let avail = ctx.budget.saturating_sub(needs.shared);
+    let g_budget = (avail / needs.per_matrix.max(1)).max(1) as usize;
+    let whole = m as u64 * needs.row_bytes;
+    let g_bind = if whole <= lim {
+        (lim / whole.max(1)) as usize
+    } else {
+        1
+    };
+    let g_side = (lim / needs.side_bytes.max(1)) as usize;
+    let g = count
+        .min(g_budget)
+        .min(g_bind)
+        .min(g_side)
+        .clamp(1, MAX_GROUP);
+    let rows = (lim / (g as u64 * needs.row_bytes.max(1))).min(m as u64) as usize;
+    Ok(Plan {
+        g,
+        blocks: blocks(m, rows.max(1)),
+    })
+}
+
+/// A set of `g` matrices of `rows.sum()` rows and `cols` columns stored by blocks of rows:
+/// buffer `b` holds `[g][rows[b]][cols]`.
+struct Tall {
+    bufs: Vec<wgpu::Buffer>,
+    rows: Vec<usize>,
+    cols: usize,
+    f64: bool,
+}
+
+impl Tall {
+    fn total_rows(&self) -> usize {
+        self.rows.iter().sum()
+    }
+
+    /// Element offsets `(block, offset, len)` of matrix `i`'s rows.
+    fn parts(&self, i: usize) -> Vec<(usize, u64, u64)> {
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(b, &r)| (b, (i * r * self.cols) as u64, (r * self.cols) as u64))
+            .collect()
+    }
+}
+
+/// One group of matrices resident on the device.
+struct Group<'c> {
+    ctx: &'c Ctx,
+    g: usize,
+    n: usize,
+    blocks: Vec<(usize, usize)>,
+    w: Vec<wgpu::Buffer>,
+}
+
+impl<'c> Group<'c> {
+    fn upload(ctx: &'c Ctx, mats: &[MatrixRef<'_>], blocks: &[(usize, usize)]) -> GpuResult<Self> {
+        let n = mats[0].cols();
+        let w = blocks
+            .iter()
+            .map(|&(r0, rows)| {
+                let parts: Vec<&[f32]> = mats
+                    .iter()
+                    .map(|w| &w.data()[r0 * n..(r0 + rows) * n])
+                    .collect();
+                ctx.upload(&parts, "weights")
+            })
+            .collect::<GpuResult<Vec<_>>>()?;
+        Ok(Group {
+            ctx,
+            g: mats.len(),
+            n,
+            blocks: blocks.to_vec(),
+            w,
+        })
+    }
+
+    /// An m-side set with `cols` columns.
+    fn tall(&self, cols: usize, f64: bool) -> GpuResult<Tall> {
+        let el = if f64 { 8 } else { 4 };
+        let bufs = self
+            .blocks
+            .iter()
+            .map(|&(_, rows)| {
+                self.ctx
+                    .buffer((self.g * rows * cols * el) as u64, "row-block work buffer")
+            })
+            .collect::<GpuResult<Vec<_>>>()?;
+        Ok(Tall {
+            bufs,
+            rows: self.blocks.iter().map(|b| b.1).collect(),
+            cols,
+            f64,
+        })
+    }
+
+    /// A set of `g` matrices `rows × cols` in one buffer.
+    fn side(&self, rows: usize, cols: usize, f64: bool) -> GpuResult<Tall> {
+        let el = if f64 { 8 } else { 4 };
+        Ok(Tall {
+            bufs: vec![self
+                .ctx
+                .buffer((self.g * rows * cols * el) as u64, "work buffer")?],
+            rows: vec![rows],
+            cols,
+            f64,
+        })
+    }
+
+    /// `out_b = W_b · X` for every block; `x` is `n × out.cols` per matrix (`shared`: one
+    /// matrix for the whole group).
+    fn w_times(
+        &self,
+        s: &mut Session<'_>,
+        x: &wgpu::Buffer,
+        shared: bool,
+        out: &Tall,
+    ) -> GpuResult<()> {
+        let (n, c) = (self.n, out.cols);
+        for (b, &(_, rows)) in self.blocks.iter().enumerate() {
+            record(
+                s,
+                &Gemm {
+                    a: Operand {
+                        buf: &self.w[b],
+                        off: 0,
+                        ld: n as u64,
+                        stride: (rows * n) as u64,
+                        trans: false,
+                    },
+                    b: Operand {
+                        buf: x,
+                        off: 0,
+                        ld: c as u64,
+                        stride: if shared { 0 } else { (n * c) as u64 },
+                        trans: false,
+                    },
+                    c: Output {
+                        buf: &out.bufs[b],
+                        off: 0,
+                        ld: c as u64,
+                        stride: (rows * c) as u64,
+                    },
+                    m: rows as u64,
+                    n: c as u64,
+                    k: n as u64,
+                    batch: self.g as u64,
+                    accumulate: false,
+                    f64: out.f64,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `out = Σ_b W_bᵀ · q_b` (`n × q.cols` per matrix), blocks added in order.
+    fn wt_times(&self, s: &mut Session<'_>, q: &Tall, out: &Tall) -> GpuResult<()> {
+        let (n, c) = (self.n, q.cols);
+        for (b, &(_, rows)) in self.blocks.iter().enumerate() {
+            record(
+                s,
+                &Gemm {
+                    a: Operand {
+                        buf: &self.w[b],
+                        off: 0,
+                        ld: n as u64,
+                        stride: (rows * n) as u64,
+                        trans: true,
+                    },
+                    b: Operand {
+                        buf: &q.bufs[b],
+                        off: 0,
+                        ld: c as u64,
+                        stride: (rows * c) as u64,
+                        trans: false,
+                    },
+                    c: Output {
+                        buf: &out.bufs[0],
+                        off: 0,
+                        ld: c as u64,
+                        stride: (n * c) as u64,
+                    },
+                    m: n as u64,
+                    n: c as u64,
+                    k: rows as u64,
+                    batch: self.g as u64,
+                    accumulate: b > 0,
+                    f64: out.f64,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `G = Σ_b t_bᵀ · t_b` into `gram` (`[g][cols][cols]`, `f64` where the device has it).
+    fn gram(&self, s: &mut Session<'_>, t: &Tall, gram: &wgpu::Buffer) -> GpuResult<()> {
+        let c = t.cols;
+        for (b, &rows) in t.rows.iter().enumerate() {
+            let op = Operand {
+                buf: &t.bufs[b],
+                off: 0,
+                ld: c as u64,
+                stride: (rows * c) as u64,
+                trans: false,
+            };
+            record(
+                s,
+                &Gemm {
+                    a: Operand { trans: true, ..op },
+                    b: op,
+                    c: Output {
+                        buf: gram,
+                        off: 0,
+                        ld: c as u64,
+                        stride: (c * c) as u64,
+                    },
+                    m: c as u64,
+                    n: c as u64,
+                    k: rows as u64,
+                    batch: self.g as u64,
+                    accumulate: b > 0,
+                    f64: self.ctx.f64,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `out_b = t_b · S` with `S` `[g][t.cols][out.cols]` (`f32`).
+    fn times_small(
+        &self,
+        s: &mut Session<'_>,
+        t: &Tall,
+        small: &wgpu::Buffer,
+        out: &Tall,
+    ) -> GpuResult<()> {
+        let (c, c2) = (t.cols, out.cols);
+        for (b, &rows) in t.rows.iter().enumerate() {
+            record(
+                s,
+                &Gemm {
+                    a: Operand {
+                        buf: &t.bufs[b],
+                        off: 0,
+                        ld: c as u64,
+                        stride: (rows * c) as u64,
+                        trans: false,
+                    },
+                    b: Operand {
+                        buf: small,
+                        off: 0,
+                        ld: c2 as u64,
+                        stride: (c * c2) as u64,
+                        trans: false,
+                    },
+                    c: Output {
+                        buf: &out.bufs[b],
+                        off: 0,
+                        ld: c2 as u64,
+                        stride: (rows * c2) as u64,
+                    },
+                    m: rows as u64,
+                    n: c2 as u64,
+                    k: c as u64,
+                    batch: self.g as u64,
+                    accumulate: false,
+                    f64: out.f64,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Downloads every matrix of `t` (row-major, `total_rows × cols` each).
+    fn read_all<T: bytemuck::Pod>(&self, s: &mut Session<'_>, t: &Tall) -> GpuResult<Vec<Vec<T>>> {
+        let reads: Vec<(&wgpu::Buffer, u64, u64)> = t
+            .bufs
+            .iter()
+            .zip(&t.rows)
+            .map(|(b, &r)| (b, 0, (self.g * r * t.cols) as u64))
+            .collect();
+        let blocks = s.read_many::<T>(&reads)?;
+        Ok((0..self.g)
+            .map(|i| {
+                let mut v = Vec::with_capacity(t.total_rows() * t.cols);
+                for ((blk, off, len), data) in t.parts(i).into_iter().zip(&blocks) {
+                    debug_assert!(blk < blocks.len());
+                    v.extend_from_slice(&data[off as usize..(off + len) as usize]);
+                }
+                v
+            })
+            .collect())
+    }
+
+    /// Reads the Gram matrices (`[g][k][k]`) as `f64`.
+    fn read_grams(
+        &self,
+        s: &mut Session<'_>,
+        gram: &wgpu::Buffer,
+        k: usize,
+    ) -> GpuResult<Vec<f64>> {
+        let count = (self.g * k * k) as u64;
+        if self.ctx.f64 {
+            s.read::<f64>(gram, 0, count)
+        } else {
+            Ok(to_f64(&s.read::<f32>(gram, 0, count)?))
+        }
+    }
+
+    /// Orthonormalises the columns of every matrix of `cur` (Cholesky-QR2, mirroring the CPU's
+    /// `rsvd::orth`): Gram on the device, Cholesky and `R⁻¹` on the CPU in `f64`, `Q = Y·R⁻¹` on
+    /// the device into `spare`; the buffers are swapped after every multiply, so the basis ends
+    /// in `cur`. A pass after which the Gram is within 0.5 of the identity is followed by one
+    /// last pass. With `f32` Grams, a matrix is done only once a Gram shows it orthonormal to
+    /// [`F32_ORTH_TOL`]. A Gram that is not positive definite gets the shifted Cholesky;
+    /// a matrix still not done after the last pass (numerically rank-deficient) gets an
+    /// orthonormal basis from the `f64` SVD of its current iterate, on the CPU. An
+    /// [`Need::Iterate`] whose first Cholesky factor has κ(R) within the one-pass bound takes
+    /// that single pass.
+    fn orth(
+        &self,
+        s: &mut Session<'_>,
+        cur: &mut Tall,
+        spare: &mut Tall,
+        need: Need,
+    ) -> GpuResult<()> {
+        let (g, k) = (self.g, cur.cols);
+        let rows = cur.total_rows();
+        let f64 = self.ctx.f64;
+        let el = if f64 { 8 } else { 4 };
+        let gram = self.ctx.buffer((g * k * k * el) as u64, "Gram matrices")?;
+        let rbuf = self
+            .ctx
+            .buffer((g * k * k * 4) as u64, "triangular inverses")?;
+        let eps = if f64 {
+            f64::EPSILON
+        } else {
+            f32::EPSILON as f64
+        };
+        let max_passes = if f64 { MAX_PASSES_F64 } else { MAX_PASSES_F32 };
+        let one_pass = if f64 {
+            ONE_PASS_KAPPA_F64
+        } else {
+            ONE_PASS_KAPPA_F32
+        };
+        let mut done = vec![false; g];
+        let mut fallback = vec![false; g];
+        enum Step {
+            Identity,
+            Done,
+            Fallback,
+            /// `R⁻¹`, whether this pass finishes, whether it is the single pass of an iterate.
+            Apply(Vec<f64>, bool, bool),
+        }
+        for pass in 0..max_passes {
+            self.gram(s, cur, &gram)?;
+            let gs = self.read_grams(s, &gram, k)?;
+            // Sequential: this runs inside a device section (no rayon there).
+            let steps: Vec<Step> = (0..g)
+                .map(|i| {
+                    if done[i] {
+                        return Step::Identity;
+                    }
+                    let gi = &gs[i * k * k..(i + 1) * k * k];
+                    let dev = max_dev_from_identity(gi, k);
+                    if !f64 && pass > 0 && dev < F32_ORTH_TOL {
+                        return Step::Done;
+                    }
+                    let finishes = pass > 0 && dev < 0.5;
+                    match cholesky_upper(gi, k) {
+                        Some(r) => {
+                            let ri = inv_upper(&r, k);
+                            let single = pass == 0
+                                && need == Need::Iterate
+                                && frobenius_condition(&r, &ri) <= one_pass;
+                            Step::Apply(ri, finishes, single)
+                        }
+                        None => match shifted_cholesky(gi, rows, k, eps) {
+                            Some(r) => Step::Apply(inv_upper(&r, k), finishes, false),
+                            None => Step::Fallback,
+                        },
+                    }
+                })
+                .collect();
+            let mut rinv = vec![0.0f32; g * k * k];
+            let mut any = false;
+            for (i, step) in steps.into_iter().enumerate() {
+                let dst = &mut rinv[i * k * k..(i + 1) * k * k];
+                match step {
+                    Step::Apply(ri, finishes, single) => {
+                        for (d, v) in dst.iter_mut().zip(&ri) {
+                            *d = *v as f32;
+                        }
+                        any = true;
+                        if single || (f64 && finishes) {
+                            done[i] = true;
+                        }
+                    }
+                    other => {
+                        for j in 0..k {
+                            dst[j * k + j] = 1.0;
+                        }
+                        match other {
+                            Step::Done => done[i] = true,
+                            Step::Fallback => {
+                                done[i] = true;
+                                fallback[i] = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+            self.ctx.write(&rbuf, 0, &rinv);
+            self.times_small(s, cur, &rbuf, spare)?;
+            std::mem::swap(cur, spare);
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        let redo: Vec<usize> = (0..g).filter(|&i| fallback[i] || !done[i]).collect();
+        if redo.is_empty() {
+            return Ok(());
+        }
+        // Rank-deficient iterates: an orthonormal basis from the f64 SVD (CPU).
+        let all = self.read_all::<f32>(s, cur)?;
+        let bases: Vec<Result<Vec<f32>, String>> = redo
+            .iter()
+            .map(|&i| {
+                let y = to_f64(&all[i]);
+                let (u, _, _) = svd_f64(MatRef::from_row_major_slice(&y, rows, k), true)?;
+                let mut out = vec![0.0f32; rows * k];
+                for r in 0..rows {
+                    for j in 0..k.min(u.ncols()) {
+                        out[r * k + j] = u[(r, j)] as f32;
+                    }
+                }
+                Ok(out)
+            })
+            .collect();
+        for (&i, basis) in redo.iter().zip(bases) {
+            let basis = basis.map_err(|reason| ComputeError::Numerical { index: i, reason })?;
+            let mut r0 = 0usize;
+            for (b, (_, off, len)) in cur.parts(i).into_iter().enumerate() {
+                let len = len as usize;
+                self.ctx
+                    .write(&cur.bufs[b], off * 4, &basis[r0 * k..r0 * k + len]);
+                r0 += len / k.max(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// The range finder: `Q = orth(W·Ω)`, then `power_iters` rounds of `P = orth(Wᵀ·Q)`,
+    /// `Q = orth(W·P)`; every basis but the last is an iterate ([`Need::Iterate`]). Returns
+    /// `(Q, spare)`, both m-side with `k` columns.
+    fn range_finder(
+        &self,
+        s: &mut Session<'_>,
+        omega: &wgpu::Buffer,
+        k: usize,
+        power_iters: usize,
+    ) -> GpuResult<(Tall, Tall)> {
+        let mut q = self.tall(k, false)?;
+        let mut spare = self.tall(k, false)?;
+        let need = |i: usize| {
+            if i == power_iters {
+                Need::Final
+            } else {
+                Need::Iterate
+            }
+        };
+        self.w_times(s, omega, true, &q)?;
+        self.orth(s, &mut q, &mut spare, need(0))?;
+        if power_iters > 0 {
+            let mut z = self.side(self.n, k, false)?;
+            let mut zs = self.side(self.n, k, false)?;
+            for i in 1..=power_iters {
+                self.wt_times(s, &q, &z)?;
+                self.orth(s, &mut z, &mut zs, Need::Iterate)?;
+                self.w_times(s, &z.bufs[0], false, &q)?;
+                self.orth(s, &mut q, &mut spare, need(i))?;
+            }
+        }
+        Ok((q, spare))
+    }
+}
+
+/// `‖R‖_F · ‖R⁻¹‖_F`, an upper bound of κ₂(R) (at most `k` times it) that costs `O(k²)`
+/// given `R⁻¹`; `∞` when not finite. Used to decide the single pass of an iterate, so it
+/// never takes one where the CPU's exact κ₂ test would not.
+fn frobenius_condition(r: &[f64], rinv: &[f64]) -> f64 {
+    let f = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let c = f(r) * f(rinv);
+    if c.is_finite() {
+        c
+    } else {
+        f64::INFINITY
+    }
+}
+
+fn max_dev_from_identity(g: &[f64], k: usize) -> f64 {
+    let mut dev = 0.0f64;
+    for i in 0..k {
+        for j in 0..k {
+            let e = if i == j { 1.0 } else { 0.0 };
+            dev = dev.max((g[i * k + j] - e).abs());
+        }
+    }
+    if dev.is_nan() {
+        f64::INFINITY
+    } else {
+        dev
+    }
+}
+
+/// Cholesky of `g + sI` with the shift of shifted Cholesky-QR3 (Fukaya et al.) for a Gram
+/// accumulated with unit roundoff `eps`: `s = 11 (mk + k(k+1)) eps · trace(G)`, grown ×100
+/// up to four times.
+fn shifted_cholesky(g: &[f64], m: usize, k: usize, eps: f64) -> Option<Vec<f64>> {
+    let trace: f64 = (0..k).map(|i| g[i * k + i]).sum();
+    if !(trace.is_finite() && trace > 0.0) {
+        return None;
+    }
+    let mut s = 11.0 * ((m * k + k * (k + 1)) as f64) * eps * trace;
+    for _ in 0..4 {
+        let mut gs = g.to_vec();
+        for i in 0..k {
+            gs[i * k + i] += s;
+        }
+        if let Some(r) = cholesky_upper(&gs, k) {
+            return Some(r);
+        }
+        s *= 100.0;
+    }
+    None
+}
+
+/// Factors with the sign convention of [`Factors`]: in each row of `vt` the entry of largest
+/// magnitude (the first on ties) is made positive, flipping the matching column of `u`.
+pub(super) fn signed_factors(
+    mut u: Vec<f32>,
+    s: &[f64],
+    mut vt: Vec<f32>,
+    m: usize,
+    n: usize,
+) -> GpuResult<Factors> {
+    let r = s.len();
+    for l in 0..r {
+        let row = &vt[l * n..(l + 1) * n];
+        let mut best = 0usize;
+        for (j, v) in row.iter().enumerate() {
+            if v.abs() > row[best].abs() {
+                best = j;
+            }
+        }
+        if n > 0 && row[best] < 0.0 {
+            for v in &mut vt[l * n..(l + 1) * n] {
+                *v = -*v;
+            }
+            for i in 0..m {
+                u[i * r + l] = -u[i * r + l];
+            }
+        }
+    }
+    Ok(Factors {
+        u: Matrix::new(m, r, u)?,
+        s: s.iter().map(|&x| x as f32).collect(),
+        vt: Matrix::new(r, n, vt)?,
+    })
+}
+
+/// What the randomized path returns per matrix.
+pub(super) enum Want {
+    /// Rank-`rank` factors.
+    Factors(usize),
+    /// The top `kk` singular values.
+    Spectrum(usize),
+}
+
+/// Per-matrix result of [`randomized`].
+pub(super) enum Got {
+    Factors(Factors),
+    Spectrum(Vec<f32>),
+}
+
+/// The randomized SVD (or spectrum) of every matrix of `batch` (same shape, validated) with
+/// a sketch of `k` columns.
+pub(super) fn randomized(
+    ctx: &Ctx,
+    batch: &[MatrixRef<'_>],
+    k: usize,
+    power_iters: usize,
+    seed: u64,
+    want: Want,
+) -> GpuResult<Vec<Got>> {
+    let (m, n) = batch[0].shape();
+    let r = match want {
+        Want::Factors(r) => r,
+        Want::Spectrum(_) => 0,
+    };
+    let plan = plan(ctx, batch.len(), m, &randomized_needs(m, n, k))?;
+    let omega = gaussian_f32(seed, n, k);
+    let omega_buf = ctx.run(|| ctx.upload(&[&omega[..]], "sketch"))?;
+    let mut out = Vec::with_capacity(batch.len());
+    for (gi, mats) in batch.chunks(plan.g).enumerate() {
+        let base = gi * plan.g;
+        // Device section 1: upload, range finder, Bᵀ = Wᵀ·Q (n × k per matrix).
+        let (grp, q, mut spare, bts) = ctx.run(|| {
+            let grp = Group::upload(ctx, mats, &plan.blocks)?;
+            let mut s = Session::new(ctx);
+            let (q, spare) = grp.range_finder(&mut s, &omega_buf, k, power_iters)?;
+            let bt = grp.side(n, k, false)?;
+            grp.wt_times(&mut s, &q, &bt)?;
+            let bts: Vec<f32> = s.read(&bt.bufs[0], 0, (grp.g * n * k) as u64)?;
+            Ok((grp, q, spare, bts))
+        })?;
+        // CPU, in parallel: the SVDs of Bᵀ.
+        let vectors = matches!(want, Want::Factors(_));
+        let svds: Vec<Result<_, ComputeError>> = (0..grp.g)
+            .into_par_iter()
+            .map(|i| {
+                let b = to_f64(&bts[i * n * k..(i + 1) * n * k]);
+                svd_f64(MatRef::from_row_major_slice(&b, n, k), vectors).map_err(|reason| {
+                    ComputeError::Numerical {
+                        index: base + i,
+                        reason,
+                    }
+                })
+            })
+            .collect();
+        let svds = svds.into_iter().collect::<Result<Vec<_>, _>>()?;
+        match want {
+            Want::Spectrum(kk) => {
+                for (_, sv, _) in &svds {
+                    out.push(Got::Spectrum(
+                        sv.iter().take(kk).map(|&x| x as f32).collect(),
+                    ));
+                }
+            }
+            Want::Factors(_) => {
+                // Bᵀ = Vb S Ubᵀ ⇔ B = Ub S Vbᵀ; U = Q · Ub[:, :r] on the device.
+                let mut ub = vec![0.0f32; grp.g * k * r];
+                for (i, (_, sv, u_b)) in svds.iter().enumerate() {
+                    let rr = r.min(sv.len());
+                    for a in 0..k {
+                        for l in 0..rr {
+                            ub[i * k * r + a * r + l] = u_b[(a, l)] as f32;
+                        }
+                    }
+                }
+                // Device section 2: U = Q · Ub.
+                spare.cols = r;
+                let us = ctx.run(|| {
+                    let ub_buf = ctx.upload(&[&ub[..]], "small singular vectors")?;
+                    let mut s = Session::new(ctx);
+                    grp.times_small(&mut s, &q, &ub_buf, &spare)?;
+                    grp.read_all::<f32>(&mut s, &spare)
+                })?;
+                for (u, (vb, sv, _)) in us.into_iter().zip(&svds) {
+                    let rr = r.min(sv.len());
+                    let mut vt = vec![0.0f32; rr * n];
+                    for l in 0..rr {
+                        for j in 0..n {
+                            vt[l * n + j] = vb[(j, l)] as f32;
+                        }
+                    }
+                    out.push(Got::Factors(signed_factors(u, &sv[..rr], vt, m, n)?));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The Gram matrices of the short side of every matrix of a group, `[g][s][s]` `f64` on the
+/// device (`WᵀW` for tall matrices, `W·Wᵀ` for wide ones; needs `ctx.f64`).
+fn short_gram(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuResult<wgpu::Buffer> {
+    let wide = m <= n;
+    let sd = m.min(n);
+    let gram = grp
+        .ctx
+        .buffer((grp.g * sd * sd * 8) as u64, "short-side Gram")?;
+    if wide {
+        // G[a-block rows, b-block rows] = W_a · W_bᵀ.
+        for (a, &(ra, rows_a)) in grp.blocks.iter().enumerate() {
+            for (b, &(rb, rows_b)) in grp.blocks.iter().enumerate() {
+                record(
+                    s,
+                    &Gemm {
+                        a: Operand {
+                            buf: &grp.w[a],
+                            off: 0,
+                            ld: n as u64,
+                            stride: (rows_a * n) as u64,
+                            trans: false,
+                        },
+                        b: Operand {
+                            buf: &grp.w[b],
+                            off: 0,
+                            ld: n as u64,
+                            stride: (rows_b * n) as u64,
+                            trans: true,
+                        },
+                        c: Output {
+                            buf: &gram,
+                            off: (ra * m + rb) as u64,
+                            ld: m as u64,
+                            stride: (m * m) as u64,
+                        },
+                        m: rows_a as u64,
+                        n: rows_b as u64,
+                        k: n as u64,
+                        batch: grp.g as u64,
+                        accumulate: false,
+                        f64: true,
+                    },
+                )?;
+            }
+        }
+    } else {
+        let w = Tall {
+            bufs: grp.w.clone(),
+            rows: grp.blocks.iter().map(|b| b.1).collect(),
+            cols: n,
+            f64: false,
+        };
+        grp.gram(s, &w, &gram)?;
+    }
+    Ok(gram)
+}
+
+/// Top-`rank` factors through the Gram matrix of the short side (the CPU's `rsvd::gram_one`
+/// on the device): Gram and long-side products accumulated in `f64` on the device, the
+/// eigendecomposition on the CPU. Needs `ctx.f64`.
+pub(super) fn gram_path(
+    ctx: &Ctx,
+    batch: &[MatrixRef<'_>],
+    rank: usize,
+) -> GpuResult<Vec<Factors>> {
+    let (m, n) = batch[0].shape();
+    let wide = m <= n;
+    let sd = m.min(n);
+    let r = rank.min(sd);
+    let (m64, n64, r64, s64) = (m as u64, n as u64, r as u64, sd as u64);
+    let needs = if wide {
+        Needs {
+            row_bytes: 4 * n64,
+            side_bytes: (8 * s64 * s64).max(8 * n64 * r64),
+            per_matrix: 4 * m64 * n64 + 8 * s64 * s64 + 4 * m64 * r64 + 8 * n64 * r64,
+            shared: 0,
+        }
+    } else {
+        Needs {
+            row_bytes: (4 * n64).max(8 * r64),
+            side_bytes: (8 * s64 * s64).max(4 * n64 * r64),
+            per_matrix: 4 * m64 * n64 + 8 * s64 * s64 + 4 * n64 * r64 + 8 * m64 * r64,
+            shared: 0,
+        }
+    };
+    let plan = plan(ctx, batch.len(), m, &needs)?;
+    let mut out = Vec::with_capacity(batch.len());
+    for (gi, mats) in batch.chunks(plan.g).enumerate() {
+        let base = gi * plan.g;
+        // Device section 1: upload, short-side Grams.
+        let (grp, gs) = ctx.run(|| {
+            let grp = Group::upload(ctx, mats, &plan.blocks)?;
+            let mut s = Session::new(ctx);
+            let gram = short_gram(&grp, &mut s, m, n)?;
+            let gs: Vec<f64> = s.read(&gram, 0, (grp.g * sd * sd) as u64)?;
+            Ok((grp, gs))
+        })?;
+        // CPU, in parallel: the eigendecompositions.
+        // Per matrix: eigenvectors E (s × r), σ, and E·diag(1/σ) for the long side.
+        type Eig = (Vec<f64>, Vec<f32>, Vec<f32>);
+        let eigs: Vec<Result<Eig, ComputeError>> = (0..grp.g)
+            .into_par_iter()
+            .map(|i| {
+                let g = &gs[i * sd * sd..(i + 1) * sd * sd];
+                let gm = faer::Mat::<f64>::from_fn(sd, sd, |a, b| g[a * sd + b]);
+                let eig = gm.self_adjoint_eigen(faer::Side::Lower).map_err(|e| {
+                    ComputeError::Numerical {
+                        index: base + i,
+                        reason: format!("eigendecomposition: {e:?}"),
+                    }
+                })?;
+                let vecs = eig.U();
+                let vals = eig.S();
+                // Eigenvalues ascend: the last r, largest first.
+                let idx: Vec<usize> = (0..r).map(|l| sd - 1 - l).collect();
+                let sig: Vec<f64> = idx.iter().map(|&a| vals[a].max(0.0).sqrt()).collect();
+                let floor = sig.first().copied().unwrap_or(0.0) * 1e-7;
+                let mut short = vec![0.0f32; sd * r];
+                let mut scaled = vec![0.0f32; sd * r];
+                for l in 0..r {
+                    let inv = if sig[l] > floor { 1.0 / sig[l] } else { 0.0 };
+                    for a in 0..sd {
+                        let e = vecs[(a, idx[l])];
+                        short[a * r + l] = e as f32;
+                        scaled[a * r + l] = (e * inv) as f32;
+                    }
+                }
+                Ok((sig, short, scaled))
+            })
+            .collect();
+        let eigs = eigs.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // Device section 2: the long side, W·E/σ (tall) or Wᵀ·E/σ (wide), in f64.
+        let longs: Vec<Vec<f64>> = ctx.run(|| {
+            let mut s = Session::new(ctx);
+            if wide {
+                // E follows W's row blocks; long = Σ_b W_bᵀ · E_b (n × r).
+                let e = Tall {
+                    bufs: grp
+                        .blocks
+                        .iter()
+                        .map(|&(r0, rows)| {
+                            let parts: Vec<&[f32]> = eigs
+                                .iter()
+                                .map(|(_, _, sc)| &sc[r0 * r..(r0 + rows) * r])
+                                .collect();
+                            ctx.upload(&parts, "eigenvectors")
+                        })
+                        .collect::<GpuResult<Vec<_>>>()?,
+                    rows: grp.blocks.iter().map(|b| b.1).collect(),
+                    cols: r,
+                    f64: false,
+                };
+                let long = grp.side(n, r, true)?;
+                grp.wt_times(&mut s, &e, &long)?;
+                grp.read_all::<f64>(&mut s, &long)
+            } else {
+                // long_b = W_b · E (m × r by blocks).
+                let parts: Vec<&[f32]> = eigs.iter().map(|(_, _, sc)| &sc[..]).collect();
+                let e = ctx.upload(&parts, "eigenvectors")?;
+                let long = grp.tall(r, true)?;
+                grp.w_times(&mut s, &e, false, &long)?;
+                grp.read_all::<f64>(&mut s, &long)
+            }
+        })?;
+        for ((sig, short, _), long) in eigs.into_iter().zip(longs) {
+            let long_f: Vec<f32> = long.iter().map(|&x| x as f32).collect();
+            let (u, vt) = if wide {
+                (short, transpose(&long_f, n, r))
+            } else {
+                (long_f, transpose(&short, n, r))
+            };
+            debug_assert_eq!(u.len(), m * r);
+            out.push(signed_factors(u, &sig, vt, m, n)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Every singular value of `w` from the eigenvalues of the short-side Gram matrix computed
+/// on the device in `f64` (needs `ctx.f64`).
+pub(super) fn full_spectrum(ctx: &Ctx, w: MatrixRef<'_>) -> GpuResult<Vec<f32>> {
+    let (m, n) = w.shape();
+    let sd = m.min(n);
+    let (m64, n64, s64) = (m as u64, n as u64, sd as u64);
+    let needs = Needs {
+        row_bytes: 4 * n64,
+        side_bytes: 8 * s64 * s64,
+        per_matrix: 4 * m64 * n64 + 8 * s64 * s64,
+        shared: 0,
+    };
+    let plan = plan(ctx, 1, m, &needs)?;
+    let g: Vec<f64> = ctx.run(|| {
+        let grp = Group::upload(ctx, &[w], &plan.blocks)?;
+        let mut s = Session::new(ctx);
+        let gram = short_gram(&grp, &mut s, m, n)?;
+        s.read(&gram, 0, s64 * s64)
+    })?;
+    let mat = faer::Mat::<f64>::from_fn(sd, sd, |i, j| g[i * sd + j]);
+    let ev = mat
+        .self_adjoint_eigenvalues(faer::Side::Lower)
+        .map_err(|e| ComputeError::Numerical {
+            index: 0,
+            reason: format!("eigenvalues of the Gram matrix: {e:?}"),
+        })?;
+    let mut sv: Vec<f32> = ev.iter().map(|&e| e.max(0.0).sqrt() as f32).collect();
+    sv.sort_by(|a, b| b.total_cmp(a));
+    Ok(sv)
+}
+
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = x[i * cols + j];
+        }
+    }
+    out
+}
