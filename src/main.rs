@@ -96,8 +96,22 @@ enum Command {
         /// Skip the fidelity measurement (running both models in-process on seeded inputs).
         #[arg(long)]
         no_fidelity: bool,
+        /// Numeric backend: auto (a hardware GPU adapter if there is one, else the CPU), cpu,
+        /// or gpu (a software adapter such as Mesa lavapipe if there is no hardware one).
+        #[arg(long, value_name = "auto|cpu|gpu")]
+        backend: Option<hcc::compute::select::BackendChoice>,
+        /// With the GPU backend: only adapters whose name contains this (see `hcc adapters`).
+        #[arg(long)]
+        adapter: Option<String>,
         #[command(flatten)]
         ext: ExtArgs,
+    },
+    /// List the GPU adapters wgpu can see (Vulkan, Metal, DX12) and which one
+    /// `--backend auto` takes.
+    Adapters {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure fidelity: run the original and the compressed model (tract, in-process) on the
     /// same seeded inputs and compare every output (relative error, cosine, top-1 agreement).
@@ -171,6 +185,12 @@ fn tune_allocator() {}
 
 fn main() -> ExitCode {
     tune_allocator();
+    // Vulkan drivers probe for a Wayland display when wgpu creates an instance, and
+    // libwayland prints an error when XDG_RUNTIME_DIR is unset (headless machines, CI). Give it
+    // a directory; nothing is written there. Set before any thread starts.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
@@ -253,6 +273,8 @@ fn run(cli: Cli) -> Result<()> {
             strategy,
             report: report_path,
             no_fidelity,
+            backend,
+            adapter,
             ext,
         } => {
             let profile = match &config {
@@ -285,11 +307,11 @@ fn run(cli: Cli) -> Result<()> {
                 external_data: ext.external_data || profile.external_data.unwrap_or(false),
                 external_threshold: ext.external_threshold,
             };
-            if let Some(b) = &profile.backend {
-                if b != "cpu" && b != "auto" {
-                    bail!("backend '{b}' is not available: this build has the cpu backend");
-                }
-            }
+            let backend = match (backend, &profile.backend) {
+                (Some(b), _) => b,
+                (None, Some(b)) => b.parse().map_err(anyhow::Error::msg)?,
+                (None, None) => hcc::compute::select::BackendChoice::Auto,
+            };
             if let Some(r) = ratio {
                 if !(r.is_finite() && r >= 1.0) {
                     bail!("--ratio must be a number ≥ 1, got {r}");
@@ -318,8 +340,12 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 (None, None, None) => None,
             };
+            progress.step("opening the numeric backend");
+            let selected = hcc::compute::select::select(backend, adapter.as_deref())?;
+            tracing::info!("backend: {}", selected.reason);
             progress.step("planning");
             let mut engine = hcc::rewrite::Engine::new(&mut m, &program);
+            engine.set_backend(selected.backend.clone());
             if let Some(sink) = progress.sink() {
                 engine.set_progress(sink);
             }
@@ -345,6 +371,7 @@ fn run(cli: Cli) -> Result<()> {
                 file_before,
                 file_after,
             );
+            report.backend = selected.reason.clone();
             if let Some(t) = target {
                 let goal = t.params(before.0, before.1);
                 if after.0 > goal {
@@ -393,6 +420,47 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&f)?);
             } else {
                 print!("{}", hcc::eval::render(&f));
+            }
+        }
+        Command::Adapters { json } => {
+            let adapters = hcc::compute::Gpu::adapters();
+            let auto =
+                hcc::compute::select::select(hcc::compute::select::BackendChoice::Auto, None)?;
+            if json {
+                let list: Vec<serde_json::Value> = adapters
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "name": a.name,
+                            "backend": a.backend,
+                            "device_type": a.device_type,
+                            "driver": a.driver,
+                            "software": a.software,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "adapters": list,
+                        "auto": auto.reason,
+                    }))?
+                );
+            } else {
+                if adapters.is_empty() {
+                    println!("no GPU adapters (wgpu found no Vulkan, Metal or DX12 device)");
+                }
+                for a in &adapters {
+                    println!(
+                        "{:<40} {:<7} {:<10} {}{}",
+                        a.name,
+                        a.backend,
+                        a.device_type,
+                        a.driver,
+                        if a.software { "  (software)" } else { "" }
+                    );
+                }
+                println!("--backend auto takes: {}", auto.reason);
             }
         }
         Command::Check { file } => {

@@ -22,6 +22,7 @@ pub mod gpu;
 mod mask;
 mod rng;
 mod rsvd;
+pub mod select;
 #[cfg(test)]
 mod tests;
 

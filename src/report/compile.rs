@@ -14,6 +14,10 @@ pub struct CompileReport {
     pub model: String,
     pub output: String,
     pub pipeline: String,
+    /// The numeric backend that computed the factors and masks, and why it was chosen
+    /// (empty when not recorded).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub backend: String,
     /// Stored parameters (initializers, counted as written) before and after.
     pub params_before: u64,
     pub params_after: u64,
@@ -127,6 +131,7 @@ impl CompileReport {
             model,
             output,
             pipeline: stages.pipeline.clone(),
+            backend: String::new(),
             params_before,
             params_after,
             bytes_before,
@@ -150,6 +155,9 @@ impl CompileReport {
             "{} → {}  (pipeline {})",
             self.model, self.output, self.pipeline
         );
+        if !self.backend.is_empty() {
+            let _ = writeln!(o, "  backend     {}", self.backend);
+        }
         let _ = writeln!(
             o,
             "  parameters  {:>12} → {:>12}   ratio {:.3}",
