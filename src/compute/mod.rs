@@ -16,11 +16,12 @@
 //! backend splits work into pieces of a fixed size (never by thread count) and sums partial
 //! results in a fixed order, so results are bit-identical for any rayon pool size.
 
+mod check;
 mod cpu;
 mod dense;
 pub mod gpu;
 mod mask;
-mod rng;
+pub mod rng;
 mod rsvd;
 pub mod select;
 #[cfg(test)]
@@ -28,6 +29,7 @@ mod tests;
 
 pub use cpu::Cpu;
 pub use gpu::Gpu;
+pub use rsvd::LowrankRoute;
 
 use crate::ir::{DType, Tensor};
 

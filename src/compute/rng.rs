@@ -1,6 +1,9 @@
 //! A counter-based Gaussian generator: element `(row, col)` of a sketch is a pure function of
 //! `(seed, col, row)`, so sketches are identical whatever the order or threads that fill them,
 //! and column `j` does not depend on how many columns there are.
+//!
+//! Public for tests and benchmarks that need reproducible random matrices
+//! (`examples/bench_gpu.rs`); the randomized SVD draws its sketch Ω from it.
 
 /// SplitMix64's finaliser: a bijective 64-bit mixer.
 fn mix(mut z: u64) -> u64 {
@@ -11,7 +14,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// A standard normal sample for `(seed, col, row)` (Box–Muller on two hashed uniforms).
-pub(crate) fn normal(seed: u64, col: u64, row: u64) -> f64 {
+pub fn normal(seed: u64, col: u64, row: u64) -> f64 {
     let key = mix(mix(seed) ^ col.wrapping_mul(0xD1B5_4A32_D192_ED03));
     let h1 = mix(key ^ row.wrapping_mul(2));
     let h2 = mix(key ^ row.wrapping_mul(2).wrapping_add(1));
@@ -23,7 +26,7 @@ pub(crate) fn normal(seed: u64, col: u64, row: u64) -> f64 {
 
 /// A `rows × cols` Gaussian matrix, row-major `f32`: element `(i, j)` is `normal(seed, j, i)`
 /// (filled in parallel; the values do not depend on the threads).
-pub(crate) fn gaussian_f32(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
+pub fn gaussian_f32(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
     use rayon::prelude::*;
     let mut out = vec![0.0f32; rows * cols];
     if cols == 0 {

@@ -4,12 +4,14 @@
 //! orthogonality (Gram matrices, Cholesky, `Y·R⁻¹`) and the small SVD of `B` run in `f64`.
 
 use faer::MatRef;
+use rayon::prelude::*;
 
+use super::check::{check_batch, check_rank, numerical, use_exact};
 use super::dense::{cholesky_upper, gram, inv_upper, mul_rows, mul_t, svd_f64, sweep, to_f64};
-use super::{Factors, Matrix, MatrixRef};
+use super::{ComputeError, Factors, Matrix, MatrixRef, SvdOptions};
 
 /// Cholesky-QR passes tried before falling back to an `f64` SVD basis.
-const MAX_PASSES: usize = 4;
+pub(crate) const MAX_PASSES: usize = 4;
 
 /// How orthonormal a basis must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +26,101 @@ pub(crate) enum Orth {
 }
 
 /// Largest κ(Y) for which an [`Orth::Iterate`] basis takes one Cholesky-QR pass.
-const ONE_PASS_KAPPA: f64 = 1e4;
+pub(crate) const ONE_PASS_KAPPA: f64 = 1e4;
+
+/// How [`super::Backend::lowrank`] factorizes matrices of one shape at one rank: the rule
+/// every backend follows ([`SvdOptions::lowrank_route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LowrankRoute {
+    /// The exact `f64` SVD: `min(m, n) <= exact_below`, or a sketch that would cover the
+    /// short side.
+    Exact,
+    /// The eigendecomposition of the short side's Gram matrix: the sketch would be at least a
+    /// quarter of the short side (`4k >= min(m, n)`), where that is cheaper than sketching
+    /// with `2q + 2` passes and as accurate for the kept part.
+    Gram,
+    /// The randomized SVD with a sketch of this many columns (`rank + oversample`).
+    Sketch(usize),
+}
+
+impl SvdOptions {
+    /// The route [`super::Backend::lowrank`] takes for `m × n` matrices at `rank` (assumed
+    /// valid: `1..=min(m, n)`).
+    pub fn lowrank_route(&self, (m, n): (usize, usize), rank: usize) -> LowrankRoute {
+        let k = rank.saturating_add(self.oversample).min(m.min(n));
+        if use_exact((m, n), k, self) {
+            LowrankRoute::Exact
+        } else if 4 * k >= m.min(n) {
+            LowrankRoute::Gram
+        } else {
+            LowrankRoute::Sketch(k)
+        }
+    }
+}
+
+/// Validates a [`super::Backend::lowrank`] call (shapes, finiteness, rank, in that order) and
+/// returns its route, `None` for an empty batch.
+pub(crate) fn check_lowrank(
+    batch: &[MatrixRef<'_>],
+    rank: usize,
+    opts: &SvdOptions,
+) -> Result<Option<LowrankRoute>, ComputeError> {
+    let Some(shape) = check_batch(batch)? else {
+        return Ok(None);
+    };
+    check_rank(rank, shape)?;
+    Ok(Some(opts.lowrank_route(shape, rank)))
+}
+
+/// How [`super::Backend::spectrum_with`] handles a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpectrumRoute {
+    /// An empty batch or no values asked for: an empty spectrum per matrix.
+    Trivial,
+    /// The top `kk` values of the exact `f64` SVD.
+    Exact(usize),
+    /// The top `kk` values from a randomized sketch of `width` columns.
+    Sketch {
+        /// Values returned.
+        kk: usize,
+        /// Sketch columns.
+        width: usize,
+    },
+}
+
+/// Validates a [`super::Backend::spectrum_with`] call and chooses its route.
+pub(crate) fn check_spectrum(
+    batch: &[MatrixRef<'_>],
+    k: usize,
+    opts: &SvdOptions,
+) -> Result<SpectrumRoute, ComputeError> {
+    let Some((m, n)) = check_batch(batch)? else {
+        return Ok(SpectrumRoute::Trivial);
+    };
+    let kk = k.min(m.min(n));
+    if kk == 0 {
+        return Ok(SpectrumRoute::Trivial);
+    }
+    let width = kk.saturating_add(opts.oversample.max(kk)).min(m.min(n));
+    Ok(if use_exact((m, n), width, opts) {
+        SpectrumRoute::Exact(kk)
+    } else {
+        SpectrumRoute::Sketch { kk, width }
+    })
+}
+
+/// `f` on every matrix of `batch`, in parallel on the current rayon pool; a failure becomes
+/// [`ComputeError::Numerical`] naming the matrix.
+pub(crate) fn per_matrix<T: Send>(
+    batch: &[MatrixRef<'_>],
+    f: impl Fn(MatrixRef<'_>) -> Result<T, String> + Sync,
+) -> Result<Vec<T>, ComputeError> {
+    batch
+        .par_iter()
+        .enumerate()
+        .map(|(i, w)| f(*w).map_err(numerical(i)))
+        .collect()
+}
 
 /// An orthonormal basis (`m × k`, row-major, returned in `f32`) of the columns of `y`
 /// (`m × k`, row-major).
@@ -50,7 +146,7 @@ pub(crate) fn orth(y: &[f32], m: usize, k: usize, need: Orth) -> Result<Vec<f32>
                 }
                 r
             }
-            None => match shifted_cholesky(&g, m, k) {
+            None => match shifted_cholesky(&g, m, k, f64::EPSILON) {
                 Some(r) => r,
                 None => break,
             },
@@ -63,9 +159,17 @@ pub(crate) fn orth(y: &[f32], m: usize, k: usize, need: Orth) -> Result<Vec<f32>
         }
         g = sweep(from, &mut q, &mut [], m, k, &rinv, true);
     }
-    // Rank-deficient sketch: an orthonormal basis from the SVD (f64 Householder inside).
+    // Rank-deficient sketch: an orthonormal basis from the SVD.
+    svd_basis(y, m, k)
+}
+
+/// An orthonormal basis (`m × k`, row-major `f32`) of the columns of `y` (`m × k`) from its
+/// `f64` SVD (Householder inside): orthonormal whatever the rank of `y`, for the iterates that
+/// Cholesky-QR cannot orthonormalise.
+pub(crate) fn svd_basis(y: &[f32], m: usize, k: usize) -> Result<Vec<f32>, String> {
     let y = to_f64(y);
     let (u, _, _) = svd_f64(MatRef::from_row_major_slice(&y, m, k), true)?;
+    let mut out = vec![0.0f32; m * k];
     for i in 0..m {
         for j in 0..k.min(u.ncols()) {
             out[i * k + j] = u[(i, j)] as f32;
@@ -86,7 +190,8 @@ fn condition(r: &[f64], k: usize) -> f64 {
     }
 }
 
-fn max_dev_from_identity(g: &[f64], k: usize) -> f64 {
+/// `max |G − I|` over a `k × k` row-major `g`; `∞` if it is NaN.
+pub(crate) fn max_dev_from_identity(g: &[f64], k: usize) -> f64 {
     let mut dev = 0.0f64;
     for i in 0..k {
         for j in 0..k {
@@ -101,14 +206,16 @@ fn max_dev_from_identity(g: &[f64], k: usize) -> f64 {
     }
 }
 
-/// Cholesky of `g + sI` with the shift of Fukaya et al. (shifted Cholesky-QR3),
-/// `s = 11 (mk + k(k+1)) u ‖Y‖²` (with `trace(G) ≥ ‖Y‖₂²`), growing it if still not enough.
-fn shifted_cholesky(g: &[f64], m: usize, k: usize) -> Option<Vec<f64>> {
+/// Cholesky of `g + sI` with the shift of Fukaya et al. (shifted Cholesky-QR3) for a Gram
+/// accumulated with unit roundoff `eps` (`f64::EPSILON`, or `f32::EPSILON` for a Gram summed
+/// in `f32`): `s = 11 (mk + k(k+1)) eps ‖Y‖²` (with `trace(G) ≥ ‖Y‖₂²`), grown ×100 up to
+/// four times if still not enough.
+pub(crate) fn shifted_cholesky(g: &[f64], m: usize, k: usize, eps: f64) -> Option<Vec<f64>> {
     let trace: f64 = (0..k).map(|i| g[i * k + i]).sum();
     if !(trace.is_finite() && trace > 0.0) {
         return None;
     }
-    let mut s = 11.0 * ((m * k + k * (k + 1)) as f64) * f64::EPSILON * trace;
+    let mut s = 11.0 * ((m * k + k * (k + 1)) as f64) * eps * trace;
     for _ in 0..4 {
         let mut gs = g.to_vec();
         for i in 0..k {
@@ -231,9 +338,17 @@ pub(crate) fn exact_spectrum(w: MatrixRef<'_>, kk: usize) -> Result<Vec<f32>, St
     Ok(s.iter().take(kk).map(|&x| x as f32).collect())
 }
 
-/// Assemble factors with normalised signs: in each row of `vt`, the entry of largest
-/// magnitude (first on ties) is made positive, flipping the matching column of `u`.
-fn finish(mut u: Vec<f32>, s: &[f64], mut vt: Vec<f32>, m: usize, n: usize, r: usize) -> Factors {
+/// Assemble factors with normalised signs (the convention of [`Factors`]): in each row of
+/// `vt`, the entry of largest magnitude (first on ties) is made positive, flipping the
+/// matching column of `u`. `u` is `m × r`, `s` has `r` values, `vt` is `r × n`.
+pub(crate) fn finish(
+    mut u: Vec<f32>,
+    s: &[f64],
+    mut vt: Vec<f32>,
+    m: usize,
+    n: usize,
+    r: usize,
+) -> Factors {
     for l in 0..r {
         let row = &vt[l * n..(l + 1) * n];
         let mut best = 0usize;
@@ -274,13 +389,49 @@ fn finish(mut u: Vec<f32>, s: &[f64], mut vt: Vec<f32>, m: usize, n: usize, r: u
 pub(crate) fn gram_one(w: MatrixRef<'_>, rank: usize) -> Result<Factors, String> {
     let (m, n) = w.shape();
     let wide = m <= n;
-    let (s_dim, l_dim) = if wide { (m, n) } else { (n, m) };
+    let s_dim = m.min(n);
     // Gram of the short side, s_dim × s_dim.
     let g = if wide {
         super::dense::gram(w.to_matrix().transpose().data(), n, m)
     } else {
         super::dense::gram(w.data(), m, n)
     };
+    let top = top_eigen(&g, s_dim, rank)?;
+    let r = top.sig.len();
+    // The long side is W·E/σ (or Wᵀ·E/σ).
+    let a = to_f64(w.data());
+    let wa = MatRef::from_row_major_slice(&a, m, n);
+    let long = if wide {
+        wa.transpose() * &top.e
+    } else {
+        wa * &top.e
+    }; // l_dim × r
+    let l_dim = long.nrows();
+    let mut long_f = vec![0.0f32; l_dim * r];
+    for l in 0..r {
+        for i in 0..l_dim {
+            long_f[i * r + l] = (long[(i, l)] * top.inv[l]) as f32;
+        }
+    }
+    Ok(gram_factors(&top.sig, top.short, long_f, m, n))
+}
+
+/// The top eigenpairs of a short-side Gram matrix, for the Gram path.
+pub(crate) struct TopEigen {
+    /// `σ_l = √λ_l` (clamped at 0), largest first; `r` of them.
+    pub(crate) sig: Vec<f64>,
+    /// `1/σ_l`, or 0 for values below `1e-7 σ₁` (not resolved: their long-side vectors are
+    /// set to zero).
+    pub(crate) inv: Vec<f64>,
+    /// The eigenvectors `E` (`s × r`), columns in the order of `sig`.
+    pub(crate) e: faer::Mat<f64>,
+    /// `E` as row-major `f32` (the short-side singular vectors).
+    pub(crate) short: Vec<f32>,
+}
+
+/// The `min(rank, s)` largest eigenpairs of the `s × s` row-major Gram `g` (`f64`
+/// eigendecomposition).
+pub(crate) fn top_eigen(g: &[f64], s_dim: usize, rank: usize) -> Result<TopEigen, String> {
     let gm = faer::Mat::<f64>::from_fn(s_dim, s_dim, |i, j| g[i * s_dim + j]);
     let eig = gm
         .self_adjoint_eigen(faer::Side::Lower)
@@ -292,32 +443,55 @@ pub(crate) fn gram_one(w: MatrixRef<'_>, rank: usize) -> Result<Factors, String>
     let idx: Vec<usize> = (0..r).map(|l| s_dim - 1 - l).collect();
     let sig: Vec<f64> = idx.iter().map(|&i| vals[i].max(0.0).sqrt()).collect();
     let floor = sig.first().copied().unwrap_or(0.0) * 1e-7;
-    // Short-side vectors E (s_dim × r); the long side is W·E/σ (or Wᵀ·E/σ).
+    let inv = sig
+        .iter()
+        .map(|&s| if s > floor { 1.0 / s } else { 0.0 })
+        .collect();
     let e = faer::Mat::<f64>::from_fn(s_dim, r, |i, l| vecs[(i, idx[l])]);
-    let a = to_f64(w.data());
-    let wa = MatRef::from_row_major_slice(&a, m, n);
-    let long = if wide { wa.transpose() * &e } else { wa * &e }; // l_dim × r
-    let mut short_f = vec![0.0f32; s_dim * r];
-    let mut long_f = vec![0.0f32; l_dim * r];
-    for l in 0..r {
-        let inv = if sig[l] > floor { 1.0 / sig[l] } else { 0.0 };
-        for i in 0..s_dim {
-            short_f[i * r + l] = e[(i, l)] as f32;
-        }
-        for i in 0..l_dim {
-            long_f[i * r + l] = (long[(i, l)] * inv) as f32;
+    let mut short = vec![0.0f32; s_dim * r];
+    for i in 0..s_dim {
+        for l in 0..r {
+            short[i * r + l] = e[(i, l)] as f32;
         }
     }
-    // u: m × r; vt: r × n.
-    let (u, vt) = if wide {
-        (short_f, transpose_rm(&long_f, n, r))
-    } else {
-        (long_f, transpose_rm(&short_f, n, r))
-    };
-    Ok(finish(u, &sig, vt, m, n, r))
+    Ok(TopEigen { sig, inv, e, short })
 }
 
-fn transpose_rm(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// Factors of an `m × n` matrix from the Gram path's singular values `sig`, short-side vectors
+/// `short` (`min(m, n) × r`) and long-side vectors `long` (`max(m, n) × r`, already divided by
+/// σ), row-major.
+pub(crate) fn gram_factors(
+    sig: &[f64],
+    short: Vec<f32>,
+    long: Vec<f32>,
+    m: usize,
+    n: usize,
+) -> Factors {
+    let r = sig.len();
+    // u: m × r; vt: r × n.
+    let (u, vt) = if m <= n {
+        (short, transpose_rm(&long, n, r))
+    } else {
+        (long, transpose_rm(&short, n, r))
+    };
+    finish(u, sig, vt, m, n, r)
+}
+
+/// Every singular value of a matrix, descending, from the eigenvalues of its `k × k`
+/// row-major short-side Gram `g` (`f64`).
+pub(crate) fn gram_singular_values(g: &[f64], k: usize) -> Result<Vec<f32>, ComputeError> {
+    let mat = faer::Mat::<f64>::from_fn(k, k, |i, j| g[i * k + j]);
+    let ev = mat
+        .self_adjoint_eigenvalues(faer::Side::Lower)
+        .map_err(|e| format!("eigenvalues of the Gram matrix: {e:?}"))
+        .map_err(numerical(0))?;
+    let mut s: Vec<f32> = ev.iter().map(|&e| e.max(0.0).sqrt() as f32).collect();
+    s.sort_by(|a, b| b.total_cmp(a));
+    Ok(s)
+}
+
+/// The transpose of a row-major `rows × cols` matrix (row-major `cols × rows`).
+pub(crate) fn transpose_rm(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * cols];
     for i in 0..rows {
         for j in 0..cols {

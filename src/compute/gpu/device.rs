@@ -153,10 +153,12 @@ pub(super) struct Ctx {
     pub(super) budget: u64,
     /// Whether shaders may use `f64` (the SHADER_F64 feature is enabled).
     pub(super) f64: bool,
+    /// Whether the device has `TIMESTAMP_QUERY` (GPU times in [`super::Gpu::bench_gemm`]).
+    pub(super) timestamps: bool,
     pub(super) tiles: GemmTiles,
     /// Largest workgroup count per dispatch dimension.
     pub(super) max_groups: u32,
-    checks: wgpu::ShaderRuntimeChecks,
+    pub(super) checks: wgpu::ShaderRuntimeChecks,
     modules: Mutex<HashMap<(&'static str, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -184,6 +186,16 @@ pub(super) fn adapters() -> Vec<(wgpu::Adapter, AdapterInfoSummary)> {
             (a, s)
         })
         .collect()
+}
+
+/// The message a device callback recorded in `slot`, as an error (taken out of the slot where
+/// `take`).
+fn recorded(slot: &Mutex<Option<String>>, take: bool) -> GpuResult<()> {
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    match if take { slot.take() } else { slot.clone() } {
+        Some(msg) => Err(device_err(msg)),
+        None => Ok(()),
+    }
 }
 
 fn type_rank(t: &str) -> u32 {
@@ -231,11 +243,14 @@ impl Ctx {
         };
         let limits = adapter.limits();
         let f64 = !opts.disable_f64 && adapter.features().contains(wgpu::Features::SHADER_F64);
-        let features = if f64 {
-            wgpu::Features::SHADER_F64
-        } else {
-            wgpu::Features::empty()
-        };
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let mut features = wgpu::Features::empty();
+        if f64 {
+            features |= wgpu::Features::SHADER_F64;
+        }
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("hcc compute"),
             required_features: features,
@@ -299,6 +314,7 @@ impl Ctx {
             hw_binding_limit,
             budget,
             f64,
+            timestamps,
             tiles,
             max_groups: limits.max_compute_workgroups_per_dimension.max(1),
             modules: Mutex::new(HashMap::new()),
@@ -312,15 +328,7 @@ impl Ctx {
     }
 
     fn check_alive(&self) -> GpuResult<()> {
-        if let Some(msg) = self
-            .lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Err(device_err(msg));
-        }
-        Ok(())
+        recorded(&self.lost, false)
     }
 
     /// Runs one section of device work: serialised, inside error scopes; any device error
@@ -342,20 +350,13 @@ impl Ctx {
         if let Some(e) = errors.into_iter().flatten().next() {
             return Err(device_err(format!("{e}")));
         }
-        if let Some(msg) = self
-            .uncaptured
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            return Err(device_err(msg));
-        }
+        recorded(&self.uncaptured, true)?;
         result
     }
 
     /// Runs `f` in its own validation and out-of-memory scopes and reports what they caught
     /// at once (for resource creation, whose failure must stop the operation early).
-    fn checked<T>(&self, what: &str, f: impl FnOnce() -> T) -> GpuResult<T> {
+    pub(super) fn checked<T>(&self, what: &str, f: impl FnOnce() -> T) -> GpuResult<T> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
@@ -391,7 +392,11 @@ impl Ctx {
     }
 
     fn buffer_within(&self, bytes: u64, what: &str, limit: u64) -> GpuResult<wgpu::Buffer> {
-        let size = self.check_size(bytes, what, limit)?;
+        self.storage(self.check_size(bytes, what, limit)?, what, false)
+    }
+
+    /// A storage buffer (also a copy source and destination) of `size` bytes, checked.
+    fn storage(&self, size: u64, what: &str, mapped: bool) -> GpuResult<wgpu::Buffer> {
         self.checked(what, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(what),
@@ -399,7 +404,7 @@ impl Ctx {
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
+                mapped_at_creation: mapped,
             })
         })
     }
@@ -411,17 +416,11 @@ impl Ctx {
         what: &str,
     ) -> GpuResult<wgpu::Buffer> {
         let bytes: u64 = parts.iter().map(|p| std::mem::size_of_val(*p) as u64).sum();
-        let size = self.check_size(bytes, what, self.binding_limit)?;
-        let buf = self.checked(what, || {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(what),
-                size,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: true,
-            })
-        })?;
+        let buf = self.storage(
+            self.check_size(bytes, what, self.binding_limit)?,
+            what,
+            true,
+        )?;
         {
             let mut view = buf
                 .slice(..)
@@ -549,15 +548,88 @@ impl Ctx {
     }
 }
 
+/// Timestamp queries for the compute passes of a [`Session`] (with `TIMESTAMP_QUERY`): pass
+/// `i` writes its start at query `2i` and its end at `2i + 1`.
+pub(super) struct Stamps {
+    pub(super) set: wgpu::QuerySet,
+    capacity: u32,
+    used: std::cell::Cell<u32>,
+    overflow: std::cell::Cell<bool>,
+}
+
+impl Stamps {
+    /// Room for `passes` compute passes.
+    pub(super) fn new(ctx: &Ctx, passes: u32) -> GpuResult<Stamps> {
+        let capacity = 2 * passes.max(1);
+        let set = ctx.checked("timestamp queries", || {
+            ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: capacity,
+            })
+        })?;
+        Ok(Stamps {
+            set,
+            capacity,
+            used: std::cell::Cell::new(0),
+            overflow: std::cell::Cell::new(false),
+        })
+    }
+
+    /// Starts over (before a new session).
+    pub(super) fn reset(&self) {
+        self.used.set(0);
+        self.overflow.set(false);
+    }
+
+    /// Queries written so far, and whether some pass found no room (then the queries do not
+    /// cover every pass).
+    pub(super) fn used(&self) -> (u32, bool) {
+        (self.used.get(), self.overflow.get())
+    }
+
+    fn next(&self) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+        let i = self.used.get();
+        if i + 2 > self.capacity {
+            self.overflow.set(true);
+            return None;
+        }
+        self.used.set(i + 2);
+        Some(wgpu::ComputePassTimestampWrites {
+            query_set: &self.set,
+            beginning_of_pass_write_index: Some(i),
+            end_of_pass_write_index: Some(i + 1),
+        })
+    }
+}
+
 /// A sequence of commands recorded into one encoder and submitted when results are read.
 pub(super) struct Session<'c> {
     pub(super) ctx: &'c Ctx,
     enc: Option<wgpu::CommandEncoder>,
+    stamps: Option<&'c Stamps>,
 }
 
 impl<'c> Session<'c> {
     pub(super) fn new(ctx: &'c Ctx) -> Self {
-        Session { ctx, enc: None }
+        Session {
+            ctx,
+            enc: None,
+            stamps: None,
+        }
+    }
+
+    /// A session whose compute passes write timestamps into `stamps`.
+    pub(super) fn with_stamps(ctx: &'c Ctx, stamps: &'c Stamps) -> Self {
+        Session {
+            stamps: Some(stamps),
+            ..Session::new(ctx)
+        }
+    }
+
+    /// The encoder, for commands the session has no method for.
+    pub(super) fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.enc()
     }
 
     fn enc(&mut self) -> &mut wgpu::CommandEncoder {
@@ -622,10 +694,11 @@ impl<'c> Session<'c> {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
+        let timestamp_writes = self.stamps.and_then(Stamps::next);
         let enc = self.enc();
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
-            timestamp_writes: None,
+            timestamp_writes,
         });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
@@ -640,17 +713,26 @@ impl<'c> Session<'c> {
 
     /// Submits what was recorded and waits for it.
     pub(super) fn flush(&mut self) -> GpuResult<()> {
-        if let Some(enc) = self.enc.take() {
-            let idx = self.ctx.queue.submit([enc.finish()]);
-            self.ctx
-                .device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: Some(idx),
-                    timeout: None,
-                })
-                .map_err(|e| device_err(format!("waiting for the device: {e}")))?;
-        }
-        Ok(())
+        self.flush_timed().map(|_| ())
+    }
+
+    /// [`Session::flush`], returning the wall time in seconds from the submission to the end
+    /// of the wait (0 when nothing was recorded; finishing the encoder is not counted).
+    pub(super) fn flush_timed(&mut self) -> GpuResult<f64> {
+        let Some(enc) = self.enc.take() else {
+            return Ok(0.0);
+        };
+        let commands = enc.finish();
+        let t0 = std::time::Instant::now();
+        let idx = self.ctx.queue.submit([commands]);
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(idx),
+                timeout: None,
+            })
+            .map_err(|e| device_err(format!("waiting for the device: {e}")))?;
+        Ok(t0.elapsed().as_secs_f64())
     }
 
     /// Submits what was recorded, then reads `count` elements of type `T` of each buffer

@@ -109,13 +109,10 @@ impl GemmTiles {
         }
     }
 
-    /// Whether vec4 tile loads divide evenly over the invocations.
-    fn vec_a(&self) -> bool {
-        (self.bm * self.bk / self.threads()) % 4 == 0
-    }
-
-    fn vec_b(&self) -> bool {
-        (self.bn * self.bk / self.threads()) % 4 == 0
+    /// Whether the vec4 loads of a `tile × bk` operand tile (`tile` = `bm` for A, `bn` for
+    /// B) divide evenly over the invocations.
+    fn vec_loads(&self, tile: u32) -> bool {
+        (tile * self.bk / self.threads()) % 4 == 0
     }
 }
 
@@ -205,6 +202,99 @@ pub(super) struct Gemm<'a> {
     pub(super) f64: bool,
 }
 
+impl<'a> Operand<'a> {
+    /// Untransposed matrices at element 0 of `buf`, leading dimension `ld`, `stride` elements
+    /// apart (0: one matrix for the whole batch).
+    pub(super) fn new(buf: &'a wgpu::Buffer, ld: usize, stride: usize) -> Self {
+        Operand {
+            buf,
+            off: 0,
+            ld: ld as u64,
+            stride: stride as u64,
+            trans: false,
+        }
+    }
+
+    /// The same operand, used transposed.
+    pub(super) fn t(self) -> Self {
+        Operand {
+            trans: true,
+            ..self
+        }
+    }
+}
+
+impl<'a> Output<'a> {
+    /// Matrices at element `off` of `buf`, leading dimension `ld`, `stride` elements apart.
+    pub(super) fn new(buf: &'a wgpu::Buffer, off: usize, ld: usize, stride: usize) -> Self {
+        Output {
+            buf,
+            off: off as u64,
+            ld: ld as u64,
+            stride: stride as u64,
+        }
+    }
+}
+
+impl<'a> Gemm<'a> {
+    /// `C[z] = op(A[z]) · op(B[z])` for `z < batch` with `op(A)` `m × k` and `op(B)` `k × n`
+    /// (`mnk`), overwriting C, accumulated in `f32`; see [`Gemm::accumulate`] and
+    /// [`Gemm::f64`].
+    pub(super) fn new(
+        a: Operand<'a>,
+        b: Operand<'a>,
+        c: Output<'a>,
+        (m, n, k): (usize, usize, usize),
+        batch: usize,
+    ) -> Self {
+        Gemm {
+            a,
+            b,
+            c,
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            batch: batch as u64,
+            accumulate: false,
+            f64: false,
+        }
+    }
+
+    /// One product of whole buffers: `C = op(A) · op(B)` with A stored with leading dimension
+    /// `lda` (transposed where `ta`), B likewise, C `m × n` with leading dimension `n`.
+    pub(super) fn single(
+        (a, lda, ta): (&'a wgpu::Buffer, usize, bool),
+        (b, ldb, tb): (&'a wgpu::Buffer, usize, bool),
+        c: &'a wgpu::Buffer,
+        (m, n, k): (usize, usize, usize),
+    ) -> Self {
+        let op = |buf, ld, trans| Operand {
+            trans,
+            ..Operand::new(buf, ld, 0)
+        };
+        Gemm::new(
+            op(a, lda, ta),
+            op(b, ldb, tb),
+            Output::new(c, 0, n, 0),
+            (m, n, k),
+            1,
+        )
+    }
+
+    /// Adds to C instead of overwriting it, where `yes`.
+    pub(super) fn accumulate(self, yes: bool) -> Self {
+        Gemm {
+            accumulate: yes,
+            ..self
+        }
+    }
+
+    /// Accumulates in `f64` and writes an `f64` C, where `yes`.
+    pub(super) fn f64(self, yes: bool) -> Self {
+        Gemm { f64: yes, ..self }
+    }
+}
+
 fn u32_of(v: u64, what: &str) -> GpuResult<u32> {
     u32::try_from(v).map_err(|_| device_err(format!("GEMM {what} {v} does not fit 32 bits")))
 }
@@ -212,7 +302,7 @@ fn u32_of(v: u64, what: &str) -> GpuResult<u32> {
 /// Number of k-splits and the depth of each (a multiple of `bk`): enough workgroups to fill
 /// a large device when C has few tiles. A function of one matrix's shape and the device
 /// limits only — never of the batch size — so a matrix gets the same bits in any batch.
-fn split_plan(ctx: &Ctx, m: u64, n: u64, k: u64, acc_bytes: u64) -> (u64, u64) {
+pub(super) fn split_plan(ctx: &Ctx, m: u64, n: u64, k: u64, acc_bytes: u64) -> (u64, u64) {
     let t = ctx.tiles;
     let bk = t.bk as u64;
     let tiles = m.div_ceil(t.bm as u64) * n.div_ceil(t.bn as u64);
@@ -293,8 +383,8 @@ fn record_one(s: &mut Session<'_>, g: &Gemm<'_>, splits: u64, chunk: u64) -> Gpu
         f64: g.f64,
         ta: g.a.trans,
         tb: g.b.trans,
-        va: t.vec_a() && vec_ok(&g.a),
-        vb: t.vec_b() && vec_ok(&g.b),
+        va: t.vec_loads(t.bm) && vec_ok(&g.a),
+        vb: t.vec_loads(t.bn) && vec_ok(&g.b),
     };
     let groups = (
         u32_of(g.n.div_ceil(t.bn as u64), "column tiles")?,
@@ -439,37 +529,13 @@ pub(super) fn gemm_host(
                 };
                 let abuf = ctx.upload(&pa, "GEMM A")?;
                 let bbuf = ctx.upload(&pb, "GEMM B")?;
-                record(
-                    &mut s,
-                    &Gemm {
-                        a: Operand {
-                            buf: &abuf,
-                            off: 0,
-                            ld: lda as u64,
-                            stride: 0,
-                            trans: ta,
-                        },
-                        b: Operand {
-                            buf: &bbuf,
-                            off: 0,
-                            ld: ldb as u64,
-                            stride: 0,
-                            trans: tb,
-                        },
-                        c: Output {
-                            buf: &c,
-                            off: 0,
-                            ld: (j1 - j0) as u64,
-                            stride: 0,
-                        },
-                        m: (i1 - i0) as u64,
-                        n: (j1 - j0) as u64,
-                        k: (l1 - l0) as u64,
-                        batch: 1,
-                        accumulate: step > 0,
-                        f64: false,
-                    },
-                )?;
+                let g = Gemm::single(
+                    (&abuf, lda, ta),
+                    (&bbuf, ldb, tb),
+                    &c,
+                    (i1 - i0, j1 - j0, l1 - l0),
+                );
+                record(&mut s, &g.accumulate(step > 0))?;
                 if kr.len() > 1 {
                     // Keep the resident set to one set of pieces.
                     s.flush()?;

@@ -1,4 +1,6 @@
-//! Magnitude masks, thresholds and norms on the GPU, identical to the CPU backend's.
+//! Magnitude masks, thresholds and norms on the GPU, identical to the CPU backend's: the rules
+//! (validation, counts, tie-breaking, applying the mask) are `compute::mask`'s, shared with the
+//! CPU; this module supplies its data-parallel steps ([`MaskKernels`] for [`Ctx`]).
 //!
 //! - Thresholds (unstructured masks, global thresholds and masks): the exact radix select of
 //!   the CPU (two 16-bit histogram passes over the sign-cleared bits of `w`,
@@ -12,34 +14,13 @@
 //!   first) on the CPU. Without `f64` shaders the norms are computed on the CPU.
 
 use super::device::{Ctx, GpuResult, Kernel, Session};
-use crate::compute::{ComputeError, MaskPattern, MaskResult, Matrix, MatrixRef};
+use crate::compute::mask::{radix_select, CpuMasks, MaskKernels};
+use crate::compute::{ComputeError, MatrixRef};
 
 /// Longest N:M group the shader handles (one bit per row of a group in a u32).
 const MAX_NM_GROUP: usize = 32;
 /// Workgroups of one histogram dispatch (each invocation strides over the rest).
 const HIST_GROUPS: u64 = 1024;
-
-fn mag_bits(x: f32) -> u32 {
-    x.to_bits() & 0x7fff_ffff
-}
-
-/// `total − round(sparsity · total)`, the count kept (see [`MaskPattern`]).
-pub(super) fn keep_count(total: usize, sparsity: f32) -> usize {
-    let prune = ((sparsity as f64) * total as f64).round() as usize;
-    total - prune.min(total)
-}
-
-/// `(bin, count above it)` for the bin holding the `keep`-th largest element.
-fn find_bin(h: &[u64], keep: u64) -> (u32, u64) {
-    let mut above = 0u64;
-    for bin in (0..h.len()).rev() {
-        if above + h[bin] >= keep {
-            return (bin as u32, above);
-        }
-        above += h[bin];
-    }
-    (0, above)
-}
 
 /// Pieces of the data no larger than a binding.
 fn chunks<'a>(ctx: &Ctx, slices: &[&'a [f32]]) -> Vec<&'a [f32]> {
@@ -108,12 +89,8 @@ fn histogram(
     Ok(total)
 }
 
-/// Bits of the `keep`-th largest magnitude over `slices` and the count strictly above it
-/// (`1 ≤ keep ≤ total`).
-fn kth_largest_bits(ctx: &Ctx, slices: &[&[f32]], keep: u64) -> GpuResult<(u32, u64)> {
-    ctx.run(|| kth_largest_section(ctx, slices, keep))
-}
-
+/// The radix select of [`MaskKernels::kth_largest_bits`] with device histograms (one device
+/// section).
 fn kth_largest_section(ctx: &Ctx, slices: &[&[f32]], keep: u64) -> GpuResult<(u32, u64)> {
     let pieces = chunks(ctx, slices);
     let bytes: u64 = pieces.iter().map(|p| p.len() as u64 * 4).sum();
@@ -126,92 +103,11 @@ fn kth_largest_section(ctx: &Ctx, slices: &[&[f32]], keep: u64) -> GpuResult<(u3
     } else {
         vec![None; pieces.len()]
     };
-    let h = histogram(ctx, &pieces, &resident, None)?;
-    let (hi, above_hi) = find_bin(&h, keep);
-    let h = histogram(ctx, &pieces, &resident, Some(hi))?;
-    let (lo, above_lo) = find_bin(&h, keep - above_hi);
-    Ok(((hi << 16) | lo, above_hi + above_lo))
+    radix_select(keep, |prefix| histogram(ctx, &pieces, &resident, prefix))
 }
 
-/// The global threshold (see `Backend::global_threshold`); inputs validated.
-pub(super) fn global_threshold(
-    ctx: &Ctx,
-    batch: &[MatrixRef<'_>],
-    sparsity: f32,
-) -> GpuResult<f32> {
-    let slices: Vec<&[f32]> = batch.iter().map(|w| w.data()).collect();
-    let total: usize = slices.iter().map(|s| s.len()).sum();
-    let keep = keep_count(total, sparsity);
-    if keep == 0 {
-        return Ok(f32::INFINITY);
-    }
-    Ok(f32::from_bits(
-        kth_largest_bits(ctx, &slices, keep as u64)?.0,
-    ))
-}
-
-fn apply(w: MatrixRef<'_>, mask: Vec<bool>) -> GpuResult<MaskResult> {
-    let data: Vec<f32> = w
-        .data()
-        .iter()
-        .zip(&mask)
-        .map(|(&x, &k)| if k { x } else { 0.0 })
-        .collect();
-    let kept = mask.iter().filter(|&&k| k).count();
-    Ok(MaskResult {
-        mask,
-        masked: Matrix::new(w.rows(), w.cols(), data)?,
-        kept,
-    })
-}
-
-/// Exact-count unstructured masks under one threshold (see
-/// `Backend::global_magnitude_masks`); inputs validated.
-pub(super) fn global_masks(
-    ctx: &Ctx,
-    batch: &[MatrixRef<'_>],
-    sparsity: f32,
-) -> GpuResult<Vec<MaskResult>> {
-    let slices: Vec<&[f32]> = batch.iter().map(|w| w.data()).collect();
-    let total: usize = slices.iter().map(|s| s.len()).sum();
-    let keep = keep_count(total, sparsity);
-    let (t, above) = if keep == 0 {
-        (u32::MAX, 0)
-    } else {
-        kth_largest_bits(ctx, &slices, keep as u64)?
-    };
-    let mut ties_left = keep as u64 - above;
-    batch
-        .iter()
-        .map(|w| {
-            let mask: Vec<bool> = w
-                .data()
-                .iter()
-                .map(|&x| {
-                    let b = mag_bits(x);
-                    if keep == 0 {
-                        false
-                    } else if b > t {
-                        true
-                    } else if b == t && ties_left > 0 {
-                        ties_left -= 1;
-                        true
-                    } else {
-                        false
-                    }
-                })
-                .collect();
-            apply(*w, mask)
-        })
-        .collect()
-}
-
-/// N:M mask on the device; `None` where the shader cannot take it (group longer than 32,
-/// or `m` rows of one column group larger than a binding).
-fn nm_mask(ctx: &Ctx, w: MatrixRef<'_>, n: usize, m: usize) -> GpuResult<Option<Vec<bool>>> {
-    ctx.run(|| nm_mask_section(ctx, w, n, m))
-}
-
+/// N:M mask on the device (one device section); `None` where the shader cannot take it
+/// (group longer than 32, or `m` rows of one column group larger than a binding).
 fn nm_mask_section(
     ctx: &Ctx,
     w: MatrixRef<'_>,
@@ -267,12 +163,8 @@ fn nm_mask_section(
     Ok(Some(mask))
 }
 
-/// Squared L2 norms of the rows (`rows`) or columns of `w` in `f64`, bit-identical to the
-/// CPU's (needs `ctx.f64`).
-pub(super) fn sq_norms(ctx: &Ctx, w: MatrixRef<'_>, rows_not_cols: bool) -> GpuResult<Vec<f64>> {
-    ctx.run(|| sq_norms_section(ctx, w, rows_not_cols))
-}
-
+/// Squared L2 norms of the rows (`rows_not_cols`) or columns of `w` in `f64`, bit-identical to
+/// the CPU's (one device section; needs `ctx.f64`).
 fn sq_norms_section(ctx: &Ctx, w: MatrixRef<'_>, rows_not_cols: bool) -> GpuResult<Vec<f64>> {
     let (rows, cols) = w.shape();
     let len = if rows_not_cols { rows } else { cols };
@@ -309,58 +201,25 @@ fn sq_norms_section(ctx: &Ctx, w: MatrixRef<'_>, rows_not_cols: bool) -> GpuResu
     s.read(&out, 0, len as u64)
 }
 
-/// A magnitude mask of one matrix (see `Backend::magnitude_mask`); `w` validated finite.
-pub(super) fn magnitude_mask(
-    ctx: &Ctx,
-    w: MatrixRef<'_>,
-    sparsity: f32,
-    pattern: MaskPattern,
-) -> GpuResult<MaskResult> {
-    let (rows, cols) = w.shape();
-    match pattern {
-        MaskPattern::Unstructured => {
-            check_sparsity(sparsity)?;
-            Ok(global_masks(ctx, &[w], sparsity)?.remove(0))
-        }
-        MaskPattern::NM { n, m } => {
-            if m == 0 || n > m {
-                return Err(ComputeError::InvalidPattern(format!(
-                    "N:M needs 0 < m and n <= m, got {n}:{m}"
-                )));
-            }
-            match nm_mask(ctx, w, n, m)? {
-                Some(mask) => apply(w, mask),
-                None => crate::compute::mask::magnitude_mask(w, sparsity, pattern),
-            }
-        }
-        MaskPattern::Rows | MaskPattern::Cols => {
-            check_sparsity(sparsity)?;
-            let by_rows = pattern == MaskPattern::Rows;
-            let norms = if ctx.f64 {
-                sq_norms(ctx, w, by_rows)?
-            } else if by_rows {
-                crate::compute::mask::row_sq_norms(w)
-            } else {
-                crate::compute::mask::col_sq_norms(w)
-            };
-            let count = norms.len();
-            let prune = count - keep_count(count, sparsity);
-            let mut order: Vec<usize> = (0..count).collect();
-            // Smallest norm first; ties: higher index first.
-            order.sort_by(|&a, &b| norms[a].total_cmp(&norms[b]).then(b.cmp(&a)));
-            let mut keep = vec![true; count];
-            for &i in order.iter().take(prune) {
-                keep[i] = false;
-            }
-            let c = cols.max(1);
-            let mask: Vec<bool> = (0..rows * cols)
-                .map(|e| if by_rows { keep[e / c] } else { keep[e % c] })
-                .collect();
-            apply(w, mask)
+impl MaskKernels for Ctx {
+    fn kth_largest_bits(&self, slices: &[&[f32]], keep: u64) -> GpuResult<(u32, u64)> {
+        self.run(|| kth_largest_section(self, slices, keep))
+    }
+
+    /// On the device where the shader takes the pattern, else on the CPU.
+    fn nm_mask(&self, w: MatrixRef<'_>, n: usize, m: usize) -> GpuResult<Vec<bool>> {
+        match self.run(|| nm_mask_section(self, w, n, m))? {
+            Some(mask) => Ok(mask),
+            None => CpuMasks.nm_mask(w, n, m),
         }
     }
-}
 
-pub(super) fn check_sparsity(s: f32) -> GpuResult<()> {
-    crate::compute::mask::check_sparsity(s)
+    /// On the device with `f64` shaders, else on the CPU.
+    fn sq_norms(&self, w: MatrixRef<'_>, rows: bool) -> GpuResult<Vec<f64>> {
+        if self.f64 {
+            self.run(|| sq_norms_section(self, w, rows))
+        } else {
+            CpuMasks.sq_norms(w, rows)
+        }
+    }
 }

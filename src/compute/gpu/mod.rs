@@ -67,12 +67,18 @@
 //! deadlock; the CPU steps between sections (SVDs of `Bᵀ`, eigendecompositions, applying
 //! masks) run in parallel on the current rayon pool.
 //!
+//! # Benchmarks
+//! [`Gpu::bench_gemm`] times the GEMM kernel alone (operands resident; wall time around submit
+//! and wait, and GPU timestamps where the adapter has `TIMESTAMP_QUERY`, which the device then
+//! enables); `examples/bench_gpu.rs` uses it and compares the backends on the GPT-2-small rSVD.
+//!
 //! # Errors
 //! No method panics on caller input. Caller errors are the CPU backend's (same variants, same
 //! checks, same order); device failures — no adapter, lost device, out of memory, a tensor
 //! beyond the limits — are [`ComputeError::Device`]. `row_norms` / `col_norms`, which cannot
 //! return an error, fall back to the CPU if the device fails.
 
+mod bench;
 mod device;
 mod gemm;
 mod mask;
@@ -80,12 +86,17 @@ mod rsvd;
 #[cfg(test)]
 mod tests;
 
-use rayon::prelude::*;
-
+pub use bench::GemmTiming;
 pub use device::{AdapterInfoSummary, GpuOptions};
 pub use gemm::GemmTiles;
 
-use super::rsvd::{exact_one, exact_spectrum, gram_one};
+use super::check::{check_finite, gemm_shape};
+use super::mask as rules;
+use super::mask::MaskKernels;
+use super::rsvd::{
+    check_lowrank, check_spectrum, exact_one, exact_spectrum, gram_one, per_matrix, LowrankRoute,
+    SpectrumRoute,
+};
 use super::{
     Backend, ComputeError, Cpu, Factors, MaskPattern, MaskResult, Matrix, MatrixRef, SvdOptions,
 };
@@ -105,6 +116,7 @@ impl std::fmt::Debug for Gpu {
             .field("memory_budget", &self.ctx.budget)
             .field("f64", &self.ctx.f64)
             .field("tiles", &self.ctx.tiles)
+            .field("timestamps", &self.ctx.timestamps)
             .finish()
     }
 }
@@ -154,69 +166,46 @@ impl Gpu {
     pub fn tiles(&self) -> GemmTiles {
         self.ctx.tiles
     }
-}
 
-/// Elements checked per task for NaN/Inf.
-const FINITE_CHUNK: usize = 1 << 16;
-
-/// The first non-finite element of `w`, as the CPU backend reports it.
-fn check_finite(w: MatrixRef<'_>, index: usize) -> Result<(), ComputeError> {
-    let data = w.data();
-    let bad = data.par_chunks(FINITE_CHUNK).any(|c| {
-        c.iter().fold(0u32, |acc, x| {
-            acc | ((x.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32
-        }) != 0
-    });
-    if !bad {
-        return Ok(());
+    /// Whether the shaders were compiled without wgpu's bounds checks and integer-division
+    /// guards ([`GpuOptions::unchecked_shaders`] or `HCC_GPU_UNCHECKED=1`).
+    pub fn unchecked_shaders(&self) -> bool {
+        !self.ctx.checks.bounds_checks
     }
-    let pos = data.iter().position(|x| !x.is_finite()).unwrap_or(0);
-    let cols = w.cols().max(1);
-    Err(ComputeError::NonFinite {
-        index,
-        row: pos / cols,
-        col: pos % cols,
-        value: data.get(pos).copied().unwrap_or(f32::NAN),
-    })
-}
 
-/// One shape for all, then all finite (the CPU's order of checks). `None` for an empty batch.
-fn check_batch(batch: &[MatrixRef<'_>]) -> Result<Option<(usize, usize)>, ComputeError> {
-    let Some(first) = batch.first() else {
-        return Ok(None);
-    };
-    let shape = first.shape();
-    for (i, w) in batch.iter().enumerate() {
-        if w.shape() != shape {
-            return Err(ComputeError::ShapeMismatch {
-                what: "batch matrices must share one shape",
-                index: i,
-                expected: shape,
-                found: w.shape(),
-            });
-        }
+    /// Whether the device has timestamp queries ([`GemmTiming::gpu_seconds`]).
+    pub fn has_timestamps(&self) -> bool {
+        self.ctx.timestamps
     }
-    for (i, w) in batch.iter().enumerate() {
-        check_finite(*w, i)?;
+
+    /// Times the GEMM kernel alone on an `m × n × k` product `op(A) · op(B)` (`op(A)` `m × k`,
+    /// `op(B)` `k × n`; A stored `k × m` when `trans_a`, B stored `n × k` when `trans_b`), for
+    /// benchmarks.
+    ///
+    /// A and B (Gaussian, fixed seeds) are uploaded once; then one warm-up and `reps` timed
+    /// runs of exactly what [`Backend::gemm`] records on the device for one operand block:
+    /// the tiled kernel with the tiles in use ([`Gpu::tiles`]), plus the split-K reduction
+    /// where the shape gets one ([`GemmTiming::splits`]). Each run is recorded untimed, then
+    /// the wall time is taken around its submission and the wait for its completion
+    /// (`device.poll`); no uploads or downloads are timed, but the zero-fill wgpu gives a
+    /// fresh split-K partial buffer is. With `TIMESTAMP_QUERY` the GPU time from the start of
+    /// the first compute pass to the end of the last is reported too. The result holds
+    /// medians and TFLOP/s (`2mnk / t`).
+    ///
+    /// Each operand must fit one storage binding ([`Gpu::binding_limit`]); unlike
+    /// [`Backend::gemm`], nothing is split. Errors ([`ComputeError::Device`]) for a zero
+    /// dimension or `reps`, operands beyond the limits, or a device failure.
+    pub fn bench_gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        reps: usize,
+    ) -> Result<GemmTiming, ComputeError> {
+        bench::bench_gemm(&self.ctx, (m, n, k), (trans_a, trans_b), reps)
     }
-    Ok(Some(shape))
-}
-
-fn check_rank(rank: usize, (rows, cols): (usize, usize)) -> Result<(), ComputeError> {
-    if rank == 0 || rank > rows.min(cols) {
-        return Err(ComputeError::InvalidRank { rank, rows, cols });
-    }
-    Ok(())
-}
-
-/// The exact path's rule ([`SvdOptions::exact_below`]).
-fn use_exact((m, n): (usize, usize), k: usize, opts: &SvdOptions) -> bool {
-    let p = m.min(n);
-    p <= opts.exact_below || k >= p
-}
-
-fn numerical(index: usize) -> impl Fn(String) -> ComputeError {
-    move |reason| ComputeError::Numerical { index, reason }
 }
 
 impl Backend for Gpu {
@@ -230,50 +219,22 @@ impl Backend for Gpu {
         rank: usize,
         opts: &SvdOptions,
     ) -> Result<Vec<Factors>, ComputeError> {
-        let Some(shape) = check_batch(batch)? else {
-            return Ok(Vec::new());
-        };
-        check_rank(rank, shape)?;
-        let (m, n) = shape;
-        let k = rank.saturating_add(opts.oversample).min(m.min(n));
-        if use_exact(shape, k, opts) {
-            return batch
-                .par_iter()
-                .enumerate()
-                .map(|(i, w)| exact_one(*w, rank).map_err(numerical(i)))
-                .collect();
-        }
-        if 4 * k >= m.min(n) {
-            if self.ctx.f64 {
-                return rsvd::gram_path(&self.ctx, batch, rank);
+        let k = match check_lowrank(batch, rank, opts)? {
+            None => return Ok(Vec::new()),
+            Some(LowrankRoute::Exact) => return per_matrix(batch, |w| exact_one(w, rank)),
+            Some(LowrankRoute::Gram) if self.ctx.f64 => {
+                return rsvd::gram_path(&self.ctx, batch, rank)
             }
-            return batch
-                .par_iter()
-                .enumerate()
-                .map(|(i, w)| gram_one(*w, rank).map_err(numerical(i)))
-                .collect();
-        }
-        let got = rsvd::randomized(
-            &self.ctx,
-            batch,
-            k,
-            opts.power_iters,
-            opts.seed,
-            rsvd::Want::Factors(rank),
-        )?;
-        Ok(got
-            .into_iter()
-            .filter_map(|g| match g {
-                rsvd::Got::Factors(f) => Some(f),
-                rsvd::Got::Spectrum(_) => None,
-            })
-            .collect())
+            Some(LowrankRoute::Gram) => return per_matrix(batch, |w| gram_one(w, rank)),
+            Some(LowrankRoute::Sketch(k)) => k,
+        };
+        let got = rsvd::randomized(&self.ctx, batch, k, opts, rsvd::Want::Factors(rank))?;
+        Ok(got.into_iter().filter_map(rsvd::Got::factors).collect())
     }
 
+    /// The CPU's exact `f64` SVD (the reference, meant for small matrices).
     fn svd_exact(&self, w: MatrixRef<'_>, rank: usize) -> Result<Factors, ComputeError> {
-        check_finite(w, 0)?;
-        check_rank(rank, w.shape())?;
-        exact_one(w, rank).map_err(numerical(0))
+        Cpu.svd_exact(w, rank)
     }
 
     fn spectrum_with(
@@ -282,36 +243,13 @@ impl Backend for Gpu {
         k: usize,
         opts: &SvdOptions,
     ) -> Result<Vec<Vec<f32>>, ComputeError> {
-        let Some((m, n)) = check_batch(batch)? else {
-            return Ok(Vec::new());
+        let (kk, width) = match check_spectrum(batch, k, opts)? {
+            SpectrumRoute::Trivial => return Ok(vec![Vec::new(); batch.len()]),
+            SpectrumRoute::Exact(kk) => return per_matrix(batch, |w| exact_spectrum(w, kk)),
+            SpectrumRoute::Sketch { kk, width } => (kk, width),
         };
-        let kk = k.min(m.min(n));
-        if kk == 0 {
-            return Ok(vec![Vec::new(); batch.len()]);
-        }
-        let sketch = kk.saturating_add(opts.oversample.max(kk)).min(m.min(n));
-        if use_exact((m, n), sketch, opts) {
-            return batch
-                .par_iter()
-                .enumerate()
-                .map(|(i, w)| exact_spectrum(*w, kk).map_err(numerical(i)))
-                .collect();
-        }
-        let got = rsvd::randomized(
-            &self.ctx,
-            batch,
-            sketch,
-            opts.power_iters,
-            opts.seed,
-            rsvd::Want::Spectrum(kk),
-        )?;
-        Ok(got
-            .into_iter()
-            .filter_map(|g| match g {
-                rsvd::Got::Spectrum(s) => Some(s),
-                rsvd::Got::Factors(_) => None,
-            })
-            .collect())
+        let got = rsvd::randomized(&self.ctx, batch, width, opts, rsvd::Want::Spectrum(kk))?;
+        Ok(got.into_iter().filter_map(rsvd::Got::spectrum).collect())
     }
 
     fn gemm(
@@ -321,32 +259,9 @@ impl Backend for Gpu {
         trans_a: bool,
         trans_b: bool,
     ) -> Result<Matrix, ComputeError> {
-        let (ar, ac) = if trans_a {
-            (a.cols(), a.rows())
-        } else {
-            a.shape()
-        };
-        let (br, bc) = if trans_b {
-            (b.cols(), b.rows())
-        } else {
-            b.shape()
-        };
-        if ac != br {
-            return Err(ComputeError::ShapeMismatch {
-                what: "gemm: rows of op(b) must equal columns of op(a)",
-                index: 1,
-                expected: (ac, bc),
-                found: (br, bc),
-            });
-        }
-        let expected = ar.checked_mul(bc).ok_or(ComputeError::DataLength {
-            rows: ar,
-            cols: bc,
-            len: 0,
-            expected: usize::MAX,
-        })?;
-        if expected == 0 {
-            return Matrix::new(ar, bc, Vec::new());
+        let (rows, cols) = gemm_shape(a, b, trans_a, trans_b)?;
+        if rows * cols == 0 {
+            return Matrix::new(rows, cols, Vec::new());
         }
         self.ctx
             .run(|| gemm::gemm_host(&self.ctx, a, b, trans_a, trans_b))
@@ -358,8 +273,7 @@ impl Backend for Gpu {
         sparsity: f32,
         pattern: MaskPattern,
     ) -> Result<MaskResult, ComputeError> {
-        check_finite(w, 0)?;
-        mask::magnitude_mask(&self.ctx, w, sparsity, pattern)
+        rules::magnitude_mask(&self.ctx, w, sparsity, pattern)
     }
 
     fn global_threshold(
@@ -367,11 +281,7 @@ impl Backend for Gpu {
         batch: &[MatrixRef<'_>],
         sparsity: f32,
     ) -> Result<f32, ComputeError> {
-        mask::check_sparsity(sparsity)?;
-        for (i, w) in batch.iter().enumerate() {
-            check_finite(*w, i)?;
-        }
-        mask::global_threshold(&self.ctx, batch, sparsity)
+        rules::global_threshold(&self.ctx, batch, sparsity)
     }
 
     fn global_magnitude_masks(
@@ -379,29 +289,18 @@ impl Backend for Gpu {
         batch: &[MatrixRef<'_>],
         sparsity: f32,
     ) -> Result<Vec<MaskResult>, ComputeError> {
-        mask::check_sparsity(sparsity)?;
-        for (i, w) in batch.iter().enumerate() {
-            check_finite(*w, i)?;
-        }
-        mask::global_masks(&self.ctx, batch, sparsity)
+        rules::global_masks(&self.ctx, batch, sparsity)
     }
 
     fn full_spectrum(&self, w: MatrixRef<'_>) -> Result<Vec<f32>, ComputeError> {
+        if !self.ctx.f64 {
+            return Cpu.full_spectrum(w);
+        }
         let (m, n) = w.shape();
         if m == 0 || n == 0 {
             return Ok(Vec::new());
         }
-        if let Some(i) = w.data().iter().position(|x| !x.is_finite()) {
-            return Err(ComputeError::NonFinite {
-                index: 0,
-                row: i / n,
-                col: i % n,
-                value: w.data()[i],
-            });
-        }
-        if !self.ctx.f64 {
-            return Cpu.full_spectrum(w);
-        }
+        check_finite(w, 0)?;
         rsvd::full_spectrum(&self.ctx, w)
     }
 
@@ -415,12 +314,12 @@ impl Backend for Gpu {
 }
 
 impl Gpu {
+    /// Row or column norms on the device (`f64` shaders) or the CPU; the CPU's if the device
+    /// fails.
     fn norms(&self, w: MatrixRef<'_>, rows: bool) -> Vec<f32> {
-        if self.ctx.f64 {
-            match mask::sq_norms(&self.ctx, w, rows) {
-                Ok(sq) => return sq.into_iter().map(|s| s.sqrt() as f32).collect(),
-                Err(e) => tracing::warn!("GPU norms failed ({e}); computing them on the CPU"),
-            }
+        match self.ctx.sq_norms(w, rows) {
+            Ok(sq) => return rules::norms(sq),
+            Err(e) => tracing::warn!("GPU norms failed ({e}); computing them on the CPU"),
         }
         if rows {
             Cpu.row_norms(w)

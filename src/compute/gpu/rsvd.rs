@@ -24,32 +24,23 @@ use super::device::{device_err, Ctx, GpuResult, Session};
 use super::gemm::{record, Gemm, Operand, Output};
 use crate::compute::dense::{cholesky_upper, inv_upper, svd_f64, to_f64};
 use crate::compute::rng::gaussian_f32;
-use crate::compute::{ComputeError, Factors, Matrix, MatrixRef};
+use crate::compute::rsvd::{
+    finish, gram_factors, gram_singular_values, max_dev_from_identity, shifted_cholesky, svd_basis,
+    top_eigen, Orth, MAX_PASSES, ONE_PASS_KAPPA,
+};
+use crate::compute::{ComputeError, Factors, MatrixRef, SvdOptions};
 
-/// Cholesky-QR passes tried (with `f64` Grams, as on the CPU) before the SVD fallback.
-const MAX_PASSES_F64: usize = 4;
-/// Passes with `f32` Grams (one more: the last one only checks).
-const MAX_PASSES_F32: usize = 5;
+/// Cholesky-QR passes with `f32` Grams (one more than the CPU's `MAX_PASSES` with `f64` ones:
+/// the last one only checks).
+const MAX_PASSES_F32: usize = MAX_PASSES + 1;
 /// With `f32` Grams, a basis counts as orthonormal when `max |QᵀQ − I|` is below this.
 const F32_ORTH_TOL: f64 = 1e-4;
 /// Most matrices per group (keeps `batch · splits` within the dispatch limit).
 const MAX_GROUP: usize = 1024;
 /// Largest condition number of R (bounded by [`frobenius_condition`]) for which a
-/// power-iteration iterate takes a single Cholesky-QR pass (as the CPU's `Orth::Iterate`),
-/// with `f64` and with `f32` Grams.
-const ONE_PASS_KAPPA_F64: f64 = 1e4;
+/// power-iteration iterate takes a single Cholesky-QR pass (the CPU's `Orth::Iterate`) with
+/// `f32` Grams; with `f64` Grams it is the CPU's `ONE_PASS_KAPPA`.
 const ONE_PASS_KAPPA_F32: f64 = 1e2;
-
-/// How orthonormal a basis must be (the CPU's `rsvd::Orth`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Need {
-    /// Orthonormal to working precision: the basis the factors are built from.
-    Final,
-    /// A well-conditioned basis of the same span: a power-iteration iterate, whose next
-    /// product is orthonormalised again. One pass when the Cholesky factor is well
-    /// conditioned.
-    Iterate,
-}
 
 /// Row blocks `(first row, rows)` of `m` rows with at most `rows` each.
 fn blocks(m: usize, rows: usize) -> Vec<(usize, usize)> {
@@ -223,37 +214,14 @@ impl<'c> Group<'c> {
     ) -> GpuResult<()> {
         let (n, c) = (self.n, out.cols);
         for (b, &(_, rows)) in self.blocks.iter().enumerate() {
-            record(
-                s,
-                &Gemm {
-                    a: Operand {
-                        buf: &self.w[b],
-                        off: 0,
-                        ld: n as u64,
-                        stride: (rows * n) as u64,
-                        trans: false,
-                    },
-                    b: Operand {
-                        buf: x,
-                        off: 0,
-                        ld: c as u64,
-                        stride: if shared { 0 } else { (n * c) as u64 },
-                        trans: false,
-                    },
-                    c: Output {
-                        buf: &out.bufs[b],
-                        off: 0,
-                        ld: c as u64,
-                        stride: (rows * c) as u64,
-                    },
-                    m: rows as u64,
-                    n: c as u64,
-                    k: n as u64,
-                    batch: self.g as u64,
-                    accumulate: false,
-                    f64: out.f64,
-                },
-            )?;
+            let g = Gemm::new(
+                Operand::new(&self.w[b], n, rows * n),
+                Operand::new(x, c, if shared { 0 } else { n * c }),
+                Output::new(&out.bufs[b], 0, c, rows * c),
+                (rows, c, n),
+                self.g,
+            );
+            record(s, &g.f64(out.f64))?;
         }
         Ok(())
     }
@@ -262,37 +230,14 @@ impl<'c> Group<'c> {
     fn wt_times(&self, s: &mut Session<'_>, q: &Tall, out: &Tall) -> GpuResult<()> {
         let (n, c) = (self.n, q.cols);
         for (b, &(_, rows)) in self.blocks.iter().enumerate() {
-            record(
-                s,
-                &Gemm {
-                    a: Operand {
-                        buf: &self.w[b],
-                        off: 0,
-                        ld: n as u64,
-                        stride: (rows * n) as u64,
-                        trans: true,
-                    },
-                    b: Operand {
-                        buf: &q.bufs[b],
-                        off: 0,
-                        ld: c as u64,
-                        stride: (rows * c) as u64,
-                        trans: false,
-                    },
-                    c: Output {
-                        buf: &out.bufs[0],
-                        off: 0,
-                        ld: c as u64,
-                        stride: (n * c) as u64,
-                    },
-                    m: n as u64,
-                    n: c as u64,
-                    k: rows as u64,
-                    batch: self.g as u64,
-                    accumulate: b > 0,
-                    f64: out.f64,
-                },
-            )?;
+            let g = Gemm::new(
+                Operand::new(&self.w[b], n, rows * n).t(),
+                Operand::new(&q.bufs[b], c, rows * c),
+                Output::new(&out.bufs[0], 0, c, n * c),
+                (n, c, rows),
+                self.g,
+            );
+            record(s, &g.accumulate(b > 0).f64(out.f64))?;
         }
         Ok(())
     }
@@ -301,32 +246,15 @@ impl<'c> Group<'c> {
     fn gram(&self, s: &mut Session<'_>, t: &Tall, gram: &wgpu::Buffer) -> GpuResult<()> {
         let c = t.cols;
         for (b, &rows) in t.rows.iter().enumerate() {
-            let op = Operand {
-                buf: &t.bufs[b],
-                off: 0,
-                ld: c as u64,
-                stride: (rows * c) as u64,
-                trans: false,
-            };
-            record(
-                s,
-                &Gemm {
-                    a: Operand { trans: true, ..op },
-                    b: op,
-                    c: Output {
-                        buf: gram,
-                        off: 0,
-                        ld: c as u64,
-                        stride: (c * c) as u64,
-                    },
-                    m: c as u64,
-                    n: c as u64,
-                    k: rows as u64,
-                    batch: self.g as u64,
-                    accumulate: b > 0,
-                    f64: self.ctx.f64,
-                },
-            )?;
+            let op = Operand::new(&t.bufs[b], c, rows * c);
+            let g = Gemm::new(
+                op.t(),
+                op,
+                Output::new(gram, 0, c, c * c),
+                (c, c, rows),
+                self.g,
+            );
+            record(s, &g.accumulate(b > 0).f64(self.ctx.f64))?;
         }
         Ok(())
     }
@@ -341,37 +269,14 @@ impl<'c> Group<'c> {
     ) -> GpuResult<()> {
         let (c, c2) = (t.cols, out.cols);
         for (b, &rows) in t.rows.iter().enumerate() {
-            record(
-                s,
-                &Gemm {
-                    a: Operand {
-                        buf: &t.bufs[b],
-                        off: 0,
-                        ld: c as u64,
-                        stride: (rows * c) as u64,
-                        trans: false,
-                    },
-                    b: Operand {
-                        buf: small,
-                        off: 0,
-                        ld: c2 as u64,
-                        stride: (c * c2) as u64,
-                        trans: false,
-                    },
-                    c: Output {
-                        buf: &out.bufs[b],
-                        off: 0,
-                        ld: c2 as u64,
-                        stride: (rows * c2) as u64,
-                    },
-                    m: rows as u64,
-                    n: c2 as u64,
-                    k: c as u64,
-                    batch: self.g as u64,
-                    accumulate: false,
-                    f64: out.f64,
-                },
-            )?;
+            let g = Gemm::new(
+                Operand::new(&t.bufs[b], c, rows * c),
+                Operand::new(small, c2, c * c2),
+                Output::new(&out.bufs[b], 0, c2, rows * c2),
+                (rows, c2, c),
+                self.g,
+            );
+            record(s, &g.f64(out.f64))?;
         }
         Ok(())
     }
@@ -420,14 +325,14 @@ impl<'c> Group<'c> {
     /// [`F32_ORTH_TOL`]. A Gram that is not positive definite gets the shifted Cholesky;
     /// a matrix still not done after the last pass (numerically rank-deficient) gets an
     /// orthonormal basis from the `f64` SVD of its current iterate, on the CPU. An
-    /// [`Need::Iterate`] whose first Cholesky factor has κ(R) within the one-pass bound takes
+    /// [`Orth::Iterate`] whose first Cholesky factor has κ(R) within the one-pass bound takes
     /// that single pass.
     fn orth(
         &self,
         s: &mut Session<'_>,
         cur: &mut Tall,
         spare: &mut Tall,
-        need: Need,
+        need: Orth,
     ) -> GpuResult<()> {
         let (g, k) = (self.g, cur.cols);
         let rows = cur.total_rows();
@@ -442,9 +347,9 @@ impl<'c> Group<'c> {
         } else {
             f32::EPSILON as f64
         };
-        let max_passes = if f64 { MAX_PASSES_F64 } else { MAX_PASSES_F32 };
+        let max_passes = if f64 { MAX_PASSES } else { MAX_PASSES_F32 };
         let one_pass = if f64 {
-            ONE_PASS_KAPPA_F64
+            ONE_PASS_KAPPA
         } else {
             ONE_PASS_KAPPA_F32
         };
@@ -476,7 +381,7 @@ impl<'c> Group<'c> {
                         Some(r) => {
                             let ri = inv_upper(&r, k);
                             let single = pass == 0
-                                && need == Need::Iterate
+                                && need == Orth::Iterate
                                 && frobenius_condition(&r, &ri) <= one_pass;
                             Step::Apply(ri, finishes, single)
                         }
@@ -532,20 +437,8 @@ impl<'c> Group<'c> {
         }
         // Rank-deficient iterates: an orthonormal basis from the f64 SVD (CPU).
         let all = self.read_all::<f32>(s, cur)?;
-        let bases: Vec<Result<Vec<f32>, String>> = redo
-            .iter()
-            .map(|&i| {
-                let y = to_f64(&all[i]);
-                let (u, _, _) = svd_f64(MatRef::from_row_major_slice(&y, rows, k), true)?;
-                let mut out = vec![0.0f32; rows * k];
-                for r in 0..rows {
-                    for j in 0..k.min(u.ncols()) {
-                        out[r * k + j] = u[(r, j)] as f32;
-                    }
-                }
-                Ok(out)
-            })
-            .collect();
+        let bases: Vec<Result<Vec<f32>, String>> =
+            redo.iter().map(|&i| svd_basis(&all[i], rows, k)).collect();
         for (&i, basis) in redo.iter().zip(bases) {
             let basis = basis.map_err(|reason| ComputeError::Numerical { index: i, reason })?;
             let mut r0 = 0usize;
@@ -560,7 +453,7 @@ impl<'c> Group<'c> {
     }
 
     /// The range finder: `Q = orth(W·Ω)`, then `power_iters` rounds of `P = orth(Wᵀ·Q)`,
-    /// `Q = orth(W·P)`; every basis but the last is an iterate ([`Need::Iterate`]). Returns
+    /// `Q = orth(W·P)`; every basis but the last is an iterate ([`Orth::Iterate`]). Returns
     /// `(Q, spare)`, both m-side with `k` columns.
     fn range_finder(
         &self,
@@ -573,9 +466,9 @@ impl<'c> Group<'c> {
         let mut spare = self.tall(k, false)?;
         let need = |i: usize| {
             if i == power_iters {
-                Need::Final
+                Orth::Final
             } else {
-                Need::Iterate
+                Orth::Iterate
             }
         };
         self.w_times(s, omega, true, &q)?;
@@ -585,7 +478,7 @@ impl<'c> Group<'c> {
             let mut zs = self.side(self.n, k, false)?;
             for i in 1..=power_iters {
                 self.wt_times(s, &q, &z)?;
-                self.orth(s, &mut z, &mut zs, Need::Iterate)?;
+                self.orth(s, &mut z, &mut zs, Orth::Iterate)?;
                 self.w_times(s, &z.bufs[0], false, &q)?;
                 self.orth(s, &mut q, &mut spare, need(i))?;
             }
@@ -607,77 +500,6 @@ fn frobenius_condition(r: &[f64], rinv: &[f64]) -> f64 {
     }
 }
 
-fn max_dev_from_identity(g: &[f64], k: usize) -> f64 {
-    let mut dev = 0.0f64;
-    for i in 0..k {
-        for j in 0..k {
-            let e = if i == j { 1.0 } else { 0.0 };
-            dev = dev.max((g[i * k + j] - e).abs());
-        }
-    }
-    if dev.is_nan() {
-        f64::INFINITY
-    } else {
-        dev
-    }
-}
-
-/// Cholesky of `g + sI` with the shift of shifted Cholesky-QR3 (Fukaya et al.) for a Gram
-/// accumulated with unit roundoff `eps`: `s = 11 (mk + k(k+1)) eps · trace(G)`, grown ×100
-/// up to four times.
-fn shifted_cholesky(g: &[f64], m: usize, k: usize, eps: f64) -> Option<Vec<f64>> {
-    let trace: f64 = (0..k).map(|i| g[i * k + i]).sum();
-    if !(trace.is_finite() && trace > 0.0) {
-        return None;
-    }
-    let mut s = 11.0 * ((m * k + k * (k + 1)) as f64) * eps * trace;
-    for _ in 0..4 {
-        let mut gs = g.to_vec();
-        for i in 0..k {
-            gs[i * k + i] += s;
-        }
-        if let Some(r) = cholesky_upper(&gs, k) {
-            return Some(r);
-        }
-        s *= 100.0;
-    }
-    None
-}
-
-/// Factors with the sign convention of [`Factors`]: in each row of `vt` the entry of largest
-/// magnitude (the first on ties) is made positive, flipping the matching column of `u`.
-pub(super) fn signed_factors(
-    mut u: Vec<f32>,
-    s: &[f64],
-    mut vt: Vec<f32>,
-    m: usize,
-    n: usize,
-) -> GpuResult<Factors> {
-    let r = s.len();
-    for l in 0..r {
-        let row = &vt[l * n..(l + 1) * n];
-        let mut best = 0usize;
-        for (j, v) in row.iter().enumerate() {
-            if v.abs() > row[best].abs() {
-                best = j;
-            }
-        }
-        if n > 0 && row[best] < 0.0 {
-            for v in &mut vt[l * n..(l + 1) * n] {
-                *v = -*v;
-            }
-            for i in 0..m {
-                u[i * r + l] = -u[i * r + l];
-            }
-        }
-    }
-    Ok(Factors {
-        u: Matrix::new(m, r, u)?,
-        s: s.iter().map(|&x| x as f32).collect(),
-        vt: Matrix::new(r, n, vt)?,
-    })
-}
-
 /// What the randomized path returns per matrix.
 pub(super) enum Want {
     /// Rank-`rank` factors.
@@ -692,16 +514,34 @@ pub(super) enum Got {
     Spectrum(Vec<f32>),
 }
 
+impl Got {
+    /// The factors, for [`Want::Factors`].
+    pub(super) fn factors(self) -> Option<Factors> {
+        match self {
+            Got::Factors(f) => Some(f),
+            Got::Spectrum(_) => None,
+        }
+    }
+
+    /// The singular values, for [`Want::Spectrum`].
+    pub(super) fn spectrum(self) -> Option<Vec<f32>> {
+        match self {
+            Got::Spectrum(s) => Some(s),
+            Got::Factors(_) => None,
+        }
+    }
+}
+
 /// The randomized SVD (or spectrum) of every matrix of `batch` (same shape, validated) with
-/// a sketch of `k` columns.
+/// a sketch of `k` columns (`opts`: seed and power iterations).
 pub(super) fn randomized(
     ctx: &Ctx,
     batch: &[MatrixRef<'_>],
     k: usize,
-    power_iters: usize,
-    seed: u64,
+    opts: &SvdOptions,
     want: Want,
 ) -> GpuResult<Vec<Got>> {
+    let (seed, power_iters) = (opts.seed, opts.power_iters);
     let (m, n) = batch[0].shape();
     let r = match want {
         Want::Factors(r) => r,
@@ -773,7 +613,7 @@ pub(super) fn randomized(
                             vt[l * n + j] = vb[(j, l)] as f32;
                         }
                     }
-                    out.push(Got::Factors(signed_factors(u, &sv[..rr], vt, m, n)?));
+                    out.push(Got::Factors(finish(u, &sv[..rr], vt, m, n, rr)));
                 }
             }
         }
@@ -793,37 +633,14 @@ fn short_gram(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuRe
         // G[a-block rows, b-block rows] = W_a · W_bᵀ.
         for (a, &(ra, rows_a)) in grp.blocks.iter().enumerate() {
             for (b, &(rb, rows_b)) in grp.blocks.iter().enumerate() {
-                record(
-                    s,
-                    &Gemm {
-                        a: Operand {
-                            buf: &grp.w[a],
-                            off: 0,
-                            ld: n as u64,
-                            stride: (rows_a * n) as u64,
-                            trans: false,
-                        },
-                        b: Operand {
-                            buf: &grp.w[b],
-                            off: 0,
-                            ld: n as u64,
-                            stride: (rows_b * n) as u64,
-                            trans: true,
-                        },
-                        c: Output {
-                            buf: &gram,
-                            off: (ra * m + rb) as u64,
-                            ld: m as u64,
-                            stride: (m * m) as u64,
-                        },
-                        m: rows_a as u64,
-                        n: rows_b as u64,
-                        k: n as u64,
-                        batch: grp.g as u64,
-                        accumulate: false,
-                        f64: true,
-                    },
-                )?;
+                let g = Gemm::new(
+                    Operand::new(&grp.w[a], n, rows_a * n),
+                    Operand::new(&grp.w[b], n, rows_b * n).t(),
+                    Output::new(&gram, ra * m + rb, m, m * m),
+                    (rows_a, rows_b, n),
+                    grp.g,
+                );
+                record(s, &g.f64(true))?;
             }
         }
     } else {
@@ -885,30 +702,17 @@ pub(super) fn gram_path(
             .into_par_iter()
             .map(|i| {
                 let g = &gs[i * sd * sd..(i + 1) * sd * sd];
-                let gm = faer::Mat::<f64>::from_fn(sd, sd, |a, b| g[a * sd + b]);
-                let eig = gm.self_adjoint_eigen(faer::Side::Lower).map_err(|e| {
-                    ComputeError::Numerical {
-                        index: base + i,
-                        reason: format!("eigendecomposition: {e:?}"),
-                    }
+                let top = top_eigen(g, sd, r).map_err(|reason| ComputeError::Numerical {
+                    index: base + i,
+                    reason,
                 })?;
-                let vecs = eig.U();
-                let vals = eig.S();
-                // Eigenvalues ascend: the last r, largest first.
-                let idx: Vec<usize> = (0..r).map(|l| sd - 1 - l).collect();
-                let sig: Vec<f64> = idx.iter().map(|&a| vals[a].max(0.0).sqrt()).collect();
-                let floor = sig.first().copied().unwrap_or(0.0) * 1e-7;
-                let mut short = vec![0.0f32; sd * r];
                 let mut scaled = vec![0.0f32; sd * r];
-                for l in 0..r {
-                    let inv = if sig[l] > floor { 1.0 / sig[l] } else { 0.0 };
-                    for a in 0..sd {
-                        let e = vecs[(a, idx[l])];
-                        short[a * r + l] = e as f32;
-                        scaled[a * r + l] = (e * inv) as f32;
+                for a in 0..sd {
+                    for l in 0..r {
+                        scaled[a * r + l] = (top.e[(a, l)] * top.inv[l]) as f32;
                     }
                 }
-                Ok((sig, short, scaled))
+                Ok((top.sig, top.short, scaled))
             })
             .collect();
         let eigs = eigs.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -947,13 +751,7 @@ pub(super) fn gram_path(
         })?;
         for ((sig, short, _), long) in eigs.into_iter().zip(longs) {
             let long_f: Vec<f32> = long.iter().map(|&x| x as f32).collect();
-            let (u, vt) = if wide {
-                (short, transpose(&long_f, n, r))
-            } else {
-                (long_f, transpose(&short, n, r))
-            };
-            debug_assert_eq!(u.len(), m * r);
-            out.push(signed_factors(u, &sig, vt, m, n)?);
+            out.push(gram_factors(&sig, short, long_f, m, n));
         }
     }
     Ok(out)
@@ -978,24 +776,5 @@ pub(super) fn full_spectrum(ctx: &Ctx, w: MatrixRef<'_>) -> GpuResult<Vec<f32>> 
         let gram = short_gram(&grp, &mut s, m, n)?;
         s.read(&gram, 0, s64 * s64)
     })?;
-    let mat = faer::Mat::<f64>::from_fn(sd, sd, |i, j| g[i * sd + j]);
-    let ev = mat
-        .self_adjoint_eigenvalues(faer::Side::Lower)
-        .map_err(|e| ComputeError::Numerical {
-            index: 0,
-            reason: format!("eigenvalues of the Gram matrix: {e:?}"),
-        })?;
-    let mut sv: Vec<f32> = ev.iter().map(|&e| e.max(0.0).sqrt() as f32).collect();
-    sv.sort_by(|a, b| b.total_cmp(a));
-    Ok(sv)
-}
-
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; rows * cols];
-    for i in 0..rows {
-        for j in 0..cols {
-            out[j * rows + i] = x[i * cols + j];
-        }
-    }
-    out
+    gram_singular_values(&g, sd)
 }

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use super::gemm::{gemm_source, record, reduce_source, Gemm, Operand, Output};
 use super::*;
 use crate::compute::rng::gaussian_f32;
+use crate::compute::tests::orthonormality;
 
 fn skip_allowed() -> bool {
     std::env::var("HCC_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")
@@ -101,19 +102,6 @@ fn rel_error(w: &Matrix, f: &Factors) -> f64 {
     } else {
         (num / den).sqrt()
     }
-}
-
-/// `max |MᵀM − I|` over the columns of `u`, restricted to the first `r` columns.
-fn orthonormality(u: &Matrix, r: usize) -> f64 {
-    let g = Cpu.gemm(u.view(), u.view(), true, false).unwrap();
-    let mut dev = 0.0f64;
-    for i in 0..r {
-        for j in 0..r {
-            let e = if i == j { 1.0 } else { 0.0 };
-            dev = dev.max((g.get(i, j).unwrap() as f64 - e).abs());
-        }
-    }
-    dev
 }
 
 /// Largest deviations seen between GPU and CPU factors.
@@ -466,6 +454,39 @@ fn gemm_other_tiles_match_cpu() {
         let worst = gemm_cases(&gpu);
         eprintln!("GEMM tiles {tiles:?} unchecked={unchecked}: worst {worst:.2e}");
     }
+}
+
+/// The GEMM timing hook: every transpose combination, with and without split-K, gives sane
+/// medians (GPU times where the adapter has timestamps); bad arguments are errors.
+#[test]
+fn bench_gemm_times_the_kernel() {
+    let Some(gpu) = gpu() else { return };
+    for (m, n, k) in [(96, 80, 64), (40, 24, 1100)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let t = gpu.bench_gemm(m, n, k, ta, tb, 3).unwrap();
+            assert_eq!(
+                (t.m, t.n, t.k, t.trans_a, t.trans_b, t.reps),
+                (m, n, k, ta, tb, 3)
+            );
+            assert!(t.min_seconds > 0.0 && t.min_seconds <= t.seconds, "{t:?}");
+            let flop = 2.0 * (m * n * k) as f64;
+            assert!((t.tflops - flop / t.seconds / 1e12).abs() <= 1e-9 * t.tflops);
+            assert_eq!(t.gpu_seconds.is_some(), gpu.has_timestamps(), "{t:?}");
+            if let Some(g) = t.gpu_seconds {
+                assert!(g > 0.0 && g.is_finite());
+            }
+            // The deep, narrow shape is split along k (then a reduction pass follows).
+            assert_eq!(t.splits > 1, k > 1000, "{t:?}");
+        }
+    }
+    assert!(matches!(
+        gpu.bench_gemm(0, 4, 4, false, false, 1),
+        Err(ComputeError::Device(_))
+    ));
+    assert!(matches!(
+        gpu.bench_gemm(4, 4, 4, false, false, 0),
+        Err(ComputeError::Device(_))
+    ));
 }
 
 /// The batched kernel directly: per-matrix and shared operands, offsets, accumulation and
