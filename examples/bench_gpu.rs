@@ -99,6 +99,13 @@ fn env_or_unset(name: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    // RUST_LOG=hcc=debug (or trace) prints the GPU backend's timings of each phase.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = parse_args()?;
     let out = Out { json: args.json };
     // Every dimension (and rank) of the benchmark, scaled for --small.

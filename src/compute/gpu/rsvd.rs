@@ -363,8 +363,13 @@ impl<'c> Group<'c> {
             Apply(Vec<f64>, bool, bool),
         }
         for pass in 0..max_passes {
+            let tp = std::time::Instant::now();
             self.gram(s, cur, &gram)?;
             let gs = self.read_grams(s, &gram, k)?;
+            tracing::trace!(
+                "gpu orth pass {pass}: products + Gram + read {:.4} s",
+                tp.elapsed().as_secs_f64()
+            );
             // Sequential: this runs inside a device section (no rayon there).
             let steps: Vec<Step> = (0..g)
                 .map(|i| {
@@ -554,15 +559,25 @@ pub(super) fn randomized(
     for (gi, mats) in batch.chunks(plan.g).enumerate() {
         let base = gi * plan.g;
         // Device section 1: upload, range finder, Bᵀ = Wᵀ·Q (n × k per matrix).
+        let t0 = std::time::Instant::now();
         let (grp, q, mut spare, bts) = ctx.run(|| {
             let grp = Group::upload(ctx, mats, &plan.blocks)?;
+            let t_up = t0.elapsed().as_secs_f64();
             let mut s = Session::new(ctx);
             let (q, spare) = grp.range_finder(&mut s, &omega_buf, k, power_iters)?;
+            let t_rf = t0.elapsed().as_secs_f64();
             let bt = grp.side(n, k, false)?;
             grp.wt_times(&mut s, &q, &bt)?;
             let bts: Vec<f32> = s.read(&bt.bufs[0], 0, (grp.g * n * k) as u64)?;
+            tracing::debug!(
+                "gpu rsvd {}×{m}×{n} k={k}: upload {t_up:.4} s, range finder {:.4} s, Bᵀ {:.4} s",
+                grp.g,
+                t_rf - t_up,
+                t0.elapsed().as_secs_f64() - t_rf
+            );
             Ok((grp, q, spare, bts))
         })?;
+        let t1 = std::time::Instant::now();
         // CPU, in parallel: the SVDs of Bᵀ.
         let vectors = matches!(want, Want::Factors(_));
         let svds: Vec<Result<_, ComputeError>> = (0..grp.g)
@@ -578,6 +593,8 @@ pub(super) fn randomized(
             })
             .collect();
         let svds = svds.into_iter().collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!("gpu rsvd: CPU SVDs of Bᵀ {:.4} s", t1.elapsed().as_secs_f64());
+        let t2 = std::time::Instant::now();
         match want {
             Want::Spectrum(kk) => {
                 for (_, sv, _) in &svds {
@@ -605,6 +622,7 @@ pub(super) fn randomized(
                     grp.times_small(&mut s, &q, &ub_buf, &spare)?;
                     grp.read_all::<f32>(&mut s, &spare)
                 })?;
+                tracing::debug!("gpu rsvd: U = Q·Ub {:.4} s", t2.elapsed().as_secs_f64());
                 for (u, (vb, sv, _)) in us.into_iter().zip(&svds) {
                     let rr = r.min(sv.len());
                     let mut vt = vec![0.0f32; rr * n];
@@ -688,13 +706,21 @@ pub(super) fn gram_path(
     for (gi, mats) in batch.chunks(plan.g).enumerate() {
         let base = gi * plan.g;
         // Device section 1: upload, short-side Grams.
+        let t0 = std::time::Instant::now();
         let (grp, gs) = ctx.run(|| {
             let grp = Group::upload(ctx, mats, &plan.blocks)?;
+            let t_up = t0.elapsed().as_secs_f64();
             let mut s = Session::new(ctx);
             let gram = short_gram(&grp, &mut s, m, n)?;
             let gs: Vec<f64> = s.read(&gram, 0, (grp.g * sd * sd) as u64)?;
+            tracing::debug!(
+                "gpu gram path {}×{m}×{n}: upload {t_up:.4} s, Grams + read {:.4} s",
+                grp.g,
+                t0.elapsed().as_secs_f64() - t_up
+            );
             Ok((grp, gs))
         })?;
+        let t1 = std::time::Instant::now();
         // CPU, in parallel: the eigendecompositions.
         // Per matrix: eigenvectors E (s × r), σ, and E·diag(1/σ) for the long side.
         type Eig = (Vec<f64>, Vec<f32>, Vec<f32>);
@@ -716,6 +742,7 @@ pub(super) fn gram_path(
             })
             .collect();
         let eigs = eigs.into_iter().collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!("gpu gram path: CPU eigendecompositions {:.4} s", t1.elapsed().as_secs_f64());
         // Device section 2: the long side, W·E/σ (tall) or Wᵀ·E/σ (wide), in f64.
         let longs: Vec<Vec<f64>> = ctx.run(|| {
             let mut s = Session::new(ctx);
