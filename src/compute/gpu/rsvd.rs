@@ -593,7 +593,10 @@ pub(super) fn randomized(
             })
             .collect();
         let svds = svds.into_iter().collect::<Result<Vec<_>, _>>()?;
-        tracing::debug!("gpu rsvd: CPU SVDs of Bᵀ {:.4} s", t1.elapsed().as_secs_f64());
+        tracing::debug!(
+            "gpu rsvd: CPU SVDs of Bᵀ {:.4} s",
+            t1.elapsed().as_secs_f64()
+        );
         let t2 = std::time::Instant::now();
         match want {
             Want::Spectrum(kk) => {
@@ -742,7 +745,10 @@ pub(super) fn gram_path(
             })
             .collect();
         let eigs = eigs.into_iter().collect::<Result<Vec<_>, _>>()?;
-        tracing::debug!("gpu gram path: CPU eigendecompositions {:.4} s", t1.elapsed().as_secs_f64());
+        tracing::debug!(
+            "gpu gram path: CPU eigendecompositions {:.4} s",
+            t1.elapsed().as_secs_f64()
+        );
         // Device section 2: the long side, W·E/σ (tall) or Wᵀ·E/σ (wide), in f64.
         let longs: Vec<Vec<f64>> = ctx.run(|| {
             let mut s = Session::new(ctx);
