@@ -608,6 +608,8 @@ pub(super) struct Session<'c> {
     pub(super) ctx: &'c Ctx,
     enc: Option<wgpu::CommandEncoder>,
     stamps: Option<&'c Stamps>,
+    /// Dispatches recorded since the last submission (for the trace log).
+    recorded: usize,
 }
 
 impl<'c> Session<'c> {
@@ -616,6 +618,7 @@ impl<'c> Session<'c> {
             ctx,
             enc: None,
             stamps: None,
+            recorded: 0,
         }
     }
 
@@ -694,6 +697,7 @@ impl<'c> Session<'c> {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
+        self.recorded += 1;
         let timestamp_writes = self.stamps.and_then(Stamps::next);
         let enc = self.enc();
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -732,7 +736,13 @@ impl<'c> Session<'c> {
                 timeout: None,
             })
             .map_err(|e| device_err(format!("waiting for the device: {e}")))?;
-        Ok(t0.elapsed().as_secs_f64())
+        let t = t0.elapsed().as_secs_f64();
+        tracing::trace!(
+            "gpu submit: {} dispatches, submit + wait {:.4} s",
+            std::mem::take(&mut self.recorded),
+            t
+        );
+        Ok(t)
     }
 
     /// Submits what was recorded, then reads `count` elements of type `T` of each buffer
