@@ -748,7 +748,6 @@ impl<'a> Engine<'a> {
             node.domain = pn.domain.clone();
             node.attributes = pn.attributes.clone();
             // Trailing optional inputs that are absent are left out, not written as "".
-            let mut inputs = inputs;
             while inputs.last().is_some_and(Option::is_none) {
                 inputs.pop();
             }
