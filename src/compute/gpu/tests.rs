@@ -1088,3 +1088,35 @@ fn tall_decaying_spectrum() {
         assert!(worst_sigma <= 1e-3);
     }
 }
+
+/// Uploads past the parallel-staging threshold arrive byte for byte, whatever the part
+/// boundaries (odd lengths, parts spanning several staging chunks, an empty part).
+#[test]
+fn large_uploads_are_staged_in_parallel_and_exact() {
+    let Some(gpu) = open(GpuOptions::default()) else {
+        return;
+    };
+    let ctx = &gpu.ctx;
+    let lens = [3_000_001usize, 0, 17, 5_500_003];
+    let parts: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| (0..n).map(|i| (i as f32) * 0.5 + p as f32 * 1e6).collect())
+        .collect();
+    let refs: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
+    let total: usize = lens.iter().sum();
+    assert!((total * 4) as u64 >= super::device::PARALLEL_UPLOAD);
+    let back: Vec<f32> = ctx
+        .run(|| {
+            let buf = ctx.upload(&refs, "large")?;
+            let mut s = super::device::Session::new(ctx);
+            s.read(&buf, 0, total as u64)
+        })
+        .unwrap();
+    let want: Vec<f32> = parts.concat();
+    assert_eq!(back.len(), want.len());
+    assert!(back
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
