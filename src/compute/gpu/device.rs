@@ -421,7 +421,7 @@ impl Ctx {
             .map_or(1, |n| n.get())
             .min(8);
         if bytes >= PARALLEL_UPLOAD && threads > 1 {
-            let bytes_parts: Vec<&[u8]> = parts.iter().map(|p| bytemuck::cast_slice(*p)).collect();
+            let bytes_parts: Vec<&[u8]> = parts.iter().map(|p| bytemuck::cast_slice(p)).collect();
             return self.upload_parallel(&bytes_parts, size, threads, what);
         }
         let buf = self.storage(size, what, true)?;

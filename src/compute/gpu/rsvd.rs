@@ -664,7 +664,7 @@ fn small_svd(
     }
     let r = rank.min(k);
     let top = crate::compute::rsvd::top_eigen(&g, k, r)?;
-    if top.inv.iter().any(|&x| x == 0.0) {
+    if top.inv.contains(&0.0) {
         return svd_f64(MatRef::from_row_major_slice(bt, n, k), true);
     }
     // V_B = Bᵀ · E · diag(1/σ).
