@@ -106,10 +106,17 @@ pub struct GpuOptions {
     pub binding_limit: Option<u64>,
     /// Only adapters whose name contains this (case-insensitive) are considered.
     pub adapter: Option<String>,
-    /// Do not use `f64` in shaders even where the adapter supports it: Gram matrices are then
+    /// Do not use `f64` in shaders even where the adapter supports it (also set by
+    /// `HCC_GPU_NO_F64=1`; hardware adapters do without unless [`GpuOptions::prefer_f64`]):
+    /// Gram matrices are then
     /// accumulated in `f32` (Cholesky-QR passes repeat until orthogonality is checked), the
     /// Gram-eigendecomposition path and norms run on the CPU.
     pub disable_f64: bool,
+    /// Use `f64` shaders on a hardware adapter that supports them (also set by
+    /// `HCC_GPU_F64=1`). By default only software adapters use them: on GPUs, f64 arithmetic
+    /// is slow enough that `f32` Grams with a checked CholeskyQR2 are faster at the same
+    /// accuracy. Ignored when [`GpuOptions::disable_f64`] is set.
+    pub prefer_f64: bool,
     /// GEMM tile configuration; `None`: the `HCC_GEMM_TILES` environment variable
     /// (`BM,BN,BK,TM,TN`) if set, else [`GemmTiles::default`].
     pub gemm_tiles: Option<GemmTiles>,
@@ -242,7 +249,16 @@ impl Ctx {
             )));
         };
         let limits = adapter.limits();
-        let f64 = !opts.disable_f64 && adapter.features().contains(wgpu::Features::SHADER_F64);
+        // f64 shaders only where they are fast: on a software adapter (the CPU runs them at
+        // its f64 rate) or when asked. On hardware they are slow — consumer GPUs run f64 at
+        // 1/32–1/64 of f32, and on an H100 through Vulkan the f64 Grams made the rank-64 rSVD of
+        // GPT-2 small 0.31 s against 0.25 s with f32 Grams (same errors), the rank-256 Gram path
+        // 2.34 s against 1.67 s (docs/PERF.md).
+        let env = |k: &str| std::env::var(k).is_ok_and(|v| v == "1");
+        let want_f64 = !opts.disable_f64
+            && !env("HCC_GPU_NO_F64")
+            && (info.software || opts.prefer_f64 || env("HCC_GPU_F64"));
+        let f64 = want_f64 && adapter.features().contains(wgpu::Features::SHADER_F64);
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let mut features = wgpu::Features::empty();
         if f64 {

@@ -41,7 +41,8 @@
 //!   `f64` Gram differs from the CPU's in the last bits only].
 //! - Masks, thresholds, row/column norms: identical, bit for bit (norms: on devices that keep
 //!   `f32` subnormals; a device that flushes them may differ on subnormal inputs).
-//! - With `f32` Grams ([`GpuOptions::disable_f64`]) the same tolerances hold on the tested
+//! - With `f32` Grams (the default on hardware adapters; [`GpuOptions::disable_f64`] forces
+//!   them, [`GpuOptions::prefer_f64`] avoids them) the same tolerances hold on the tested
 //!   spectra (κ(sketch) up to ~10³ per multiply).
 //!
 //! # Memory
