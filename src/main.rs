@@ -115,6 +115,8 @@ enum Command {
     },
     /// Measure fidelity: run the original and the compressed model (tract, in-process) on the
     /// same seeded inputs and compare every output (relative error, cosine, top-1 agreement).
+    /// With --text: quality on real text instead — perplexity for causal language models,
+    /// sentence-embedding cosine for encoders.
     Eval {
         /// The original ONNX model (its graph inputs define the inputs).
         original: PathBuf,
@@ -123,12 +125,29 @@ enum Command {
         /// Seed of the first input sample (sample k uses seed + k).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Length of symbolic sequence dims.
-        #[arg(long, default_value_t = 32)]
-        seq_len: usize,
+        /// Length of symbolic sequence dims (default 32; with --text: tokens per chunk, or the
+        /// most tokens per sentence for encoders, default 512).
+        #[arg(long)]
+        seq_len: Option<usize>,
         /// Size of symbolic batch dims.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Evaluate on this text file: perplexity over non-overlapping chunks of --seq-len
+        /// tokens (causal LMs, no special tokens), or the cosine of mean-pooled sentence
+        /// embeddings over its non-empty lines (encoders). Needs --tokenizer.
+        #[arg(long, requires = "tokenizer")]
+        text: Option<PathBuf>,
+        /// The HuggingFace tokenizer.json to tokenize --text with.
+        #[arg(long, requires = "text")]
+        tokenizer: Option<PathBuf>,
+        /// With --text: number of chunks (causal LMs); encoders read up to 16 times as many
+        /// lines.
+        #[arg(long, default_value_t = 8, requires = "text")]
+        max_chunks: usize,
+        /// With --text, for causal LMs: write the evaluated token ids to this .npy file (int64
+        /// [chunks, seq_len]).
+        #[arg(long, requires = "text")]
+        dump_ids: Option<PathBuf>,
         /// Number of input samples; the metrics are averaged over them.
         #[arg(long, default_value_t = 2)]
         samples: usize,
@@ -407,11 +426,31 @@ fn run(cli: Cli) -> Result<()> {
             samples,
             vocab,
             json,
+            text,
+            tokenizer,
+            max_chunks,
+            dump_ids,
         } => {
+            if let (Some(text), Some(tokenizer)) = (text, tokenizer) {
+                let opts = hcc::eval::TextOptions {
+                    text,
+                    tokenizer,
+                    seq_len: seq_len.unwrap_or(512),
+                    max_chunks,
+                    dump_ids,
+                };
+                let r = hcc::eval::text_eval(&original, &compressed, &opts)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", hcc::eval::render_text(&r));
+                }
+                return Ok(());
+            }
             let opts = hcc::eval::FidelityOptions {
                 seed,
                 batch,
-                seq_len,
+                seq_len: seq_len.unwrap_or(32),
                 samples,
                 vocab,
             };

@@ -6,17 +6,22 @@
 //! [`FidelityOptions::samples`] seeds (`seed`, `seed + 1`, …) and compares every output the two
 //! share by name. [`render`] prints the result as a short table; the result serializes to JSON.
 //!
+//! [`text_eval`] measures quality on real text instead: perplexity for causal language models,
+//! sentence-embedding cosine for encoders ([`text`]).
+//!
 //! tract agrees with onnxruntime on the real models within a few 1e-6 (the integration tests
 //! check the metrics against an onnxruntime judge fed the very same inputs).
 
 pub mod inputs;
 mod runner;
+pub mod text;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use inputs::{Fill, InputData, InputPlan, InputSpec, InputTensor};
 use runner::{Output, RunError, Runner};
+pub use text::{render_text, text_eval, TextEval, TextKind, TextOptions};
 
 /// What to feed the models.
 #[derive(Clone, Debug)]
@@ -70,6 +75,32 @@ pub enum EvalError {
         /// What was being done ("load the model", "run the model", …).
         stage: &'static str,
         /// tract's message, with its causes.
+        detail: String,
+    },
+    /// The text file cannot be read, or is too short for one chunk.
+    #[error("'{path}': {detail}")]
+    Text {
+        /// The text file (or the file being written).
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The tokenizer file is missing, not a HuggingFace `tokenizer.json`, or does not fit the
+    /// model.
+    #[error("tokenizer '{path}': {detail}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The model is neither a causal language model nor an encoder, so text evaluation does not
+    /// apply.
+    #[error("'{path}': cannot evaluate it on text: {detail}")]
+    ModelKind {
+        /// The model.
+        path: PathBuf,
+        /// Why.
         detail: String,
     },
     /// The compressed model's outputs do not line up with the original's.
