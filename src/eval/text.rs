@@ -446,7 +446,10 @@ fn perplexity(
             },
             data: InputData::Int(flat),
         };
-        let bytes = t.to_npy().expect("int64 is written");
+        let bytes = t.to_npy().ok_or_else(|| EvalError::Text {
+            path: path.clone(),
+            detail: "cannot encode the token ids as .npy".into(),
+        })?;
         std::fs::write(path, bytes).map_err(|e| EvalError::Text {
             path: path.clone(),
             detail: format!("cannot write the token ids: {e}"),
@@ -532,16 +535,15 @@ fn similarity(
         }
         let mut ids = encode(tokenizer, &opts.tokenizer, line, true)?;
         text_tokens += ids.len();
-        if ids.len() > opts.seq_len {
+        if let (true, Some(&last)) = (ids.len() > opts.seq_len, ids.last()) {
             // Keep the closing special token ([SEP]) when there is one.
-            let last = *ids.last().expect("longer than seq_len");
             ids.truncate(opts.seq_len);
             let special = tokenizer
                 .get_added_vocabulary()
                 .simple_id_to_token(last)
                 .is_some();
-            if special {
-                *ids.last_mut().expect("seq_len >= 2") = last;
+            if let (true, Some(end)) = (special, ids.last_mut()) {
+                *end = last;
             }
         }
         sentences.push(ids.into_iter().map(|t| t as i64).collect());
