@@ -5,52 +5,11 @@
 //! Needs the real models (`$HCC_MODELS`) and the judge venv; fails, never skips, without them.
 mod common;
 
-use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Output;
 
 use serde_json::Value;
 
-fn run(args: &[&OsStr]) -> Output {
-    common::hcc().args(args).output().expect("run hcc")
-}
-
-fn ok(args: &[&OsStr]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "hcc {:?} failed ({}):\n{}{}",
-        args,
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-/// Runs hcc expecting failure: non-zero exit, no panic; returns stderr.
-fn fails(args: &[&OsStr]) -> String {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "hcc {:?} should fail:\n{}",
-        args,
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(!err.contains("panicked"), "hcc {:?} panicked:\n{err}", args);
-    assert_ne!(
-        out.status.code(),
-        Some(101),
-        "hcc {:?} exited like a panic:\n{err}",
-        args
-    );
-    err
-}
-
-fn os(s: &str) -> &OsStr {
-    OsStr::new(s)
-}
+use common::{fails, ok, os, run};
 
 fn inspect_json(model: &Path) -> Value {
     let out = ok(&[os("inspect"), os("--json"), model.as_os_str()]);

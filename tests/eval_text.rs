@@ -8,45 +8,14 @@ mod common;
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Output;
 
 use serde_json::Value;
 
-fn run(args: &[&OsStr]) -> Output {
-    common::hcc().args(args).output().expect("run hcc")
-}
+use common::{fails, ok, os, run};
 
 fn ok_json(args: &[&OsStr]) -> Value {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "hcc {:?} failed ({}):\n{}{}",
-        args,
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    let s = ok(args);
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("not JSON ({e}):\n{s}"))
-}
-
-/// Runs hcc expecting failure: non-zero exit, no panic; returns stderr.
-fn fails(args: &[&OsStr]) -> String {
-    let out = run(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "hcc {:?} should fail:\n{}",
-        args,
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(!err.contains("panicked"), "hcc {:?} panicked:\n{err}", args);
-    assert_ne!(out.status.code(), Some(101), "{err}");
-    err
-}
-
-fn os(s: &str) -> &OsStr {
-    OsStr::new(s)
 }
 
 /// `hcc eval A B --text text-eval.txt --tokenizer T --seq-len 128 --max-chunks 2 --json`, plus

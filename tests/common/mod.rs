@@ -71,3 +71,47 @@ pub fn judge(script: &str, args: &[&std::ffi::OsStr]) -> String {
 pub fn hcc() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hcc"))
 }
+
+/// Runs the hcc binary with `args`.
+pub fn run(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    hcc().args(args).output().expect("run hcc")
+}
+
+/// Runs hcc expecting success; returns stdout.
+pub fn ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "hcc {:?} failed ({}):\n{}{}",
+        args,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Runs hcc expecting failure: non-zero exit, no panic; returns stderr.
+pub fn fails(args: &[&std::ffi::OsStr]) -> String {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "hcc {:?} should fail:\n{}",
+        args,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!err.contains("panicked"), "hcc {:?} panicked:\n{err}", args);
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "hcc {:?} exited like a panic:\n{err}",
+        args
+    );
+    err
+}
+
+/// A string argument as an `OsStr`.
+pub fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
