@@ -80,8 +80,11 @@ enum Command {
         max_misses: usize,
         /// Size budget: stored parameters original / compressed (overrides the pipeline's
         /// `budget` line). Used by rules run with `rank = plan`.
-        #[arg(long, conflicts_with = "max_bytes")]
+        #[arg(long, conflicts_with_all = ["max_bytes", "max_params"])]
         ratio: Option<f64>,
+        /// Size budget in stored parameters, e.g. 114329950 (or 114.3M).
+        #[arg(long, value_parser = parse_count, conflicts_with = "max_bytes")]
+        max_params: Option<u64>,
         /// Size budget in stored bytes, e.g. 200MB or 1.5GiB.
         #[arg(long, value_parser = parse_bytes)]
         max_bytes: Option<u64>,
@@ -103,6 +106,8 @@ enum Command {
         /// With the GPU backend: only adapters whose name contains this (see `hcc adapters`).
         #[arg(long)]
         adapter: Option<String>,
+        #[command(flatten)]
+        calib: Box<CalibArgs>,
         #[command(flatten)]
         ext: ExtArgs,
     },
@@ -163,6 +168,65 @@ enum Command {
         /// The `.hcp` file.
         file: PathBuf,
     },
+}
+
+/// Calibration data: with it, `lowrank(W, rank, whiten = x)` preserves each site's outputs on
+/// the data instead of its weights.
+#[derive(clap::Args, Clone)]
+struct CalibArgs {
+    /// Calibration data: a text file (with --tokenizer) or a .npy file of token ids
+    /// (int64/int32, [sequences, len] or one stream).
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// The HuggingFace tokenizer.json for a --calib or --eval-text text.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// After compiling, measure quality on this (held-out) text, as `hcc eval --text` does
+    /// (perplexity, or sentence-embedding cosine for encoders; 8 chunks of 512 tokens), and
+    /// add it to the report. Needs --tokenizer.
+    #[arg(long, value_name = "FILE", requires = "tokenizer")]
+    eval_text: Option<PathBuf>,
+    /// Tokens per calibration sequence (causal LMs), or the most per line (encoders).
+    #[arg(long, default_value_t = 512, requires = "calib")]
+    seq_len: usize,
+    /// Tokens between the starts of two calibration windows (default: --seq-len).
+    #[arg(long, requires = "calib")]
+    stride: Option<usize>,
+    /// The most calibration windows (encoders: up to this times --seq-len tokens of lines).
+    #[arg(long, default_value_t = 32, requires = "calib")]
+    max_chunks: usize,
+    /// Calibration sequences per model run.
+    #[arg(long, default_value_t = 1, requires = "calib")]
+    batch_size: usize,
+    /// Damping of activation Grams, relative to their mean diagonal.
+    #[arg(long, default_value_t = 1e-4, requires = "calib")]
+    calib_damp: f64,
+    /// Where calibration statistics are cached (default: $HCC_CACHE, $XDG_CACHE_HOME/hcc or
+    /// ~/.cache/hcc, folder calib/).
+    #[arg(long, value_name = "DIR", requires = "calib")]
+    calib_cache: Option<PathBuf>,
+    /// Do not read or write the calibration cache.
+    #[arg(long, requires = "calib")]
+    no_calib_cache: bool,
+}
+
+impl CalibArgs {
+    fn options(&self) -> Option<hcc::eval::calib::CalibOptions> {
+        let data = self.calib.clone()?;
+        let mut o = hcc::eval::calib::CalibOptions::new(data, self.tokenizer.clone());
+        o.seq_len = self.seq_len;
+        o.stride = self.stride;
+        o.max_chunks = self.max_chunks;
+        o.batch_size = self.batch_size;
+        o.cache_dir = if self.no_calib_cache {
+            None
+        } else {
+            self.calib_cache
+                .clone()
+                .or_else(hcc::eval::calib::default_cache_dir)
+        };
+        Some(o)
+    }
 }
 
 #[derive(clap::Args)]
@@ -289,11 +353,13 @@ fn run(cli: Cli) -> Result<()> {
             max_misses,
             ratio,
             max_bytes,
+            max_params,
             strategy,
             report: report_path,
             no_fidelity,
             backend,
             adapter,
+            calib,
             ext,
         } => {
             let profile = match &config {
@@ -350,6 +416,7 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("'{}' does not verify", model.display()))?;
             let before = hcc::rewrite::engine::stored_size(&m.graph);
             let target = match (ratio, max_bytes, &pipe.budget) {
+                _ if max_params.is_some() => max_params.map(Target::Params),
                 (Some(r), _, _) => Some(Target::Ratio(r)),
                 (None, Some(b), _) => Some(Target::Bytes(b)),
                 (None, None, Some(b)) => Some(match b.kind {
@@ -362,21 +429,64 @@ fn run(cli: Cli) -> Result<()> {
             progress.step("opening the numeric backend");
             let selected = hcc::compute::select::select(backend, adapter.as_deref())?;
             tracing::info!("backend: {}", selected.reason);
-            progress.step("planning");
-            let mut engine = hcc::rewrite::Engine::new(&mut m, &program);
-            engine.set_backend(selected.backend.clone());
-            if let Some(sink) = progress.sink() {
-                engine.set_progress(sink);
+            let calib_opts = calib.options();
+            if calib_opts.is_some() && !(calib.calib_damp.is_finite() && calib.calib_damp >= 0.0) {
+                bail!(
+                    "--calib-damp must be a number ≥ 0, got {}",
+                    calib.calib_damp
+                );
             }
-            let plan = engine.plan_pipeline(pipe, target, strategy)?;
-            progress.step(&format!("pipeline '{}'", pipe.name.name));
-            let stages = engine.run_pipeline(pipe)?;
-            progress.step("writing the model");
+            let mut calibration: Option<std::sync::Arc<hcc::eval::calib::Calibration>> = None;
+            let mut taps: Vec<String> = Vec::new();
+            let (plan, stages, stats) = {
+                progress.step("planning");
+                let mut engine = hcc::rewrite::Engine::new(&mut m, &program);
+                engine.set_backend(selected.backend.clone());
+                if let Some(sink) = progress.sink() {
+                    engine.set_progress(sink);
+                }
+                if let Some(opts) = &calib_opts {
+                    taps = engine.whiten_taps(pipe)?;
+                    if taps.is_empty() {
+                        tracing::warn!(
+                            "pipeline '{}' makes no `lowrank(…, whiten = x)` call: --calib has no effect",
+                            pipe.name.name
+                        );
+                    } else {
+                        progress.step(&format!("calibration: {} activations", taps.len()));
+                        let c = hcc::eval::calib::collect(
+                            &model,
+                            &taps,
+                            opts,
+                            progress.sink().as_ref(),
+                        )?;
+                        tracing::info!(
+                            "calibration: {} sequences, {} tokens, {:.1} s{}",
+                            c.sequences,
+                            c.tokens,
+                            c.seconds,
+                            if c.cached { " (cached)" } else { "" }
+                        );
+                        calibration = Some(std::sync::Arc::new(c));
+                    }
+                }
+                if let Some(c) = &calibration {
+                    engine.set_whitening(hcc::rewrite::eval::WhitenOptions {
+                        calib: c.clone(),
+                        damp: calib.calib_damp,
+                    });
+                }
+                let plan = engine.plan_pipeline(pipe, target, strategy)?;
+                progress.step(&format!("pipeline '{}'", pipe.name.name));
+                let stages = engine.run_pipeline(pipe)?;
+                progress.step("writing the model");
+                let stats = onnx::save(&m, &output, &ext.options())?;
+                (plan, stages, stats)
+            };
             if explain {
                 print!("{}", hcc::rewrite::render_explain(&stages, max_misses));
             }
             let after = hcc::rewrite::engine::stored_size(&m.graph);
-            let stats = onnx::save(&m, &output, &ext.options())?;
             let file_before = file_size(&model);
             let file_after = stats.model_bytes + stats.external_bytes;
             let has_plan = plan.sites.iter().any(|s| s.rank.is_some());
@@ -400,7 +510,24 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+            if let Some(c) = &calibration {
+                report.calibration = Some(hcc::report::compile::CalibrationReport {
+                    data: c.data.display().to_string(),
+                    sequences: c.sequences,
+                    tokens: c.tokens,
+                    activations: taps.len(),
+                    damp: calib.calib_damp,
+                    seconds: c.seconds,
+                    cached: c.cached,
+                });
+            }
             let changed = report.stages.stages.iter().any(|s| !s.fired.is_empty());
+            if let (Some(text), Some(tok), true) = (&calib.eval_text, &calib.tokenizer, changed) {
+                progress.step("measuring quality on the text (original vs compressed, tract)");
+                let opts = hcc::eval::TextOptions::new(text, tok);
+                let t = hcc::eval::text_eval(&model, &output, &opts)?;
+                report.text_eval = Some(serde_json::to_value(&t)?);
+            }
             if !no_fidelity && changed {
                 progress.step("measuring fidelity (original vs compressed, tract)");
                 match hcc::eval::fidelity(&model, &output, &hcc::eval::FidelityOptions::default()) {
@@ -525,6 +652,25 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A count: digits, optionally with a K/M/G suffix (powers of 1000), e.g. `114.3M`.
+fn parse_count(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a count (e.g. 114329950 or 114.3M)"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("'{s}' must be a positive count"));
+    }
+    Ok((v * mult).round() as u64)
 }
 
 fn file_size(model: &Path) -> u64 {

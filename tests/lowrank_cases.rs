@@ -61,6 +61,20 @@ fn f32s(m: &hcc::ir::Model, name: &str) -> Option<(Vec<usize>, Vec<f64>)> {
     ))
 }
 
+/// An int64 constant of `m` by name.
+fn i64s(m: &hcc::ir::Model, name: &str) -> Vec<i64> {
+    let t = m
+        .graph
+        .constant(
+            m.graph
+                .value_by_name(name)
+                .unwrap_or_else(|| panic!("no constant {name}")),
+        )
+        .unwrap_or_else(|| panic!("{name} is not a constant"));
+    t.to_i64_vec()
+        .unwrap_or_else(|| panic!("{name} is not int64"))
+}
+
 /// `name[r0:r1, c0:c1]` (either range may be `:`) of a 2-D constant of `m`.
 fn block(m: &hcc::ir::Model, spec: &str) -> (Vec<usize>, Vec<f64>) {
     let (name, ranges) = spec
@@ -206,7 +220,12 @@ fn check_factors(
             site.at
         );
         for note in &site.notes {
-            assert_eq!(note.kernel, "lowrank", "{stem}");
+            let compact = note.kernel == "lowrank_compact";
+            assert!(
+                compact || note.kernel == "lowrank",
+                "{stem}: {}",
+                note.kernel
+            );
             let (wd, w) = match f32s(original, &note.constant) {
                 Some(x) => x,
                 None => {
@@ -247,14 +266,39 @@ fn check_factors(
                     panic!("{stem}: no factor {name} in the file; constants: {names:?}")
                 })
             };
-            let ((ad, a), (bd, b)) = (find("a"), find("b"));
             let (m, n, r) = (wd[0], wd[1], note.rank.expect("lowrank note has a rank"));
-            assert_eq!((ad, bd), (vec![m, r], vec![r, n]), "{stem}: factor shapes");
+            let (ad, a) = find("a");
+            assert_eq!(ad, vec![m, r], "{stem}: factor A's shape");
+            // The product the file stores, m × n.
+            let what: Vec<f64> = if compact {
+                // [A | A·Z] with its columns put back in order by `cols`.
+                let (zd, z) = find("z");
+                assert_eq!(zd, vec![r, n - r], "{stem}: factor Z's shape");
+                let cols = i64s(written, &format!("{base}.lowrank_cols{suffix}"));
+                assert_eq!(cols.len(), n, "{stem}: cols");
+                let mut out = vec![0.0; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        let c = cols[j] as usize;
+                        out[i * n + j] = if c < r {
+                            a[i * r + c]
+                        } else {
+                            (0..r).map(|l| a[i * r + l] * z[l * (n - r) + c - r]).sum()
+                        };
+                    }
+                }
+                out
+            } else {
+                let (bd, b) = find("b");
+                assert_eq!(bd, vec![r, n], "{stem}: factor B's shape");
+                (0..m * n)
+                    .map(|ij| (0..r).map(|l| a[ij / n * r + l] * b[l * n + ij % n]).sum())
+                    .collect()
+            };
             let (mut err, mut norm) = (0.0, 0.0);
             for i in 0..m {
                 for j in 0..n {
-                    let ab: f64 = (0..r).map(|l| a[i * r + l] * b[l * n + j]).sum();
-                    err += (w[i * n + j] - ab).powi(2);
+                    err += (w[i * n + j] - what[i * n + j]).powi(2);
                     norm += w[i * n + j].powi(2);
                 }
             }
@@ -266,7 +310,12 @@ fn check_factors(
                 note.rel_error
             );
             assert_eq!(note.params_before as usize, m * n, "{stem}");
-            assert_eq!(note.params_after as usize, r * (m + n), "{stem}");
+            let stored = if compact {
+                r * (m + n - r) + n
+            } else {
+                r * (m + n)
+            };
+            assert_eq!(note.params_after as usize, stored, "{stem}");
             errors.push(note.rel_error);
         }
     }

@@ -26,6 +26,7 @@ mod rsvd;
 pub mod select;
 #[cfg(test)]
 mod tests;
+pub mod whiten;
 
 pub use cpu::Cpu;
 pub use gpu::Gpu;

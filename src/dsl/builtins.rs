@@ -334,10 +334,30 @@ pub static BUILTINS: &[Builtin] = &[
     Builtin {
         name: "lowrank",
         kind: BuiltinKind::Kernel,
-        params: &[p("w", Ty::Const), p("rank", Ty::RankSpec)],
+        params: &[
+            p("w", Ty::Const),
+            p("rank", Ty::RankSpec),
+            opt("whiten", Ty::OneOf(&[Ty::Value, Ty::None]), Default::None),
+        ],
         ret: Ty::Tuple(&[Ty::Const, Ty::Const]),
         doc: "Truncated SVD of a [K, N] matrix: (A [K, r], B [r, N]) with A·B ≈ w; `rank` is an \
-              Int, `plan` (chosen by the budget planner) or `energy(p)`.",
+              Int, `plan` (chosen by the budget planner) or `energy(p)`. With `whiten = x` (the \
+              input of `x·w`) and calibration data (`--calib`), the factors preserve the site's \
+              outputs on that data instead of the weights (truncation-aware whitening).",
+    },
+    Builtin {
+        name: "lowrank_compact",
+        kind: BuiltinKind::Kernel,
+        params: &[
+            p("w", Ty::Const),
+            p("rank", Ty::RankSpec),
+            opt("whiten", Ty::OneOf(&[Ty::Value, Ty::None]), Default::None),
+        ],
+        ret: Ty::Tuple(&[Ty::Const, Ty::Const, Ty::Const]),
+        doc: "`lowrank` stored compactly: (A [K, r], Z [r, N - r], cols [N]) with \
+              x·w ≈ Gather(Concat(x·A, x·A·Z), cols) along the last axis: r·(K + N - r) + N \
+              parameters instead of r·(K + N), the same product (r columns of B become the \
+              identity; they are chosen by pivoted QR).",
     },
     Builtin {
         name: "mask",
@@ -471,7 +491,10 @@ mod tests {
         }
         assert_eq!(
             lookup("lowrank").map(|b| b.signature()),
-            Some("lowrank(w: Const, rank: RankSpec) -> (Const, Const)".to_string())
+            Some(
+                "lowrank(w: Const, rank: RankSpec, whiten: Value | none = none) -> (Const, Const)"
+                    .to_string()
+            )
         );
     }
 

@@ -12,6 +12,7 @@
 //! tract agrees with onnxruntime on the real models within a few 1e-6 (the integration tests
 //! check the metrics against an onnxruntime judge fed the very same inputs).
 
+pub mod calib;
 pub mod inputs;
 mod runner;
 pub mod text;

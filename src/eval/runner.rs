@@ -63,6 +63,16 @@ impl Runner {
     /// Loads `path` with tract, with the input facts of `specs` (matched by name), and
     /// optimizes it. Returns the runner and the milliseconds spent.
     pub fn load(path: &Path, specs: &[InputSpec]) -> Result<(Runner, f64), RunError> {
+        Self::load_tapped(path, specs, None)
+    }
+
+    /// As [`Runner::load`], but with `taps` (values of the model, by their ONNX names) as the
+    /// outputs instead of the graph's: what is computed only for other outputs is not run.
+    pub fn load_tapped(
+        path: &Path,
+        specs: &[InputSpec],
+        taps: Option<&[String]>,
+    ) -> Result<(Runner, f64), RunError> {
         let start = Instant::now();
         let mut model = tract_onnx::onnx()
             .with_ignore_value_info(true)
@@ -91,6 +101,33 @@ impl Runner {
                 .set_input_fact(ix, InferenceFact::dt_shape(dt, spec.shape.clone()))
                 .map_err(fail("set the input shapes"))?;
             feed.push(k);
+        }
+        if let Some(taps) = taps {
+            let outlets = taps
+                .iter()
+                .map(|name| {
+                    // A graph input is a source node of that name.
+                    let source = model
+                        .node_id_by_name(name)
+                        .ok()
+                        .filter(|&id| {
+                            model
+                                .input_outlets()
+                                .is_ok_and(|i| i.iter().any(|o| o.node == id))
+                        })
+                        .map(|id| OutletId::new(id, 0));
+                    model
+                        .find_outlet_label(name)
+                        .or(source)
+                        .ok_or_else(|| RunError {
+                            stage: "find the calibrated values",
+                            detail: format!("'{name}' is not a value of this model"),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            model
+                .select_output_outlets(&outlets)
+                .map_err(fail("select the calibrated values"))?;
         }
         let typed = model
             .into_typed()
@@ -131,6 +168,35 @@ impl Runner {
             .collect::<TractResult<Vec<_>>>()
             .map_err(fail("read the outputs as numbers"))?;
         Ok((outputs, ms))
+    }
+}
+
+/// Outputs as f32: (shape, elements) each.
+pub(crate) type F32Outputs = Vec<(Vec<usize>, Vec<f32>)>;
+
+impl Runner {
+    /// Runs once on `inputs` and returns every output as f32 (shape, elements): for taps, which
+    /// are float activations.
+    pub fn run_f32(&self, inputs: &[InputTensor]) -> Result<F32Outputs, RunError> {
+        let mut feeds: TVec<TValue> = TVec::new();
+        for &k in &self.feed {
+            feeds.push(
+                to_tract(&inputs[k])
+                    .map_err(fail("build the inputs"))?
+                    .into(),
+            );
+        }
+        let outputs = self.plan.run(feeds).map_err(fail("run the model"))?;
+        outputs
+            .iter()
+            .map(|t| {
+                let shape = t.shape().to_vec();
+                let t32 = t.cast_to::<f32>()?;
+                let view = t32.try_as_plain_ram()?;
+                Ok((shape, view.as_slice::<f32>()?.to_vec()))
+            })
+            .collect::<TractResult<Vec<_>>>()
+            .map_err(fail("read the calibrated values"))
     }
 }
 

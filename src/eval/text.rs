@@ -209,7 +209,7 @@ pub fn text_eval(
     }
 }
 
-fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, EvalError> {
+pub(super) fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, EvalError> {
     let err = |detail: String| EvalError::Tokenizer {
         path: path.to_path_buf(),
         detail,
@@ -233,7 +233,7 @@ fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, EvalError> {
     Ok(t)
 }
 
-fn encode(
+pub(super) fn encode(
     t: &tokenizers::Tokenizer,
     path: &Path,
     text: &str,
@@ -247,15 +247,15 @@ fn encode(
         })
 }
 
-struct Kind {
-    kind: TextKind,
+pub(super) struct Kind {
+    pub(super) kind: TextKind,
     /// The evaluated output: name and index among the original's outputs.
     output: String,
     output_index: usize,
 }
 
 /// Tells a causal LM from an encoder by the original's inputs and outputs.
-fn classify(path: &Path, g: &Graph, plan: &InputPlan) -> Result<Kind, EvalError> {
+pub(super) fn classify(path: &Path, g: &Graph, plan: &InputPlan) -> Result<Kind, EvalError> {
     let neither = |detail: String| EvalError::ModelKind {
         path: path.to_path_buf(),
         detail,
@@ -347,7 +347,7 @@ fn classify(path: &Path, g: &Graph, plan: &InputPlan) -> Result<Kind, EvalError>
     )))
 }
 
-fn tract_err(path: &Path) -> impl Fn(RunError) -> EvalError + '_ {
+pub(super) fn tract_err(path: &Path) -> impl Fn(RunError) -> EvalError + '_ {
     move |e| EvalError::Tract {
         path: path.to_path_buf(),
         stage: e.stage,
@@ -357,7 +357,7 @@ fn tract_err(path: &Path) -> impl Fn(RunError) -> EvalError + '_ {
 
 /// The inputs for one sequence: `ids` (and `mask`) put in the token-id (and mask) inputs, the
 /// other inputs as planned (positions `0..n`, zeros).
-fn feed(plan: &InputPlan, ids: &[i64], mask: Option<&[i64]>) -> Vec<InputTensor> {
+pub(super) fn feed(plan: &InputPlan, ids: &[i64], mask: Option<&[i64]>) -> Vec<InputTensor> {
     let mut tensors = plan.generate(0);
     for t in &mut tensors {
         match t.spec.fill {

@@ -19,6 +19,8 @@ pub enum Strategy {
     /// Keep the singular triplets with the most relative energy (σ² / ‖W‖²) per parameter,
     /// each matrix's spectrum normalised by its own norm.
     Global,
+    /// The same fraction of each site's full rank `min(K, N)` everywhere.
+    UniformRank,
 }
 
 impl std::str::FromStr for Strategy {
@@ -27,7 +29,10 @@ impl std::str::FromStr for Strategy {
         match s {
             "uniform" => Ok(Strategy::Uniform),
             "global" => Ok(Strategy::Global),
-            other => Err(format!("unknown strategy '{other}' (uniform, global)")),
+            "uniform-rank" => Ok(Strategy::UniformRank),
+            other => Err(format!(
+                "unknown strategy '{other}' (uniform, uniform-rank, global)"
+            )),
         }
     }
 }
@@ -42,6 +47,8 @@ pub struct PlanSite {
     /// Whether the site may be left dense when the budget has room (false for a site whose
     /// rule factorizes several matrices together and fires only if all have a rank).
     pub can_stay_dense: bool,
+    /// Stored in the compact form (`lowrank_compact`): `r·(K + N − r) + N` parameters.
+    pub compact: bool,
 }
 
 impl PlanSite {
@@ -51,13 +58,40 @@ impl PlanSite {
     }
     /// Parameters stored at rank `r`.
     pub fn at(&self, r: usize) -> u64 {
-        (r * (self.k + self.n)) as u64
+        if self.compact {
+            (r * (self.k + self.n - r.min(self.k + self.n)) + self.n) as u64
+        } else {
+            (r * (self.k + self.n)) as u64
+        }
+    }
+    /// Parameters one more step of [`ALIGN`] costs at rank `r`.
+    pub fn step(&self, r: usize) -> u64 {
+        self.at(r + ALIGN).saturating_sub(self.at(r))
     }
     /// The largest aligned rank that still saves parameters (0 if none does).
     pub fn max_rank(&self) -> usize {
-        let mut r = (self.k * self.n).saturating_sub(1) / (self.k + self.n);
-        r -= r % ALIGN;
-        r.min(self.k.min(self.n))
+        let short = self.k.min(self.n);
+        let mut r = short - short % ALIGN;
+        while r > 0 && self.at(r) >= self.dense() {
+            r -= ALIGN;
+        }
+        r
+    }
+    /// The smallest rank whose cost reaches `params` (real-valued, for the uniform planner).
+    fn rank_for(&self, params: f64) -> f64 {
+        let (k, n) = (self.k as f64, self.n as f64);
+        if self.compact {
+            // r² − (K + N)·r + (params − N) = 0, the smaller root.
+            let c = params - n;
+            let d = (k + n) * (k + n) - 4.0 * c;
+            if d <= 0.0 {
+                (k + n) / 2.0
+            } else {
+                ((k + n) - d.sqrt()) / 2.0
+            }
+        } else {
+            params / (k + n)
+        }
     }
     fn cost(&self, r: Option<usize>) -> u64 {
         r.map_or(self.dense(), |r| self.at(r))
@@ -120,13 +154,15 @@ pub fn plan(
         return Ok(dense);
     }
     Ok(match strategy {
-        Strategy::Uniform => uniform(sites, fixed, target),
+        Strategy::Uniform => uniform(sites, fixed, target, false),
+        Strategy::UniformRank => uniform(sites, fixed, target, true),
         Strategy::Global => global(sites, fixed, target),
     })
 }
 
-/// Ranks keeping fraction `f` of each site's parameters (dense where that would not save).
-fn uniform_at(sites: &[PlanSite], f: f64) -> Ranks {
+/// Ranks keeping fraction `f` of each site's parameters (of its full rank with `by_rank`;
+/// dense where that would not save).
+fn uniform_at(sites: &[PlanSite], f: f64, by_rank: bool) -> Ranks {
     sites
         .iter()
         .map(|s| {
@@ -134,7 +170,11 @@ fn uniform_at(sites: &[PlanSite], f: f64) -> Ranks {
             if max < ALIGN {
                 return None;
             }
-            let want = f * s.dense() as f64 / (s.k + s.n) as f64;
+            let want = if by_rank {
+                f * s.k.min(s.n) as f64
+            } else {
+                s.rank_for(f * s.dense() as f64)
+            };
             let r = ((want / ALIGN as f64).round() as usize * ALIGN).clamp(ALIGN, max.max(ALIGN));
             if f >= 1.0 {
                 None
@@ -145,18 +185,18 @@ fn uniform_at(sites: &[PlanSite], f: f64) -> Ranks {
         .collect()
 }
 
-fn uniform(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
+fn uniform(sites: &[PlanSite], fixed: u64, target: u64, by_rank: bool) -> Ranks {
     // total(f) is non-decreasing in f: bisect for the largest f that fits.
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
     for _ in 0..60 {
         let mid = 0.5 * (lo + hi);
-        if total(sites, &uniform_at(sites, mid), fixed) <= target {
+        if total(sites, &uniform_at(sites, mid, by_rank), fixed) <= target {
             lo = mid;
         } else {
             hi = mid;
         }
     }
-    let mut ranks = uniform_at(sites, lo);
+    let mut ranks = uniform_at(sites, lo, by_rank);
     // Rounding to multiples of ALIGN leaves budget unused: hand it out a step at a time to
     // the sites that keep the smallest fraction, while it fits.
     let mut used = total(sites, &ranks, fixed);
@@ -166,9 +206,13 @@ fn uniform(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
             .enumerate()
             .filter_map(|(i, s)| {
                 let r = ranks[i]?;
-                let step = (ALIGN * (s.k + s.n)) as u64;
-                (r + ALIGN <= s.max_rank() && used + step <= target)
-                    .then(|| (s.at(r) as f64 / s.dense() as f64, i, step))
+                let step = s.step(r);
+                let kept = if by_rank {
+                    r as f64 / s.k.min(s.n) as f64
+                } else {
+                    s.at(r) as f64 / s.dense() as f64
+                };
+                (r + ALIGN <= s.max_rank() && used + step <= target).then_some((kept, i, step))
             })
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         match next {
@@ -196,7 +240,7 @@ fn global(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
     let block = |i: usize, r: usize| -> f64 {
         let (tot, e) = &energy[i];
         let gain: f64 = e.iter().skip(r).take(ALIGN).sum();
-        gain / tot / (ALIGN * (sites[i].k + sites[i].n)) as f64
+        gain / tot / sites[i].step(r).max(1) as f64
     };
     let mut ranks: Vec<usize> = sites
         .iter()
@@ -218,7 +262,7 @@ fn global(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
         }
     }
     while let Some((_, std::cmp::Reverse(i))) = heap.pop() {
-        let step = (ALIGN * (sites[i].k + sites[i].n)) as u64;
+        let step = sites[i].step(ranks[i]);
         if used + step > target {
             continue;
         }
@@ -271,6 +315,7 @@ mod tests {
             n,
             spectrum: Some((0..k.min(n)).map(|i| decay.powi(i as i32)).collect()),
             can_stay_dense: true,
+            compact: false,
         }
     }
 
@@ -326,5 +371,39 @@ mod tests {
         assert_eq!(energy_rank(&[1.0, 0.5, 0.1], 0.9), 8);
         let s: Vec<f32> = (0..100).map(|_| 1.0).collect();
         assert_eq!(energy_rank(&s, 0.5), 56);
+    }
+
+    #[test]
+    fn compact_sites_cost_less_and_plan_higher_ranks() {
+        let mut c = site(576, 1536, 0.9);
+        c.compact = true;
+        let p = site(576, 1536, 0.9);
+        assert_eq!(c.at(320), (320 * (576 + 1536 - 320) + 1536) as u64);
+        assert_eq!(c.step(320), c.at(328) - c.at(320));
+        // Every rank below the short side saves in the compact form (less the index cost).
+        assert_eq!(c.max_rank(), 568);
+        assert_eq!(p.max_rank(), 416);
+        let orig = c.dense() + 1000;
+        let target = orig * 4 / 5;
+        let rc = plan(
+            std::slice::from_ref(&c),
+            1000,
+            target,
+            orig,
+            Strategy::Uniform,
+        )
+        .unwrap()[0]
+            .unwrap();
+        let rp = plan(
+            std::slice::from_ref(&p),
+            1000,
+            target,
+            orig,
+            Strategy::Uniform,
+        )
+        .unwrap()[0]
+            .unwrap();
+        assert!(rc > rp + 64, "{rc} vs {rp}");
+        assert!(1000 + c.at(rc) <= target && 1000 + c.at(rc + ALIGN) > target);
     }
 }

@@ -36,6 +36,31 @@ pub struct CompileReport {
     pub stages: RewriteReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<serde_json::Value>,
+    /// The calibration data, when given (`--calib`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationReport>,
+    /// Quality on held-out text, when measured (`--eval-text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_eval: Option<serde_json::Value>,
+}
+
+/// What calibration used.
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrationReport {
+    /// The data file.
+    pub data: String,
+    /// Sequences run through the original model.
+    pub sequences: usize,
+    /// Tokens whose activations entered the statistics (padding excluded).
+    pub tokens: u64,
+    /// Values whose statistics were collected (inputs of whitened sites).
+    pub activations: usize,
+    /// Gram damping λ (relative to the mean diagonal).
+    pub damp: f64,
+    /// Seconds spent collecting (or reading the cache).
+    pub seconds: f64,
+    /// Whether the statistics came from the cache.
+    pub cached: bool,
 }
 
 /// Totals for one rule.
@@ -60,8 +85,12 @@ pub struct SiteReport {
     pub rank: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<f64>,
-    /// ‖W − Ŵ‖_F / ‖W‖_F.
+    /// ‖W − Ŵ‖_F / ‖W‖_F; for a whitened site (`whitened` set), the relative output error on
+    /// the calibration data instead, ‖X·W − X·Ŵ‖_F / ‖X·W‖_F.
     pub rel_error: f64,
+    /// The value whose calibration activations the factorization preserves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whitened: Option<String>,
     pub params_before: u64,
     pub params_after: u64,
     /// The factors are shared with an earlier site (a tied weight): stored once.
@@ -118,6 +147,7 @@ impl CompileReport {
                         rank: n.rank,
                         sparsity: n.sparsity,
                         rel_error: n.rel_error,
+                        whitened: n.whitened.clone(),
                         params_before: n.params_before,
                         params_after: if n.shared { 0 } else { n.params_after },
                         shared: n.shared,
@@ -144,6 +174,8 @@ impl CompileReport {
             plan,
             stages,
             fidelity: None,
+            calibration: None,
+            text_eval: None,
         }
     }
 
@@ -177,6 +209,19 @@ impl CompileReport {
             human_bytes(self.file_bytes_before),
             human_bytes(self.file_bytes_after)
         );
+        if let Some(c) = &self.calibration {
+            let _ = writeln!(
+                o,
+                "  calibration {} ({} sequences, {} tokens, {} activations, damping {}, {:.1} s{})",
+                c.data,
+                c.sequences,
+                c.tokens,
+                c.activations,
+                c.damp,
+                c.seconds,
+                if c.cached { ", cached" } else { "" }
+            );
+        }
         if let Some(p) = &self.plan {
             if let Some(t) = p.target_params {
                 let _ = writeln!(
@@ -216,7 +261,17 @@ impl CompileReport {
                     s.rel_error,
                     s.params_before,
                     s.params_after,
-                    if s.shared { "  (shared)" } else { "" }
+                    match (s.shared, s.whitened.is_some()) {
+                        (true, _) => "  (shared)",
+                        (false, true) => "  (output)",
+                        _ => "",
+                    }
+                );
+            }
+            if self.sites.iter().any(|s| s.whitened.is_some()) {
+                let _ = writeln!(
+                    o,
+                    "  (output): calibrated site; rel err is its output error on the calibration data"
                 );
             }
             if self.sites.len() > max_sites {
@@ -225,6 +280,31 @@ impl CompileReport {
                     "  ... {} more sites (see --report)",
                     self.sites.len() - max_sites
                 );
+            }
+        }
+        if let Some(t) = &self.text_eval {
+            let num = |k: &str| t[k].as_f64();
+            match (num("perplexity_original"), num("perplexity_compressed")) {
+                (Some(a), Some(b)) => {
+                    let _ = writeln!(
+                        o,
+                        "\n  text {}: perplexity {a:.2} → {b:.2} ({:.3}x), {} chunks of {} tokens",
+                        t["text"].as_str().unwrap_or("?"),
+                        b / a,
+                        t["chunks"].as_u64().unwrap_or(0),
+                        t["seq_len"].as_u64().unwrap_or(0)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        o,
+                        "\n  text {}: sentence-embedding cosine mean {:.4}, min {:.4} over {} sentences",
+                        t["text"].as_str().unwrap_or("?"),
+                        num("cosine_mean").unwrap_or(f64::NAN),
+                        num("cosine_min").unwrap_or(f64::NAN),
+                        t["sentences"].as_u64().unwrap_or(0)
+                    );
+                }
             }
         }
         if let Some(f) = &self.fidelity {

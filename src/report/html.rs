@@ -1214,6 +1214,8 @@ mod tests {
             shared,
             storage: None,
             bytes_saved: None,
+            whitened: None,
+            method: None,
         }
     }
 

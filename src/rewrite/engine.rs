@@ -187,6 +187,8 @@ pub struct Engine<'a> {
     /// Constants stored from kernel results, by the result's address; the `Arc` is kept so
     /// that the address cannot be reused by another tensor while the engine lives.
     stored: HashMap<usize, (Arc<Tensor>, ValueId)>,
+    /// The last survey: (pipeline name, its `lowrank` calls).
+    surveyed: Option<(String, Vec<super::eval::Request>)>,
 }
 
 impl<'a> Engine<'a> {
@@ -200,6 +202,7 @@ impl<'a> Engine<'a> {
             memo,
             progress: None,
             stored: HashMap::new(),
+            surveyed: None,
         }
     }
 
@@ -227,17 +230,20 @@ impl<'a> Engine<'a> {
         self.memo.backend = backend;
     }
 
-    /// Survey `pipeline` (on a copy of the model), choose every `lowrank` rank (`plan` against
-    /// `target` with `strategy`, `energy(p)` from the spectrum, fixed ranks as given), and
-    /// factorize all sites in same-shape batches ahead of the run. Call before
-    /// [`Engine::run_pipeline`].
-    pub fn plan_pipeline(
-        &mut self,
-        pipeline: &Pipeline,
-        target: Option<Target>,
-        strategy: crate::plan::Strategy,
-    ) -> Result<PlanReport, RewriteError> {
-        use rayon::prelude::*;
+    /// Use calibration statistics: `lowrank(W, rank, whiten = x)` then preserves the outputs
+    /// of the sites on the calibration data (see [`crate::compute::whiten`]).
+    pub fn set_whitening(&mut self, whiten: super::eval::WhitenOptions) {
+        self.memo.whiten = Some(whiten);
+    }
+
+    /// The `lowrank` calls `pipeline` will make (run on a copy of the model with placeholder
+    /// factors); remembered for [`Engine::plan_pipeline`].
+    fn survey(&mut self, pipeline: &Pipeline) -> Result<Vec<super::eval::Request>, RewriteError> {
+        if let Some((name, reqs)) = &self.surveyed {
+            if *name == pipeline.name.name {
+                return Ok(reqs.clone());
+            }
+        }
         let t0 = std::time::Instant::now();
         let mut copy = self.model.clone();
         let requests = {
@@ -249,16 +255,63 @@ impl<'a> Engine<'a> {
             survey.memo.survey.take().unwrap_or_default()
         };
         tracing::debug!("plan: survey {:.3} s", t0.elapsed().as_secs_f64());
-        // One site per distinct matrix (a tied table read in two places is one site).
+        self.surveyed = Some((pipeline.name.name.clone(), requests.clone()));
+        Ok(requests)
+    }
+
+    /// The values whose activations `pipeline`'s `lowrank(…, whiten = x)` calls would use, by
+    /// name, in first-use order: what calibration must collect.
+    pub fn whiten_taps(&mut self, pipeline: &Pipeline) -> Result<Vec<String>, RewriteError> {
+        let mut taps: Vec<String> = Vec::new();
+        for r in self.survey(pipeline)? {
+            if let Some(t) = r.tap {
+                if !taps.contains(&t) {
+                    taps.push(t);
+                }
+            }
+        }
+        Ok(taps)
+    }
+
+    /// Survey `pipeline` (on a copy of the model), choose every `lowrank` rank (`plan` against
+    /// `target` with `strategy`, `energy(p)` from the spectrum, fixed ranks as given), and
+    /// factorize all sites in same-shape batches ahead of the run. With calibration
+    /// ([`Engine::set_whitening`]), sites whose tap has statistics are planned and factorized
+    /// on their whitened targets. Call before [`Engine::run_pipeline`].
+    pub fn plan_pipeline(
+        &mut self,
+        pipeline: &Pipeline,
+        target: Option<Target>,
+        strategy: crate::plan::Strategy,
+    ) -> Result<PlanReport, RewriteError> {
+        use rayon::prelude::*;
+        let t0 = std::time::Instant::now();
+        let requests = self.survey(pipeline)?;
+        // One site per distinct matrix (a tied table read in two places is one site), whitened
+        // only when every site reading it names the same tap.
         let mut unique: Vec<super::eval::Request> = Vec::new();
         for r in requests {
             if let Some(u) = unique.iter_mut().find(|u| u.key == r.key) {
                 if u.spec != r.spec && r.spec == RankSpec::Plan {
                     u.spec = RankSpec::Plan;
                 }
+                if u.tap != r.tap {
+                    u.tap = None;
+                }
+                u.compact |= r.compact;
             } else {
                 unique.push(r);
             }
+        }
+        let whiten = self.memo.whiten.clone();
+        let site_stats = |r: &super::eval::Request| {
+            whiten
+                .as_ref()
+                .and_then(|w| w.site(r.tap.as_deref(), r.matrix.dims[0] as usize))
+        };
+        for r in &unique {
+            let tap = site_stats(r).and(r.tap.clone());
+            self.memo.taps.insert(r.key.clone(), tap);
         }
         let (params_before, bytes_before) = stored_size(&self.model.graph);
         let needs_spectrum = |r: &super::eval::Request| {
@@ -281,12 +334,18 @@ impl<'a> Engine<'a> {
                     .matrix
                     .as_f32()
                     .ok_or_else(|| format!("{} is not f32", r.name))?;
-                let w = crate::compute::MatrixRef::new(
-                    r.matrix.dims[0] as usize,
-                    r.matrix.dims[1] as usize,
-                    &data,
-                )
-                .map_err(|e| e.to_string())?;
+                let (k, n) = (r.matrix.dims[0] as usize, r.matrix.dims[1] as usize);
+                // Whitened sites are planned on their output errors.
+                let target = match (site_stats(r), &whiten) {
+                    (Some(st), Some(wo)) => Some(
+                        wo.target(st, &data, (k, n))
+                            .map_err(|e| format!("{} (whitened): {e}", r.name))?
+                            .0,
+                    ),
+                    _ => None,
+                };
+                let w = crate::compute::MatrixRef::new(k, n, target.as_deref().unwrap_or(&data))
+                    .map_err(|e| e.to_string())?;
                 backend
                     .full_spectrum(w)
                     .map(Some)
@@ -309,6 +368,7 @@ impl<'a> Engine<'a> {
                 n,
                 spectrum: None,
                 can_stay_dense: true,
+                compact: r.compact,
             };
             fixed = fixed.saturating_sub(site.dense());
             match r.spec {
@@ -351,6 +411,7 @@ impl<'a> Engine<'a> {
                         // A matrix computed by the rule (a slice of a fused weight) is
                         // factorized together with its siblings: it cannot go dense alone.
                         can_stay_dense: unique[i].key.starts_with('v'),
+                        compact: unique[i].compact,
                     }
                 })
                 .collect();
@@ -363,18 +424,23 @@ impl<'a> Engine<'a> {
         // Factorize every site, same shape and rank together.
         let mut groups: std::collections::BTreeMap<(usize, usize, usize), Vec<usize>> =
             std::collections::BTreeMap::new();
+        let mut whitened: Vec<usize> = Vec::new();
         for (i, r) in unique.iter().enumerate() {
             let (k, n) = dims(r);
             self.memo.ranks.insert(r.key.clone(), ranks[i]);
             if let Some(rank) = ranks[i] {
-                groups.entry((k, n, rank)).or_default().push(i);
+                if site_stats(r).is_some() {
+                    whitened.push(i);
+                } else {
+                    groups.entry((k, n, rank)).or_default().push(i);
+                }
             }
         }
         tracing::debug!(
             "plan: spectra + planning {:.3} s",
             t0.elapsed().as_secs_f64()
         );
-        let to_factor: usize = groups.values().map(Vec::len).sum();
+        let to_factor: usize = groups.values().map(Vec::len).sum::<usize>() + whitened.len();
         if to_factor > 0 {
             self.begin(&format!("factorizing {to_factor} matrices"), to_factor);
         }
@@ -418,13 +484,60 @@ impl<'a> Engine<'a> {
                 })
                 .collect();
             for (&i, (v, note)) in members.iter().zip(built) {
-                self.memo.insert_lowrank(&unique[i].key, rank, v, note);
+                self.memo
+                    .insert_lowrank(&unique[i].key, rank, None, v, note);
             }
             self.advance(members.len());
             tracing::debug!(
                 "plan: {} × {k}×{n} at rank {rank}: {tf:.3} s factorizing, {:.3} s in all",
                 members.len(),
                 tg.elapsed().as_secs_f64()
+            );
+        }
+        // Whitened sites: each its own target (one per matrix and tap), in parallel.
+        if let Some(wo) = &whiten {
+            let tw = std::time::Instant::now();
+            let backend = self.memo.backend.clone();
+            let svd = self.memo.svd.clone();
+            let built = whitened
+                .par_iter()
+                .map(|&i| {
+                    let _done = Done(self.progress.as_ref());
+                    let r = &unique[i];
+                    let rank = ranks[i].unwrap_or(1);
+                    let data = r
+                        .matrix
+                        .as_f32()
+                        .ok_or_else(|| format!("{} is not f32", r.name))?;
+                    let stats = site_stats(r).ok_or("no statistics")?;
+                    let tap = r.tap.as_deref().unwrap_or_default();
+                    super::eval::whitened_factors(
+                        backend.as_ref(),
+                        &svd,
+                        wo,
+                        &r.matrix,
+                        &data,
+                        &r.name,
+                        tap,
+                        stats,
+                        rank,
+                    )
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|detail| RewriteError::Argument {
+                    rule: "lowrank".into(),
+                    detail,
+                })?;
+            for (&i, (v, note)) in whitened.iter().zip(built) {
+                let r = &unique[i];
+                let rank = ranks[i].unwrap_or(1);
+                self.memo
+                    .insert_lowrank(&r.key, rank, r.tap.as_deref(), v, note);
+            }
+            tracing::debug!(
+                "plan: {} whitened matrices: {:.3} s",
+                whitened.len(),
+                tw.elapsed().as_secs_f64()
             );
         }
         let sites = unique

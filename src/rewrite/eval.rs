@@ -46,6 +46,107 @@ pub struct Request {
     pub name: String,
     pub matrix: Arc<Tensor>,
     pub spec: RankSpec,
+    /// The value whose activations whiten the factorization (`whiten = x`), by name.
+    pub tap: Option<String>,
+    /// Stored in the compact form (`lowrank_compact`): `r·(K + N − r) + N` parameters.
+    pub compact: bool,
+}
+
+/// How calibration data steers `lowrank(W, rank, whiten = x)`.
+#[derive(Clone, Debug)]
+pub struct WhitenOptions {
+    /// Activation statistics (from [`crate::eval::calib`]); whitening is off without them.
+    pub calib: Arc<crate::eval::calib::Calibration>,
+    /// Gram damping `λ` (relative to the mean diagonal).
+    pub damp: f64,
+}
+
+/// The statistics one whitened site uses.
+#[derive(Clone, Copy, Debug)]
+pub enum SiteStats<'a> {
+    /// The input's Gram `XᵀX`, and for a refit the compressed model's `X̂ᵀX̂` and `X̂ᵀX`.
+    Full(
+        &'a crate::eval::calib::Gram,
+        Option<&'a crate::eval::calib::Paired>,
+    ),
+    /// A token table read by `Gather`: how often each row was read (the Gram of one-hot rows
+    /// is this diagonal).
+    Counts(&'a [f64]),
+}
+
+impl WhitenOptions {
+    /// The statistics of `tap` if they fit a `k`-row weight.
+    pub fn site(&self, tap: Option<&str>, k: usize) -> Option<SiteStats<'_>> {
+        let tap = tap?;
+        if let Some(c) = self.calib.counts.get(tap) {
+            return (c.len() <= k).then_some(SiteStats::Counts(c));
+        }
+        let g = self.calib.grams.get(tap)?;
+        if g.dim != k {
+            return None;
+        }
+        let p = self.calib.paired.get(tap).filter(|p| p.hat.dim == k);
+        Some(SiteStats::Full(g, p))
+    }
+
+    /// Whitens `w` (`k × n`, f32) for `stats`: the target `M` whose truncated SVD is the best
+    /// rank-`r` site (see [`crate::compute::whiten`]), and how to map its left factor back.
+    pub fn target(
+        &self,
+        stats: SiteStats<'_>,
+        w: &[f32],
+        (k, n): (usize, usize),
+    ) -> Result<(Vec<f32>, Unwhiten), String> {
+        use crate::compute::whiten::Whitening;
+        match stats {
+            SiteStats::Counts(c) => {
+                let mean = c.iter().sum::<f64>() / k as f64;
+                if mean.is_nan() || mean <= 0.0 {
+                    return Err("no token of the calibration data reads this table".into());
+                }
+                let scale: Vec<f64> = (0..k)
+                    .map(|i| {
+                        (c.get(i).copied().unwrap_or(0.0) + self.damp.max(1e-10) * mean).sqrt()
+                    })
+                    .collect();
+                let m = w
+                    .chunks(n)
+                    .zip(&scale)
+                    .flat_map(|(row, &s)| row.iter().map(move |&x| (x as f64 * s) as f32))
+                    .collect();
+                Ok((m, Unwhiten::Rows(scale)))
+            }
+            SiteStats::Full(g, None) => {
+                let wh = Whitening::new(&g.data, k, self.damp).map_err(|e| e.to_string())?;
+                Ok((wh.target(w, n), Unwhiten::Full(wh)))
+            }
+            SiteStats::Full(_, Some(p)) => {
+                let wh = Whitening::new(&p.hat.data, k, self.damp).map_err(|e| e.to_string())?;
+                Ok((wh.refit_target(&p.cross, w, n), Unwhiten::Full(wh)))
+            }
+        }
+    }
+}
+
+/// How a whitened target's left factor maps back to the weight's.
+pub enum Unwhiten {
+    /// `A = R⁻¹·Ã`.
+    Full(crate::compute::whiten::Whitening),
+    /// `A = diag(1/s)·Ã`.
+    Rows(Vec<f64>),
+}
+
+impl Unwhiten {
+    fn apply(&self, a: &[f32], r: usize) -> Vec<f32> {
+        match self {
+            Unwhiten::Full(wh) => wh.unwhiten(a, r),
+            Unwhiten::Rows(s) => a
+                .chunks(r.max(1))
+                .zip(s)
+                .flat_map(|(row, &x)| row.iter().map(move |&v| (v as f64 / x) as f32))
+                .collect(),
+        }
+    }
 }
 
 /// What a kernel did at a site, for the report.
@@ -70,6 +171,16 @@ pub struct Note {
     /// Bytes the storage saves against the dense constant (0 when stored densely).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_saved: Option<u64>,
+    /// Set when the factorization was whitened by calibration data: the value whose
+    /// activations it preserves. `rel_error` is then the site's relative *output* error on the
+    /// calibration data, ‖X·W − X̂·Ŵ‖/‖X·W‖ (X̂ = X unless refitted against the compressed
+    /// model's inputs), not a weight-space error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whitened: Option<String>,
+    /// With `whitened`: "whitened" (the original's activations) or "refit" (the compressed
+    /// model's inputs, the original's outputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 /// Kernel state for a whole pipeline: the memo (results per kernel and arguments: a constant
@@ -91,6 +202,11 @@ pub struct Memo {
     pub surveyed: bool,
     /// Value ids below this existed when the engine started.
     pub original_values: u32,
+    /// Calibration: when set, `lowrank(…, whiten = x)` preserves `x`'s activations.
+    pub whiten: Option<WhitenOptions>,
+    /// The tap each planned matrix is whitened by (`None`: plain), by matrix key: one
+    /// factorization per matrix, whichever site reads it.
+    pub taps: HashMap<String, Option<String>>,
 }
 
 impl Default for Memo {
@@ -106,21 +222,103 @@ impl Default for Memo {
             notes: Vec::new(),
             surveyed: false,
             original_values: u32::MAX,
+            whiten: None,
+            taps: HashMap::new(),
         }
     }
 }
 
 impl Memo {
     /// Store a precomputed result (batched factorization) under the key `lowrank` would use.
-    pub fn insert_lowrank(&mut self, matrix_key: &str, rank: usize, factors: Val, note: Note) {
+    pub fn insert_lowrank(
+        &mut self,
+        matrix_key: &str,
+        rank: usize,
+        tap: Option<&str>,
+        factors: Val,
+        note: Note,
+    ) {
         self.map
-            .insert(lowrank_key(matrix_key, rank), (factors, Some(note)));
+            .insert(lowrank_key(matrix_key, rank, tap), (factors, Some(note)));
     }
 }
 
-/// The memo key of `lowrank(matrix, rank)`.
-pub fn lowrank_key(matrix_key: &str, rank: usize) -> String {
-    format!("lowrank({matrix_key},{rank})")
+/// The memo key of `lowrank(matrix, rank)`; whitened by `tap`'s activations when given.
+pub fn lowrank_key(matrix_key: &str, rank: usize, tap: Option<&str>) -> String {
+    match tap {
+        Some(t) => format!("lowrank({matrix_key},{rank},whiten={t})"),
+        None => format!("lowrank({matrix_key},{rank})"),
+    }
+}
+
+/// Factors `w` (`K × N`, f32 `data`) at `rank` so that the site's outputs on the calibration
+/// data are preserved (see [`crate::compute::whiten`]): `stats` = the input's Gram and, for a
+/// refit, the compressed model's statistics. Returns the factors and the note (whose
+/// `rel_error` is the output error).
+#[allow(clippy::too_many_arguments)]
+pub fn whitened_factors(
+    backend: &dyn crate::compute::Backend,
+    svd: &crate::compute::SvdOptions,
+    whiten: &WhitenOptions,
+    w: &Tensor,
+    data: &[f32],
+    name: &str,
+    tap: &str,
+    stats: SiteStats<'_>,
+    rank: usize,
+) -> Result<(Val, Note), String> {
+    use crate::compute::whiten::output_error;
+    let (k, n) = (w.dims[0] as usize, w.dims[1] as usize);
+    let fail = |e: &dyn std::fmt::Display| format!("{name} (whitened by '{tap}'): {e}");
+    let (m, back) = whiten.target(stats, data, (k, n)).map_err(|e| fail(&e))?;
+    let mref = crate::compute::MatrixRef::new(k, n, &m).map_err(|e| fail(&e))?;
+    let f = backend
+        .lowrank(&[mref], rank, svd)
+        .map_err(|e| fail(&e))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail(&"no result"))?;
+    let (ta, b) = f.balanced();
+    let r = f.rank();
+    let a = back.apply(ta.data(), r);
+    let (rel_error, refit) = match stats {
+        SiteStats::Full(g, paired) => (
+            output_error(
+                &g.data,
+                paired.map(|p| (p.hat.data.as_slice(), p.cross.as_slice())),
+                data,
+                &a,
+                b.data(),
+                (k, n, r),
+            ),
+            paired.is_some(),
+        ),
+        SiteStats::Counts(c) => (counts_error(c, data, &a, b.data(), (k, n, r)), false),
+    };
+    let mut at = Tensor::from_f32(vec![k as i64, r as i64], &a);
+    let mut bt = Tensor::from_f32(vec![r as i64, n as i64], b.data());
+    let base = stored_base(name);
+    at.name = format!("{base}.lowrank_a");
+    bt.name = format!("{base}.lowrank_b");
+    let note = Note {
+        kernel: "lowrank".into(),
+        constant: name.to_string(),
+        shape: vec![k as i64, n as i64],
+        rank: Some(r),
+        sparsity: None,
+        rel_error,
+        params_before: (k * n) as u64,
+        params_after: (r * (k + n)) as u64,
+        shared: false,
+        storage: None,
+        bytes_saved: None,
+        whitened: Some(tap.to_string()),
+        method: Some(if refit { "refit" } else { "whitened" }.into()),
+    };
+    Ok((
+        Val::Tuple(vec![Val::Tensor(Arc::new(at)), Val::Tensor(Arc::new(bt))]),
+        note,
+    ))
 }
 
 /// Factor `w` (K×N, f32, elements `data`) at `rank` into (A = U√S: K×r, B = √S·Vᵀ: r×N) and
@@ -158,11 +356,49 @@ pub fn factor_tensors(
         shared: false,
         storage: None,
         bytes_saved: None,
+        whitened: None,
+        method: None,
     };
     (
         Val::Tuple(vec![Val::Tensor(Arc::new(ta)), Val::Tensor(Arc::new(tb))]),
         note,
     )
+}
+
+/// `sqrt(Σᵢ cᵢ‖Wᵢ − (A·B)ᵢ‖² / Σᵢ cᵢ‖Wᵢ‖²)`: the relative error of the rows a Gather reads,
+/// weighted by how often the calibration data read them.
+fn counts_error(
+    c: &[f64],
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    (k, n, r): (usize, usize, usize),
+) -> f64 {
+    use rayon::prelude::*;
+    let (num, den) = (0..k)
+        .into_par_iter()
+        .map(|i| {
+            let ci = c.get(i).copied().unwrap_or(0.0);
+            if ci == 0.0 {
+                return (0.0, 0.0);
+            }
+            let (mut e, mut t) = (0.0f64, 0.0f64);
+            for j in 0..n {
+                let approx: f64 = (0..r)
+                    .map(|p| a[i * r + p] as f64 * b[p * n + j] as f64)
+                    .sum();
+                let x = w[i * n + j] as f64;
+                e += (x - approx) * (x - approx);
+                t += x * x;
+            }
+            (ci * e, ci * t)
+        })
+        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        0.0
+    }
 }
 
 /// A stored-name stem from a constant's description: `h.0.attn.c_attn.weight[:, 32:64]`
@@ -685,7 +921,7 @@ impl Eval<'_> {
                 }
                 Ok(Val::Energy(p))
             }
-            "lowrank" => {
+            "lowrank" | "lowrank_compact" => {
                 let x = need(0, "w")?;
                 let spec = match need(1, "rank")? {
                     Val::Plan => RankSpec::Plan,
@@ -700,7 +936,18 @@ impl Eval<'_> {
                         }
                     },
                 };
-                self.lowrank(&x, spec)
+                let tap = match pos(2, "whiten") {
+                    None | Some(Val::None) => None,
+                    Some(v) => {
+                        let id = self.value_of(v)?;
+                        Some(self.g.value(id).name.clone())
+                    }
+                };
+                if func == "lowrank_compact" {
+                    self.lowrank_compact(&x, spec, tap)
+                } else {
+                    self.lowrank(&x, spec, tap, false).map(|(v, _)| v)
+                }
             }
             "op" => {
                 let v = self.value_of(&need(0, "x")?)?;
@@ -811,7 +1058,70 @@ impl Eval<'_> {
         }
     }
 
-    fn lowrank(&mut self, x: &Val, spec: RankSpec) -> R<Val> {
+    /// `lowrank` in the compact form: `(A', Z, cols)` (see [`crate::compute::whiten::compact`]);
+    /// the note counts what it stores.
+    fn lowrank_compact(&mut self, x: &Val, spec: RankSpec, tap: Option<String>) -> R<Val> {
+        let (ab, key) = self.lowrank(x, spec, tap, true)?;
+        let (a, b) = match &ab {
+            Val::Tuple(v) if v.len() == 2 => match (&v[0], &v[1]) {
+                (Val::Tensor(a), Val::Tensor(b)) => (a.clone(), b.clone()),
+                _ => return Err("lowrank_compact: factors are not constants".into()),
+            },
+            _ => return Err("lowrank_compact: no factors".into()),
+        };
+        let (k, r, n) = (a.dims[0], a.dims[1], b.dims[1]);
+        if self.memo.survey.is_none() {
+            if let Some(note) = self.memo.notes.last_mut() {
+                note.kernel = "lowrank_compact".into();
+                note.params_after = (r * (k + n - r) + n) as u64;
+            }
+        }
+        let ckey = format!("compact:{key}");
+        if let Some((v, _)) = self.memo.map.get(&ckey) {
+            return Ok(v.clone());
+        }
+        let (a2, z, cols) = if self.memo.survey.is_some() {
+            // Placeholders of the right shapes.
+            (
+                vec![0.0f32; (k * r) as usize],
+                vec![0.0f32; (r * (n - r)) as usize],
+                (0..n as usize).collect(),
+            )
+        } else {
+            let ad = a.as_f32().ok_or("lowrank_compact: not f32")?;
+            let bd = b.as_f32().ok_or("lowrank_compact: not f32")?;
+            crate::compute::whiten::compact(&ad, &bd, (k as usize, r as usize, n as usize))
+                .map_err(|e| format!("lowrank_compact of {}: {e}", self.describe(x)))?
+        };
+        let base = a.name.trim_end_matches(".lowrank_a").to_string();
+        let mut ta = Tensor::from_f32(vec![k, r], &a2);
+        let mut tz = Tensor::from_f32(vec![r, n - r], &z);
+        // int32 indices (Gather takes them): 4 bytes per column.
+        let idx: Vec<u8> = cols
+            .iter()
+            .flat_map(|&c| (c as i32).to_le_bytes())
+            .collect();
+        let mut tc = Tensor::from_raw(DType::I32, vec![n], bytes::Bytes::from(idx));
+        ta.name = format!("{base}.lowrank_a");
+        tz.name = format!("{base}.lowrank_z");
+        tc.name = format!("{base}.lowrank_cols");
+        let v = Val::Tuple(vec![
+            Val::Tensor(Arc::new(ta)),
+            Val::Tensor(Arc::new(tz)),
+            Val::Tensor(Arc::new(tc)),
+        ]);
+        self.memo.map.insert(ckey, (v.clone(), None));
+        Ok(v)
+    }
+
+    /// The factors `(A, B)` and their memo key.
+    fn lowrank(
+        &mut self,
+        x: &Val,
+        spec: RankSpec,
+        tap: Option<String>,
+        compact: bool,
+    ) -> R<(Val, String)> {
         let t = self.tensor(x)?;
         if t.dtype != DType::F32 || t.dims.len() != 2 {
             return Err(format!(
@@ -832,15 +1142,17 @@ impl Eval<'_> {
                 name,
                 matrix: t,
                 spec,
+                tap,
+                compact,
             });
             self.memo.surveyed = true;
             let r = k.min(n).min(crate::plan::ALIGN as i64);
             let a = Tensor::from_f32(vec![k, r], &vec![0.0; (k * r) as usize]);
             let b = Tensor::from_f32(vec![r, n], &vec![0.0; (r * n) as usize]);
-            return Ok(Val::Tuple(vec![
-                Val::Tensor(Arc::new(a)),
-                Val::Tensor(Arc::new(b)),
-            ]));
+            return Ok((
+                Val::Tuple(vec![Val::Tensor(Arc::new(a)), Val::Tensor(Arc::new(b))]),
+                format!("survey:{k}x{n}"),
+            ));
         }
         let r = match spec {
             RankSpec::Fixed(r) => r,
@@ -854,8 +1166,30 @@ impl Eval<'_> {
         if r > k.min(n) {
             return Err(format!("rank {r} exceeds min({k}, {n})"));
         }
-        self.memo_noted(lowrank_key(&mkey, r), |me| {
+        // Whitened only where calibration covers the tap (else the plain factorization).
+        let whiten = self.memo.whiten.clone();
+        let tap = match self.memo.taps.get(&mkey) {
+            Some(planned) => planned.clone(),
+            None => tap,
+        };
+        let stats = whiten.as_ref().and_then(|w| w.site(tap.as_deref(), k));
+        let key_tap = stats.and(tap.as_deref());
+        let key = lowrank_key(&mkey, r, key_tap);
+        self.memo_noted(key.clone(), |me| {
             let data = t.as_f32().ok_or("lowrank: not f32")?;
+            if let (Some(stats), Some(tap), Some(wo)) = (stats, key_tap, whiten.as_ref()) {
+                return whitened_factors(
+                    me.memo.backend.as_ref(),
+                    &me.memo.svd,
+                    wo,
+                    &t,
+                    &data,
+                    &name,
+                    tap,
+                    stats,
+                    r,
+                );
+            }
             let w = crate::compute::MatrixRef::new(k, n, &data).map_err(|e| e.to_string())?;
             let f = me
                 .memo
@@ -865,6 +1199,7 @@ impl Eval<'_> {
             let f = f.into_iter().next().ok_or("lowrank: no result")?;
             Ok(factor_tensors(&f, &t, &data, &name))
         })
+        .map(|v| (v, key))
     }
 
     /// The name of a graph value, or a description of a computed constant.

@@ -121,6 +121,8 @@ pub fn mask(
         shared: false,
         storage: Some(if saving.is_some() { "sparse" } else { "dense" }.into()),
         bytes_saved: Some(saving.unwrap_or(0)),
+        whitened: None,
+        method: None,
     };
     Ok((t, note))
 }
@@ -233,6 +235,8 @@ pub fn neurons(block: &Block<'_>, sparsity: f64, name: &str) -> Result<(Tensor, 
         shared: false,
         storage: None,
         bytes_saved: None,
+        whitened: None,
+        method: None,
     };
     Ok((t, note))
 }
