@@ -89,8 +89,10 @@ enum Command {
         #[arg(long, value_parser = parse_bytes)]
         max_bytes: Option<u64>,
         /// How the planner compares sites: global (the singular triplets with the most relative
-        /// energy per parameter; the default, see docs/QUALITY.md) or uniform (the same kept
-        /// fraction everywhere).
+        /// energy per parameter; the default without --calib), block (each layer the budget
+        /// uniform gives it, shared within by whitened energy; the default with --calib),
+        /// uniform (the same kept fraction everywhere) or uniform-rank (the same fraction of
+        /// each full rank). docs/QUALITY.md has the measurements.
         #[arg(long)]
         strategy: Option<hcc::plan::Strategy>,
         /// Write the report: JSON (`.json`) or HTML (`.html`).
@@ -385,6 +387,8 @@ fn run(cli: Cli) -> Result<()> {
             let strategy = match (strategy, &profile.strategy) {
                 (Some(s), _) => s,
                 (None, Some(s)) => s.parse().map_err(anyhow::Error::msg)?,
+                // Calibrated spectra plan best per block; plain ones globally (docs/QUALITY.md).
+                (None, None) if calib.calib.is_some() => hcc::plan::Strategy::Block,
                 (None, None) => hcc::plan::Strategy::Global,
             };
             let report_path = report_path.or(profile.report.clone());

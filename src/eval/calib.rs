@@ -1,14 +1,12 @@
 //! Calibration: statistics of a model's activations on real data, for the rewrites that preserve
-//! what the model computes on that data (whitened low-rank factorization, refits).
+//! what the model computes on that data (whitened low-rank factorization).
 //!
 //! [`collect`] runs the original model in-process (tract) on calibration sequences with the
 //! requested values ("taps": the inputs of the sites a rule matched) as its only outputs, and
 //! accumulates, per tap, the Gram matrix `XᵀX` of its rows (every leading dim flattened; `K` is
 //! the last dim): each batch's product in f32 (faer), summed across batches in f64, so memory
 //! is bounded by the Grams, not by the data. While the Grams of one batch are summed (all
-//! cores), tract runs the next. [`collect_paired`] runs the original and a compressed model on
-//! the same sequences and accumulates `X̂ᵀX̂` and `X̂ᵀX` (X̂: the compressed model's value of the
-//! same name), which the refit uses.
+//! cores), tract runs the next.
 //!
 //! Sequences (see [`CalibOptions`]): a text file with a HuggingFace tokenizer, or a `.npy` file
 //! of token ids (int32/int64, `[sequences, len]` or one flat stream).
@@ -90,15 +88,6 @@ pub struct Gram {
     pub data: Vec<f64>,
 }
 
-/// What a compressed model's value looks like against the original's, on the same data.
-#[derive(Clone, Debug)]
-pub struct Paired {
-    /// `X̂ᵀX̂` (`K × K`).
-    pub hat: Gram,
-    /// `X̂ᵀX` (`K × K`, not symmetric).
-    pub cross: Vec<f64>,
-}
-
 /// Activation statistics for a set of taps.
 #[derive(Clone, Debug, Default)]
 pub struct Calibration {
@@ -117,8 +106,6 @@ pub struct Calibration {
     /// Per integer tap (token ids read by a `Gather`): how often each id occurred (padding
     /// excluded), indexed by id.
     pub counts: BTreeMap<String, Vec<f64>>,
-    /// Per tap, against a compressed model (after [`collect_paired`]).
-    pub paired: BTreeMap<String, Paired>,
 }
 
 /// The calibration sequences of a model: token ids (and masks) of equal length.
@@ -519,7 +506,6 @@ pub fn collect(
                 cached: true,
                 grams,
                 counts,
-                paired: BTreeMap::new(),
             });
         }
     }
@@ -600,75 +586,7 @@ pub fn collect(
         cached: false,
         grams,
         counts,
-        paired: BTreeMap::new(),
     })
-}
-
-/// Runs `original` and `compressed` on the same calibration sequences and stores, per tap, the
-/// compressed model's `X̂ᵀX̂` and `X̂ᵀX` in `calib.paired` (not cached: the compressed model is
-/// new each time).
-pub fn collect_paired(
-    original: &Path,
-    compressed: &Path,
-    taps: &[String],
-    opts: &CalibOptions,
-    calib: &mut Calibration,
-    progress: Option<&ProgressSink>,
-) -> Result<(), EvalError> {
-    let start = Instant::now();
-    let seqs = sequences(original, opts)?;
-    let calib_counts: Vec<String> = calib.counts.keys().cloned().collect();
-    let mut acc: Vec<Option<(Vec<f64>, Vec<f64>)>> = vec![None; taps.len()];
-    stream(
-        &[original, compressed],
-        taps,
-        &seqs,
-        opts.batch_size,
-        progress,
-        |batch| {
-            let (orig, mask) = &batch[0];
-            let (comp, _) = &batch[1];
-            acc.par_iter_mut()
-                .zip(orig.par_iter().zip(comp.par_iter()))
-                .zip(taps.par_iter())
-                .try_for_each(|((a, (vo, vc)), tap)| {
-                    if calib_counts.contains(tap) {
-                        return Ok(());
-                    }
-                    let (n, x) = rows(tap, vo, mask.as_deref(), original)?;
-                    let (nc, xh) = rows(tap, vc, mask.as_deref(), compressed)?;
-                    let k = x.len() / n.max(1);
-                    if nc != n || xh.len() != x.len() {
-                        return Err(EvalError::Mismatch {
-                            path: compressed.to_path_buf(),
-                            detail: format!(
-                                "value '{tap}' has shape {:?}, the original's {:?}",
-                                vc.0, vo.0
-                            ),
-                        });
-                    }
-                    let (hat, cross) =
-                        a.get_or_insert_with(|| (vec![0.0; k * k], vec![0.0; k * k]));
-                    add_product(hat, &xh, &xh, n, k, true);
-                    add_product(cross, &xh, &x, n, k, false);
-                    Ok(())
-                })
-        },
-    )?;
-    for (tap, a) in taps.iter().zip(acc) {
-        let Some((mut hat, cross)) = a else { continue };
-        let dim = (hat.len() as f64).sqrt() as usize;
-        mirror_lower(&mut hat, dim);
-        calib.paired.insert(
-            tap.clone(),
-            Paired {
-                hat: Gram { dim, data: hat },
-                cross,
-            },
-        );
-    }
-    calib.seconds += start.elapsed().as_secs_f64();
-    Ok(())
 }
 
 /// A 64-bit digest of the model file's bytes (8 at a time) and of the sequences.

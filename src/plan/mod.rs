@@ -21,6 +21,13 @@ pub enum Strategy {
     Global,
     /// The same fraction of each site's full rank `min(K, N)` everywhere.
     UniformRank,
+    /// Each block (the sites whose names share their first number, e.g. `layers.12`) gets the
+    /// budget `uniform` would give it; within a block, blocks of singular triplets are kept by
+    /// energy per parameter, each site's energies divided by the square root of its total (half
+    /// way between absolute energies, which favour the sites with the largest activations, and
+    /// relative ones, which favour small matrices). Meant for whitened spectra (output errors);
+    /// see docs/QUALITY.md for the measurements behind it.
+    Block,
 }
 
 impl std::str::FromStr for Strategy {
@@ -30,8 +37,9 @@ impl std::str::FromStr for Strategy {
             "uniform" => Ok(Strategy::Uniform),
             "global" => Ok(Strategy::Global),
             "uniform-rank" => Ok(Strategy::UniformRank),
+            "block" => Ok(Strategy::Block),
             other => Err(format!(
-                "unknown strategy '{other}' (uniform, uniform-rank, global)"
+                "unknown strategy '{other}' (uniform, uniform-rank, global, block)"
             )),
         }
     }
@@ -49,6 +57,8 @@ pub struct PlanSite {
     pub can_stay_dense: bool,
     /// Stored in the compact form (`lowrank_compact`): `r·(K + N − r) + N` parameters.
     pub compact: bool,
+    /// The block the site belongs to (for [`Strategy::Block`]).
+    pub group: Option<u32>,
 }
 
 impl PlanSite {
@@ -156,6 +166,7 @@ pub fn plan(
     Ok(match strategy {
         Strategy::Uniform => uniform(sites, fixed, target, false),
         Strategy::UniformRank => uniform(sites, fixed, target, true),
+        Strategy::Block => block(sites, fixed, target),
         Strategy::Global => global(sites, fixed, target),
     })
 }
@@ -289,6 +300,75 @@ fn global(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
     out
 }
 
+/// [`Strategy::Block`]: uniform budgets per block, absolute energy within.
+fn block(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
+    let base = uniform(sites, fixed, target, false);
+    let mut groups: std::collections::BTreeMap<Option<u32>, Vec<usize>> =
+        std::collections::BTreeMap::new();
+    for (i, s) in sites.iter().enumerate() {
+        groups.entry(s.group).or_default().push(i);
+    }
+    let mut out = base.clone();
+    for members in groups.values() {
+        // Only sites the uniform plan factorizes take part; the group's budget is their cost.
+        let active: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| base[i].is_some() && sites[i].spectrum.is_some())
+            .collect();
+        if active.len() < 2 {
+            continue;
+        }
+        let budget: u64 = active.iter().map(|&i| sites[i].cost(base[i])).sum();
+        let energy = |i: usize, r: usize| -> f64 {
+            let sp = sites[i].spectrum.as_deref().unwrap_or(&[]);
+            let tot: f64 = sp.iter().map(|&x| (x as f64) * (x as f64)).sum();
+            sp.iter()
+                .skip(r)
+                .take(ALIGN)
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                / tot.max(f64::MIN_POSITIVE).sqrt()
+        };
+        let mut ranks: Vec<usize> = active.iter().map(|_| ALIGN).collect();
+        let mut used: u64 = active.iter().map(|&i| sites[i].at(ALIGN)).sum();
+        let mut heap: std::collections::BinaryHeap<(u64, std::cmp::Reverse<usize>)> =
+            std::collections::BinaryHeap::new();
+        let score = |i: usize, r: usize| -> u64 {
+            let gain = energy(i, r) / sites[i].step(r).max(1) as f64;
+            (gain.max(0.0).sqrt() * 1e9) as u64
+        };
+        for (j, &i) in active.iter().enumerate() {
+            if ranks[j] + ALIGN <= sites[i].max_rank() {
+                heap.push((score(i, ranks[j]), std::cmp::Reverse(j)));
+            }
+        }
+        while let Some((_, std::cmp::Reverse(j))) = heap.pop() {
+            let i = active[j];
+            let step = sites[i].step(ranks[j]);
+            if used + step > budget {
+                continue;
+            }
+            ranks[j] += ALIGN;
+            used += step;
+            if ranks[j] + ALIGN <= sites[i].max_rank() {
+                heap.push((score(i, ranks[j]), std::cmp::Reverse(j)));
+            }
+        }
+        for (j, &i) in active.iter().enumerate() {
+            out[i] = Some(ranks[j]);
+        }
+    }
+    out
+}
+
+/// The block of a weight by its name: the first dotted component that is a number
+/// (`model.layers.12.mlp.up_proj.weight` → 12).
+pub fn group_of(name: &str) -> Option<u32> {
+    name.split(['.', '/', '_'])
+        .find_map(|part| part.parse::<u32>().ok())
+}
+
 /// The smallest aligned rank keeping fraction `p` of the energy (Σσ²) of `spectrum`.
 pub fn energy_rank(spectrum: &[f32], p: f64) -> usize {
     let e: Vec<f64> = spectrum.iter().map(|&x| (x as f64) * (x as f64)).collect();
@@ -316,6 +396,7 @@ mod tests {
             spectrum: Some((0..k.min(n)).map(|i| decay.powi(i as i32)).collect()),
             can_stay_dense: true,
             compact: false,
+            group: None,
         }
     }
 
@@ -405,5 +486,32 @@ mod tests {
             .unwrap();
         assert!(rc > rp + 64, "{rc} vs {rp}");
         assert!(1000 + c.at(rc) <= target && 1000 + c.at(rc + ALIGN) > target);
+    }
+
+    #[test]
+    fn block_keeps_each_blocks_uniform_budget_and_favours_absolute_energy_within() {
+        // Two blocks of two same-shape sites; in block 0 one site's spectrum is 10x larger.
+        let mk = |group: u32, scale: f32| {
+            let mut s = site(256, 256, 0.98);
+            s.group = Some(group);
+            s.spectrum = s.spectrum.map(|v| v.iter().map(|x| x * scale).collect());
+            s
+        };
+        let sites = vec![mk(0, 10.0), mk(0, 1.0), mk(1, 1.0), mk(1, 1.0)];
+        let orig: u64 = sites.iter().map(PlanSite::dense).sum();
+        let target = orig * 3 / 5;
+        let u = plan(&sites, 0, target, orig, Strategy::Uniform).unwrap();
+        let b = plan(&sites, 0, target, orig, Strategy::Block).unwrap();
+        let cost =
+            |r: &Ranks, idx: &[usize]| -> u64 { idx.iter().map(|&i| sites[i].cost(r[i])).sum() };
+        for g in [[0usize, 1], [2, 3]] {
+            assert!(cost(&b, &g) <= cost(&u, &g), "{b:?} vs {u:?}");
+        }
+        assert!(b[0].unwrap() > b[1].unwrap(), "{b:?}");
+        assert_eq!(b[2], b[3], "{b:?}");
+        assert!(total(&sites, &b, 0) <= target);
+        assert_eq!(group_of("model.layers.12.mlp.up_proj.weight"), Some(12));
+        assert_eq!(group_of("h.3.attn.c_attn.weight_32_64"), Some(3));
+        assert_eq!(group_of("embeddings.word_embeddings.weight"), None);
     }
 }

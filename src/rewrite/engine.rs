@@ -316,7 +316,11 @@ impl<'a> Engine<'a> {
         let (params_before, bytes_before) = stored_size(&self.model.graph);
         let needs_spectrum = |r: &super::eval::Request| {
             matches!(r.spec, RankSpec::Energy(_))
-                || (r.spec == RankSpec::Plan && strategy == crate::plan::Strategy::Global)
+                || (r.spec == RankSpec::Plan
+                    && matches!(
+                        strategy,
+                        crate::plan::Strategy::Global | crate::plan::Strategy::Block
+                    ))
         };
         let backend = self.memo.backend.clone();
         let with_spectrum = unique.iter().filter(|r| needs_spectrum(r)).count();
@@ -369,6 +373,7 @@ impl<'a> Engine<'a> {
                 spectrum: None,
                 can_stay_dense: true,
                 compact: r.compact,
+                group: None,
             };
             fixed = fixed.saturating_sub(site.dense());
             match r.spec {
@@ -412,6 +417,7 @@ impl<'a> Engine<'a> {
                         // factorized together with its siblings: it cannot go dense alone.
                         can_stay_dense: unique[i].key.starts_with('v'),
                         compact: unique[i].compact,
+                        group: crate::plan::group_of(&unique[i].name),
                     }
                 })
                 .collect();

@@ -64,11 +64,8 @@ pub struct WhitenOptions {
 /// The statistics one whitened site uses.
 #[derive(Clone, Copy, Debug)]
 pub enum SiteStats<'a> {
-    /// The input's Gram `XᵀX`, and for a refit the compressed model's `X̂ᵀX̂` and `X̂ᵀX`.
-    Full(
-        &'a crate::eval::calib::Gram,
-        Option<&'a crate::eval::calib::Paired>,
-    ),
+    /// The input's Gram `XᵀX`.
+    Full(&'a crate::eval::calib::Gram),
     /// A token table read by `Gather`: how often each row was read (the Gram of one-hot rows
     /// is this diagonal).
     Counts(&'a [f64]),
@@ -82,11 +79,7 @@ impl WhitenOptions {
             return (c.len() <= k).then_some(SiteStats::Counts(c));
         }
         let g = self.calib.grams.get(tap)?;
-        if g.dim != k {
-            return None;
-        }
-        let p = self.calib.paired.get(tap).filter(|p| p.hat.dim == k);
-        Some(SiteStats::Full(g, p))
+        (g.dim == k).then_some(SiteStats::Full(g))
     }
 
     /// Whitens `w` (`k × n`, f32) for `stats`: the target `M` whose truncated SVD is the best
@@ -116,13 +109,9 @@ impl WhitenOptions {
                     .collect();
                 Ok((m, Unwhiten::Rows(scale)))
             }
-            SiteStats::Full(g, None) => {
+            SiteStats::Full(g) => {
                 let wh = Whitening::new(&g.data, k, self.damp).map_err(|e| e.to_string())?;
                 Ok((wh.target(w, n), Unwhiten::Full(wh)))
-            }
-            SiteStats::Full(_, Some(p)) => {
-                let wh = Whitening::new(&p.hat.data, k, self.damp).map_err(|e| e.to_string())?;
-                Ok((wh.refit_target(&p.cross, w, n), Unwhiten::Full(wh)))
             }
         }
     }
@@ -173,12 +162,12 @@ pub struct Note {
     pub bytes_saved: Option<u64>,
     /// Set when the factorization was whitened by calibration data: the value whose
     /// activations it preserves. `rel_error` is then the site's relative *output* error on the
-    /// calibration data, ‖X·W − X̂·Ŵ‖/‖X·W‖ (X̂ = X unless refitted against the compressed
-    /// model's inputs), not a weight-space error.
+    /// calibration data, ‖X·(W − Ŵ)‖/‖X·W‖ (for a token table: the error of its rows weighted
+    /// by how often they were read), not a weight-space error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub whitened: Option<String>,
-    /// With `whitened`: "whitened" (the original's activations) or "refit" (the compressed
-    /// model's inputs, the original's outputs).
+    /// With `whitened`: "whitened" (the input's Gram) or "token counts" (a table read by a
+    /// Gather, rows weighted by how often the data read them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
 }
@@ -252,9 +241,9 @@ pub fn lowrank_key(matrix_key: &str, rank: usize, tap: Option<&str>) -> String {
 }
 
 /// Factors `w` (`K × N`, f32 `data`) at `rank` so that the site's outputs on the calibration
-/// data are preserved (see [`crate::compute::whiten`]): `stats` = the input's Gram and, for a
-/// refit, the compressed model's statistics. Returns the factors and the note (whose
-/// `rel_error` is the output error).
+/// data are preserved (see [`crate::compute::whiten`]): `stats` = the input's Gram, or a
+/// table's token counts. Returns the factors and the note (whose `rel_error` is the output
+/// error).
 #[allow(clippy::too_many_arguments)]
 pub fn whitened_factors(
     backend: &dyn crate::compute::Backend,
@@ -281,19 +270,9 @@ pub fn whitened_factors(
     let (ta, b) = f.balanced();
     let r = f.rank();
     let a = back.apply(ta.data(), r);
-    let (rel_error, refit) = match stats {
-        SiteStats::Full(g, paired) => (
-            output_error(
-                &g.data,
-                paired.map(|p| (p.hat.data.as_slice(), p.cross.as_slice())),
-                data,
-                &a,
-                b.data(),
-                (k, n, r),
-            ),
-            paired.is_some(),
-        ),
-        SiteStats::Counts(c) => (counts_error(c, data, &a, b.data(), (k, n, r)), false),
+    let rel_error = match stats {
+        SiteStats::Full(g) => output_error(&g.data, None, data, &a, b.data(), (k, n, r)),
+        SiteStats::Counts(c) => counts_error(c, data, &a, b.data(), (k, n, r)),
     };
     let mut at = Tensor::from_f32(vec![k as i64, r as i64], &a);
     let mut bt = Tensor::from_f32(vec![r as i64, n as i64], b.data());
@@ -313,7 +292,13 @@ pub fn whitened_factors(
         storage: None,
         bytes_saved: None,
         whitened: Some(tap.to_string()),
-        method: Some(if refit { "refit" } else { "whitened" }.into()),
+        method: Some(
+            match stats {
+                SiteStats::Full(_) => "whitened",
+                SiteStats::Counts(_) => "token counts",
+            }
+            .into(),
+        ),
     };
     Ok((
         Val::Tuple(vec![Val::Tensor(Arc::new(at)), Val::Tensor(Arc::new(bt))]),
