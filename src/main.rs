@@ -89,12 +89,15 @@ enum Command {
         #[arg(long, value_parser = parse_bytes)]
         max_bytes: Option<u64>,
         /// How the planner compares sites: global (the singular triplets with the most relative
-        /// energy per parameter; the default without --calib), block (each layer the budget
-        /// uniform gives it, shared within by whitened energy; the default with --calib),
+        /// energy per parameter), block (each layer the budget uniform gives it, shared within
+        /// by whitened energy),
         /// uniform (the same kept fraction everywhere) or uniform-rank (the same fraction of
-        /// each full rank). docs/QUALITY.md has the measurements.
-        #[arg(long)]
-        strategy: Option<hcc::plan::Strategy>,
+        /// each full rank), or auto (the default): with --calib text, compile with block,
+        /// uniform and global and keep the one whose outputs on the calibration text are
+        /// closest to the original's (perplexity, or sentence-embedding cosine); else global.
+        /// docs/QUALITY.md has the measurements.
+        #[arg(long, value_parser = parse_strategy)]
+        strategy: Option<StrategyChoice>,
         /// Write the report: JSON (`.json`) or HTML (`.html`).
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
@@ -386,10 +389,8 @@ fn run(cli: Cli) -> Result<()> {
             });
             let strategy = match (strategy, &profile.strategy) {
                 (Some(s), _) => s,
-                (None, Some(s)) => s.parse().map_err(anyhow::Error::msg)?,
-                // Calibrated spectra plan best per block; plain ones globally (docs/QUALITY.md).
-                (None, None) if calib.calib.is_some() => hcc::plan::Strategy::Block,
-                (None, None) => hcc::plan::Strategy::Global,
+                (None, Some(s)) => parse_strategy(s).map_err(anyhow::Error::msg)?,
+                (None, None) => StrategyChoice::Auto,
             };
             let report_path = report_path.or(profile.report.clone());
             let ext = ExtArgs {
@@ -442,37 +443,56 @@ fn run(cli: Cli) -> Result<()> {
             }
             let mut calibration: Option<std::sync::Arc<hcc::eval::calib::Calibration>> = None;
             let mut taps: Vec<String> = Vec::new();
-            let (plan, stages, stats) = {
-                progress.step("planning");
-                let mut engine = hcc::rewrite::Engine::new(&mut m, &program);
+            if let Some(opts) = &calib_opts {
+                progress.step("surveying the pipeline");
+                let mut probe = m.clone();
+                taps = hcc::rewrite::Engine::new(&mut probe, &program).whiten_taps(pipe)?;
+                drop(probe);
+                if taps.is_empty() {
+                    tracing::warn!(
+                        "pipeline '{}' makes no `lowrank(…, whiten = x)` call: --calib has no effect",
+                        pipe.name.name
+                    );
+                } else {
+                    progress.step(&format!("calibration: {} activations", taps.len()));
+                    let c =
+                        hcc::eval::calib::collect(&model, &taps, opts, progress.sink().as_ref())?;
+                    tracing::info!(
+                        "calibration: {} sequences, {} tokens, {:.1} s{}",
+                        c.sequences,
+                        c.tokens,
+                        c.seconds,
+                        if c.cached { " (cached)" } else { "" }
+                    );
+                    calibration = Some(std::sync::Arc::new(c));
+                }
+            }
+            // The strategies to try: `auto` compares them on the calibration text.
+            let calib_text = calib_opts
+                .as_ref()
+                .filter(|o| o.tokenizer.is_some() && o.data.extension().is_none_or(|e| e != "npy"));
+            use hcc::plan::Strategy as S;
+            let candidates: Vec<S> = match strategy {
+                StrategyChoice::Fixed(s) => vec![s],
+                StrategyChoice::Auto if calibration.is_some() && calib_text.is_some() => {
+                    vec![S::Block, S::Uniform, S::Global]
+                }
+                StrategyChoice::Auto if calibration.is_some() => vec![S::Block],
+                StrategyChoice::Auto => vec![S::Global],
+            };
+            let mut trials: Vec<hcc::report::compile::StrategyTrial> = Vec::new();
+            let mut best: Option<(f64, hcc::ir::Model, _, _)> = None;
+            for (i, &s) in candidates.iter().enumerate() {
+                let mut mi = if i + 1 == candidates.len() {
+                    std::mem::take(&mut m)
+                } else {
+                    m.clone()
+                };
+                progress.step(&format!("planning ({s:?} strategy)"));
+                let mut engine = hcc::rewrite::Engine::new(&mut mi, &program);
                 engine.set_backend(selected.backend.clone());
                 if let Some(sink) = progress.sink() {
                     engine.set_progress(sink);
-                }
-                if let Some(opts) = &calib_opts {
-                    taps = engine.whiten_taps(pipe)?;
-                    if taps.is_empty() {
-                        tracing::warn!(
-                            "pipeline '{}' makes no `lowrank(…, whiten = x)` call: --calib has no effect",
-                            pipe.name.name
-                        );
-                    } else {
-                        progress.step(&format!("calibration: {} activations", taps.len()));
-                        let c = hcc::eval::calib::collect(
-                            &model,
-                            &taps,
-                            opts,
-                            progress.sink().as_ref(),
-                        )?;
-                        tracing::info!(
-                            "calibration: {} sequences, {} tokens, {:.1} s{}",
-                            c.sequences,
-                            c.tokens,
-                            c.seconds,
-                            if c.cached { " (cached)" } else { "" }
-                        );
-                        calibration = Some(std::sync::Arc::new(c));
-                    }
                 }
                 if let Some(c) = &calibration {
                     engine.set_whitening(hcc::rewrite::eval::WhitenOptions {
@@ -480,13 +500,59 @@ fn run(cli: Cli) -> Result<()> {
                         damp: calib.calib_damp,
                     });
                 }
-                let plan = engine.plan_pipeline(pipe, target, strategy)?;
+                let plan = engine.plan_pipeline(pipe, target, s)?;
                 progress.step(&format!("pipeline '{}'", pipe.name.name));
                 let stages = engine.run_pipeline(pipe)?;
-                progress.step("writing the model");
-                let stats = onnx::save(&m, &output, &ext.options())?;
-                (plan, stages, stats)
+                drop(engine);
+                let (Some(opts), true) = (calib_text, candidates.len() > 1) else {
+                    best = Some((0.0, mi, plan, stages));
+                    break;
+                };
+                // Score on the calibration text (two windows or 32 lines).
+                progress.step(&format!("scoring the {s:?} plan on the calibration text"));
+                let name = output
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let trial = output.with_file_name(format!(".{name}.trial{i}.onnx"));
+                onnx::save(&mi, &trial, &SaveOptions::default())?;
+                let mut t = hcc::eval::TextOptions::new(
+                    &opts.data,
+                    opts.tokenizer.clone().unwrap_or_default(),
+                );
+                t.seq_len = opts.seq_len;
+                t.max_chunks = 2;
+                let scored = hcc::eval::text_eval(&model, &trial, &t);
+                let _ = std::fs::remove_file(&trial);
+                let r = scored?;
+                let (metric, value, score) = match (r.ratio, r.cosine_mean) {
+                    (Some(x), _) => ("perplexity ratio", x, x),
+                    (None, Some(c)) => ("sentence-embedding cosine", c, 1.0 - c),
+                    _ => bail!("no score for the {s:?} plan"),
+                };
+                tracing::info!("strategy {s:?}: {metric} {value:.4} on the calibration text");
+                trials.push(hcc::report::compile::StrategyTrial {
+                    strategy: s.name().into(),
+                    metric: metric.into(),
+                    value,
+                    chosen: false,
+                });
+                if best.as_ref().is_none_or(|b| score < b.0) {
+                    best = Some((score, mi, plan, stages));
+                }
+            }
+            let Some((_, best_model, plan, stages)) = best else {
+                bail!("no strategy to plan with");
             };
+            m = best_model;
+            if let Some(t) = trials
+                .iter_mut()
+                .find(|t| t.strategy == plan.strategy.name())
+            {
+                t.chosen = true;
+            }
+            progress.step("writing the model");
+            let stats = onnx::save(&m, &output, &ext.options())?;
             if explain {
                 print!("{}", hcc::rewrite::render_explain(&stages, max_misses));
             }
@@ -505,6 +571,7 @@ fn run(cli: Cli) -> Result<()> {
                 file_after,
             );
             report.backend = selected.reason.clone();
+            report.strategy_trials = trials;
             if let Some(t) = target {
                 let goal = t.params(before.0, before.1);
                 if after.0 > goal {
@@ -656,6 +723,23 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--strategy`: a planner strategy, or `auto`.
+#[derive(Clone, Copy, Debug)]
+enum StrategyChoice {
+    Auto,
+    Fixed(hcc::plan::Strategy),
+}
+
+fn parse_strategy(s: &str) -> Result<StrategyChoice, String> {
+    match s {
+        "auto" => Ok(StrategyChoice::Auto),
+        other => other
+            .parse()
+            .map(StrategyChoice::Fixed)
+            .map_err(|e: String| format!("{e}, or auto")),
+    }
 }
 
 /// A count: digits, optionally with a K/M/G suffix (powers of 1000), e.g. `114.3M`.

@@ -72,6 +72,17 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
     assert_eq!(c["cached"], false, "{c}");
     // q/k/v share an input, gate/up another: 4 activations per layer.
     assert_eq!(c["activations"], 16, "{c}");
+    // `--strategy auto`: three plans scored on the calibration text, one kept.
+    let trials = r["strategy_trials"].as_array().expect("strategy trials");
+    assert_eq!(trials.len(), 3, "{trials:?}");
+    let kept: Vec<&Value> = trials.iter().filter(|t| t["chosen"] == true).collect();
+    assert_eq!(kept.len(), 1, "{trials:?}");
+    let best = trials
+        .iter()
+        .map(|t| t["value"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(kept[0]["value"].as_f64().unwrap(), best, "{trials:?}");
+    assert_eq!(r["plan"]["strategy"], kept[0]["strategy"], "{trials:?}");
     let sites = r["sites"].as_array().unwrap();
     assert_eq!(sites.len(), 28);
     for s in sites {

@@ -12,7 +12,7 @@ pub const ALIGN: usize = 8;
 
 /// How ranks are compared between sites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// The same kept-parameter fraction at every site.
     Uniform,
@@ -28,6 +28,18 @@ pub enum Strategy {
     /// relative ones, which favour small matrices). Meant for whitened spectra (output errors);
     /// see docs/QUALITY.md for the measurements behind it.
     Block,
+}
+
+impl Strategy {
+    /// The name `--strategy` takes (and the report writes).
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Uniform => "uniform",
+            Strategy::Global => "global",
+            Strategy::UniformRank => "uniform-rank",
+            Strategy::Block => "block",
+        }
+    }
 }
 
 impl std::str::FromStr for Strategy {

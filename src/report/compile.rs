@@ -36,12 +36,29 @@ pub struct CompileReport {
     pub stages: RewriteReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<serde_json::Value>,
+    /// `--strategy auto` with calibration text: each strategy tried and its score.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strategy_trials: Vec<StrategyTrial>,
     /// The calibration data, when given (`--calib`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationReport>,
     /// Quality on held-out text, when measured (`--eval-text`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text_eval: Option<serde_json::Value>,
+}
+
+/// One strategy `--strategy auto` compiled and scored on the calibration text.
+#[derive(Clone, Debug, Serialize)]
+pub struct StrategyTrial {
+    /// The planner strategy.
+    pub strategy: String,
+    /// What was measured: "perplexity ratio" (compressed / original) or
+    /// "sentence-embedding cosine".
+    pub metric: String,
+    /// Its value.
+    pub value: f64,
+    /// Whether this plan was kept.
+    pub chosen: bool,
 }
 
 /// What calibration used.
@@ -175,6 +192,7 @@ impl CompileReport {
             stages,
             fidelity: None,
             calibration: None,
+            strategy_trials: Vec::new(),
             text_eval: None,
         }
     }
@@ -222,13 +240,33 @@ impl CompileReport {
                 if c.cached { ", cached" } else { "" }
             );
         }
+        if !self.strategy_trials.is_empty() {
+            let tried: Vec<String> = self
+                .strategy_trials
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {:.4}{}",
+                        t.strategy,
+                        t.value,
+                        if t.chosen { " (kept)" } else { "" }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "  planner     auto, {} on the calibration text: {}",
+                self.strategy_trials[0].metric,
+                tried.join(", ")
+            );
+        }
         if let Some(p) = &self.plan {
             if let Some(t) = p.target_params {
                 let _ = writeln!(
                     o,
-                    "  budget      {} parameters ({:?} strategy)",
+                    "  budget      {} parameters ({} strategy)",
                     human_count(t),
-                    p.strategy
+                    p.strategy.name()
                 );
             }
         }
