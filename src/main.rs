@@ -158,6 +158,13 @@ enum Command {
         /// [chunks, seq_len]).
         #[arg(long, requires = "text")]
         dump_ids: Option<PathBuf>,
+        /// With --text, for causal LMs: greedily generate this many tokens with both models
+        /// from the same prompt and show them side by side.
+        #[arg(long, default_value_t = 0, requires = "text")]
+        generate: usize,
+        /// The prompt for --generate (default: the first 16 tokens of --text).
+        #[arg(long, requires = "generate")]
+        prompt: Option<String>,
         /// Number of input samples; the metrics are averaged over them.
         #[arg(long, default_value_t = 2)]
         samples: usize,
@@ -595,7 +602,8 @@ fn run(cli: Cli) -> Result<()> {
             let changed = report.stages.stages.iter().any(|s| !s.fired.is_empty());
             if let (Some(text), Some(tok), true) = (&calib.eval_text, &calib.tokenizer, changed) {
                 progress.step("measuring quality on the text (original vs compressed, tract)");
-                let opts = hcc::eval::TextOptions::new(text, tok);
+                let mut opts = hcc::eval::TextOptions::new(text, tok);
+                opts.generate = 24;
                 let t = hcc::eval::text_eval(&model, &output, &opts)?;
                 report.text_eval = Some(serde_json::to_value(&t)?);
             }
@@ -628,6 +636,8 @@ fn run(cli: Cli) -> Result<()> {
             tokenizer,
             max_chunks,
             dump_ids,
+            generate,
+            prompt,
         } => {
             if let (Some(text), Some(tokenizer)) = (text, tokenizer) {
                 let opts = hcc::eval::TextOptions {
@@ -636,6 +646,8 @@ fn run(cli: Cli) -> Result<()> {
                     seq_len: seq_len.unwrap_or(512),
                     max_chunks,
                     dump_ids,
+                    generate,
+                    prompt,
                 };
                 let r = hcc::eval::text_eval(&original, &compressed, &opts)?;
                 if json {

@@ -332,6 +332,18 @@ impl CompileReport {
                         t["chunks"].as_u64().unwrap_or(0),
                         t["seq_len"].as_u64().unwrap_or(0)
                     );
+                    let g = &t["generation"];
+                    if let Some(p) = g["prompt"].as_str() {
+                        let _ = writeln!(
+                            o,
+                            "  greedy generation, {} tokens ({} agree):\n    prompt      {:?}\n    original    {:?}\n    compressed  {:?}",
+                            g["tokens"].as_u64().unwrap_or(0),
+                            g["agreeing_prefix"].as_u64().unwrap_or(0),
+                            p,
+                            g["original"].as_str().unwrap_or(""),
+                            g["compressed"].as_str().unwrap_or("")
+                        );
+                    }
                 }
                 _ => {
                     let _ = writeln!(
