@@ -145,14 +145,7 @@ impl Runner {
     /// Runs once on `inputs` (the original's input tensors, in spec order). Returns the outputs
     /// in graph order and the milliseconds the run took (conversions excluded).
     pub fn run(&self, inputs: &[InputTensor]) -> Result<(Vec<Output>, f64), RunError> {
-        let mut feeds: TVec<TValue> = TVec::new();
-        for &k in &self.feed {
-            feeds.push(
-                to_tract(&inputs[k])
-                    .map_err(fail("build the inputs"))?
-                    .into(),
-            );
-        }
+        let feeds = self.feeds(inputs)?;
         let start = Instant::now();
         let outputs = self.plan.run(feeds).map_err(fail("run the model"))?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -171,6 +164,20 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// tract's inputs, in its order, from the original's input tensors.
+    fn feeds(&self, inputs: &[InputTensor]) -> Result<TVec<TValue>, RunError> {
+        self.feed
+            .iter()
+            .map(|&k| {
+                to_tract(&inputs[k])
+                    .map(TValue::from)
+                    .map_err(fail("build the inputs"))
+            })
+            .collect()
+    }
+}
+
 /// Outputs as f32: (shape, elements) each.
 pub(crate) type F32Outputs = Vec<(Vec<usize>, Vec<f32>)>;
 
@@ -178,14 +185,7 @@ impl Runner {
     /// Runs once on `inputs` and returns every output as f32 (shape, elements): for taps, which
     /// are float activations.
     pub fn run_f32(&self, inputs: &[InputTensor]) -> Result<F32Outputs, RunError> {
-        let mut feeds: TVec<TValue> = TVec::new();
-        for &k in &self.feed {
-            feeds.push(
-                to_tract(&inputs[k])
-                    .map_err(fail("build the inputs"))?
-                    .into(),
-            );
-        }
+        let feeds = self.feeds(inputs)?;
         let outputs = self.plan.run(feeds).map_err(fail("run the model"))?;
         outputs
             .iter()

@@ -509,17 +509,7 @@ fn perplexity(
                     .run(&feed(plan, chunk, None))
                     .map_err(tract_err(path))?;
                 let logits = &outputs[out];
-                let vocab = match logits.shape.as_slice() {
-                    [1, s, v] if *s == n && *v > 0 => *v,
-                    shape => {
-                        return Err(EvalError::Mismatch {
-                            path: path.to_path_buf(),
-                            detail: format!(
-                                "the logits have shape {shape:?}, expected [1, {n}, vocab]"
-                            ),
-                        })
-                    }
-                };
+                let vocab = vocab_of(logits, n, path)?;
                 for t in 0..n - 1 {
                     let row = &logits.data[t * vocab..(t + 1) * vocab];
                     let target = chunk[t + 1] as usize;
@@ -591,17 +581,7 @@ fn generate(
                 .run(&feed(&plan, &window, None))
                 .map_err(tract_err(path))?;
             let logits = &outputs[out];
-            let vocab = match logits.shape.as_slice() {
-                [1, s, v] if *s == n && *v > 0 => *v,
-                shape => {
-                    return Err(EvalError::Mismatch {
-                        path: path.to_path_buf(),
-                        detail: format!(
-                            "the logits have shape {shape:?}, expected [1, {n}, vocab]"
-                        ),
-                    })
-                }
-            };
+            let vocab = vocab_of(logits, n, path)?;
             let row = &logits.data[last * vocab..(last + 1) * vocab];
             // The first maximum (ties to the lower id).
             let next = row
@@ -638,6 +618,17 @@ fn generate(
         original_ids: a,
         compressed_ids: b,
     })
+}
+
+/// The vocabulary size of logits shaped `[1, n, vocab]`, else a mismatch error.
+fn vocab_of(logits: &super::runner::Output, n: usize, path: &Path) -> Result<usize, EvalError> {
+    match logits.shape.as_slice() {
+        [1, s, v] if *s == n && *v > 0 => Ok(*v),
+        shape => Err(EvalError::Mismatch {
+            path: path.to_path_buf(),
+            detail: format!("the logits have shape {shape:?}, expected [1, {n}, vocab]"),
+        }),
+    }
 }
 
 /// `log Σ exp(x)`, stable (f64 throughout).

@@ -478,24 +478,18 @@ mod tests {
         assert_eq!(p.max_rank(), 416);
         let orig = c.dense() + 1000;
         let target = orig * 4 / 5;
-        let rc = plan(
-            std::slice::from_ref(&c),
-            1000,
-            target,
-            orig,
-            Strategy::Uniform,
-        )
-        .unwrap()[0]
-            .unwrap();
-        let rp = plan(
-            std::slice::from_ref(&p),
-            1000,
-            target,
-            orig,
-            Strategy::Uniform,
-        )
-        .unwrap()[0]
-            .unwrap();
+        let one = |s: &PlanSite| {
+            plan(
+                std::slice::from_ref(s),
+                1000,
+                target,
+                orig,
+                Strategy::Uniform,
+            )
+            .unwrap()[0]
+                .unwrap()
+        };
+        let (rc, rp) = (one(&c), one(&p));
         assert!(rc > rp + 64, "{rc} vs {rp}");
         assert!(1000 + c.at(rc) <= target && 1000 + c.at(rc + ALIGN) > target);
     }
