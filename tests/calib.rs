@@ -189,6 +189,32 @@ fn token_id_files_calibrate_and_bad_data_is_a_clean_error() {
     assert_eq!(r["calibration"]["tokens"], 128);
     assert!(r["sites"][0]["whitened"].is_string());
 
+    // The default pipeline: the tied token table (read by a Gather and, transposed, by the LM
+    // head) is weighted by the token counts of its Gather, and stored once.
+    let tied = dir.path().join("tied.onnx");
+    let r = compile(
+        &model,
+        &tied,
+        &[
+            os("--ratio"),
+            os("1.5"),
+            os("--calib"),
+            ids.as_os_str(),
+            os("--no-calib-cache"),
+        ],
+    );
+    let table: Vec<&Value> = r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["constant"] == "model.embed_tokens.weight")
+        .collect();
+    assert_eq!(table.len(), 2, "{table:?}");
+    for s in &table {
+        assert_eq!(s["whitened"], "input_ids", "{s}");
+    }
+    assert_eq!(table.iter().filter(|s| s["shared"] == true).count(), 1);
+
     let bad_out = dir.path().join("bad.onnx");
     let base = |data: &Path| {
         vec![

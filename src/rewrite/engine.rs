@@ -287,23 +287,30 @@ impl<'a> Engine<'a> {
         use rayon::prelude::*;
         let t0 = std::time::Instant::now();
         let requests = self.survey(pipeline)?;
-        // One site per distinct matrix (a tied table read in two places is one site), whitened
-        // only when every site reading it names the same tap.
+        // One site per distinct matrix (a tied table read in two places is one site). It is
+        // whitened by the first tap of its sites whose statistics fit its rows (a tied table:
+        // the token counts of its Gather; its LM head's input has the width of its columns).
+        let whiten = self.memo.whiten.clone();
+        let fits = |tap: &Option<String>, r: &super::eval::Request| {
+            whiten
+                .as_ref()
+                .and_then(|w| w.site(tap.as_deref(), r.matrix.dims[0] as usize))
+                .is_some()
+        };
         let mut unique: Vec<super::eval::Request> = Vec::new();
         for r in requests {
             if let Some(u) = unique.iter_mut().find(|u| u.key == r.key) {
                 if u.spec != r.spec && r.spec == RankSpec::Plan {
                     u.spec = RankSpec::Plan;
                 }
-                if u.tap != r.tap {
-                    u.tap = None;
+                if !fits(&u.tap, u) && fits(&r.tap, u) {
+                    u.tap = r.tap.clone();
                 }
                 u.compact |= r.compact;
             } else {
                 unique.push(r);
             }
         }
-        let whiten = self.memo.whiten.clone();
         let site_stats = |r: &super::eval::Request| {
             whiten
                 .as_ref()
