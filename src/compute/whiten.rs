@@ -21,7 +21,7 @@
 
 use faer::{Accum, MatMut, MatRef, Par};
 
-use super::dense::{cholesky_upper, inv_upper};
+use super::dense::{cholesky_upper, inv_upper, to_f64};
 
 /// The damped Cholesky factor of a site's input Gram.
 #[derive(Clone, Debug)]
@@ -64,6 +64,18 @@ fn gemm(dst: &mut [f64], a: MatRef<'_, f64>, b: MatRef<'_, f64>) {
     );
 }
 
+/// `left · right` (`left`: f64 `k × k`, `right`: f32 `k × n`) in f64, returned as f32.
+fn times(left: MatRef<'_, f64>, right: &[f32], n: usize) -> Vec<f32> {
+    let r64 = to_f64(right);
+    let mut out = vec![0.0f64; left.nrows() * n];
+    gemm(
+        &mut out,
+        left,
+        MatRef::from_row_major_slice(&r64, left.ncols(), n),
+    );
+    out.into_iter().map(|x| x as f32).collect()
+}
+
 impl Whitening {
     /// Factors the damped Gram `g` (`k × k`, row-major, symmetric).
     pub fn new(g: &[f64], k: usize, damp: f64) -> Result<Whitening, WhitenError> {
@@ -101,21 +113,17 @@ impl Whitening {
 
     /// `M = R·W` (`W`: `K × n`, f32), the whitened target, as f32.
     pub fn target(&self, w: &[f32], n: usize) -> Vec<f32> {
-        let k = self.dim;
-        let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
-        let mut m = vec![0.0f64; k * n];
-        gemm(
-            &mut m,
-            MatRef::from_row_major_slice(&self.r, k, k),
-            MatRef::from_row_major_slice(&w64, k, n),
-        );
-        m.into_iter().map(|x| x as f32).collect()
+        times(
+            MatRef::from_row_major_slice(&self.r, self.dim, self.dim),
+            w,
+            n,
+        )
     }
 
     /// `M = R⁻ᵀ·C·W` (this whitening is the compressed input's `R̂`; `cross` = `C = X̂ᵀX`).
     pub fn refit_target(&self, cross: &[f64], w: &[f32], n: usize) -> Vec<f32> {
         let k = self.dim;
-        let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+        let w64 = to_f64(w);
         let mut cw = vec![0.0f64; k * n];
         gemm(
             &mut cw,
@@ -133,15 +141,11 @@ impl Whitening {
 
     /// `A = R⁻¹·Ã` for the left factor `Ã` (`K × r`, f32) of the whitened target.
     pub fn unwhiten(&self, a: &[f32], r: usize) -> Vec<f32> {
-        let k = self.dim;
-        let a64: Vec<f64> = a.iter().map(|&x| x as f64).collect();
-        let mut out = vec![0.0f64; k * r];
-        gemm(
-            &mut out,
-            MatRef::from_row_major_slice(&self.r_inv, k, k),
-            MatRef::from_row_major_slice(&a64, k, r),
-        );
-        out.into_iter().map(|x| x as f32).collect()
+        times(
+            MatRef::from_row_major_slice(&self.r_inv, self.dim, self.dim),
+            a,
+            r,
+        )
     }
 }
 
@@ -156,9 +160,9 @@ pub fn output_error(
     b: &[f32],
     (k, n, r): (usize, usize, usize),
 ) -> f64 {
-    let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
-    let a64: Vec<f64> = a.iter().map(|&x| x as f64).collect();
-    let b64: Vec<f64> = b.iter().map(|&x| x as f64).collect();
+    let w64 = to_f64(w);
+    let a64 = to_f64(a);
+    let b64 = to_f64(b);
     let mut what = vec![0.0f64; k * n];
     gemm(
         &mut what,
@@ -250,7 +254,7 @@ pub fn compact(a: &[f32], b: &[f32], (k, r, n): (usize, usize, usize)) -> Result
         MatRef::from_row_major_slice(&qv, r, r),
         MatRef::from_row_major_slice(&r1, r, r),
     );
-    let a64: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+    let a64 = to_f64(a);
     let mut a2 = vec![0.0f64; k * r];
     gemm(
         &mut a2,
