@@ -220,6 +220,15 @@ struct CalibArgs {
     /// Do not read or write the calibration cache.
     #[arg(long, requires = "calib")]
     no_calib_cache: bool,
+    /// After factorizing, refit every whitened factorization in model order against the
+    /// compressed model's own activations on the calibration data (each layer corrects the
+    /// error of the layers before it). Takes a few model runs over the data.
+    #[arg(long, requires = "calib")]
+    sequential: bool,
+    /// With --sequential: how far a refit reproduces the original layer's outputs (1) rather
+    /// than only whitening by the compressed model's inputs (0).
+    #[arg(long, default_value_t = 1.0, requires = "sequential")]
+    refit_strength: f64,
 }
 
 impl CalibArgs {
@@ -488,7 +497,7 @@ fn run(cli: Cli) -> Result<()> {
                 StrategyChoice::Auto => vec![S::Global],
             };
             let mut trials: Vec<hcc::report::compile::StrategyTrial> = Vec::new();
-            let mut best: Option<(f64, hcc::ir::Model, _, _)> = None;
+            let mut best: Option<(f64, hcc::ir::Model, _, _, _)> = None;
             for (i, &s) in candidates.iter().enumerate() {
                 let mut mi = if i + 1 == candidates.len() {
                     std::mem::take(&mut m)
@@ -510,9 +519,38 @@ fn run(cli: Cli) -> Result<()> {
                 let plan = engine.plan_pipeline(pipe, target, s)?;
                 progress.step(&format!("pipeline '{}'", pipe.name.name));
                 let stages = engine.run_pipeline(pipe)?;
+                let refit_sites = engine.whitened_factorizations();
                 drop(engine);
+                let mut refit = None;
+                if let (true, Some(opts)) = (calib.sequential, &calib_opts) {
+                    progress.step("sequential refit");
+                    let original = onnx::load(&model)?;
+                    let r = hcc::eval::sequential::refit(
+                        &model,
+                        &original,
+                        &mut mi,
+                        &refit_sites,
+                        selected.backend.as_ref(),
+                        &hcc::eval::sequential::RefitOptions {
+                            calib: opts.clone(),
+                            damp: calib.calib_damp,
+                            strength: calib.refit_strength,
+                        },
+                        progress.sink().as_ref(),
+                    )?;
+                    tracing::info!(
+                        "sequential refit: {} sites in {} blocks, {:.1} s",
+                        r.sites.len(),
+                        r.blocks,
+                        r.seconds
+                    );
+                    for (name, why) in &r.skipped {
+                        tracing::warn!("refit left {name} as it was: {why}");
+                    }
+                    refit = Some(r);
+                }
                 let (Some(opts), true) = (calib_text, candidates.len() > 1) else {
-                    best = Some((0.0, mi, plan, stages));
+                    best = Some((0.0, mi, plan, stages, refit));
                     break;
                 };
                 // Score on the calibration text (two windows or 32 lines).
@@ -545,10 +583,10 @@ fn run(cli: Cli) -> Result<()> {
                     chosen: false,
                 });
                 if best.as_ref().is_none_or(|b| score < b.0) {
-                    best = Some((score, mi, plan, stages));
+                    best = Some((score, mi, plan, stages, refit));
                 }
             }
-            let Some((_, best_model, plan, stages)) = best else {
+            let Some((_, best_model, plan, stages, refit)) = best else {
                 bail!("no strategy to plan with");
             };
             m = best_model;
@@ -579,6 +617,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             report.backend = selected.reason.clone();
             report.strategy_trials = trials;
+            if let Some(r) = refit {
+                report.set_refit(r);
+            }
             if let Some(t) = target {
                 let goal = t.params(before.0, before.1);
                 if after.0 > goal {

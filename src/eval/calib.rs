@@ -109,11 +109,11 @@ pub struct Calibration {
 }
 
 /// The calibration sequences of a model: token ids (and masks) of equal length.
-struct Sequences {
-    len: usize,
-    ids: Vec<Vec<i64>>,
+pub(super) struct Sequences {
+    pub(super) len: usize,
+    pub(super) ids: Vec<Vec<i64>>,
     /// Per sequence, 1 for real tokens; `None` when every token is real.
-    masks: Option<Vec<Vec<i64>>>,
+    pub(super) masks: Option<Vec<Vec<i64>>>,
 }
 
 fn data_err(path: &Path, detail: impl Into<String>) -> EvalError {
@@ -201,7 +201,7 @@ fn windows(stream: &[i64], len: usize, stride: usize, max: usize) -> Vec<Vec<i64
     out
 }
 
-fn sequences(model: &Path, opts: &CalibOptions) -> Result<Sequences, EvalError> {
+pub(super) fn sequences(model: &Path, opts: &CalibOptions) -> Result<Sequences, EvalError> {
     if opts.seq_len < 1 || opts.max_chunks < 1 || opts.batch_size < 1 {
         return Err(EvalError::Options(
             "calibration: --seq-len, --max-chunks and --batch-size must be at least 1".into(),
@@ -407,7 +407,7 @@ fn stream(
 
 /// The rows of a tap's value (`K` = last dim) that are real tokens, as a row-major `rows × K`
 /// f32 block (borrowed when no row is dropped).
-fn rows<'a>(
+pub(super) fn rows<'a>(
     tap: &str,
     (shape, data): &'a (Vec<usize>, Vec<f32>),
     mask: Option<&[i64]>,
@@ -446,7 +446,14 @@ fn rows<'a>(
 
 /// `acc += aᵀ·b` for row-major `rows × k` blocks (f32 product, f64 sum); with `lower_only`,
 /// only the lower triangle (a Gram, `a == b`).
-fn add_product(acc: &mut [f64], a: &[f32], b: &[f32], rows: usize, k: usize, lower_only: bool) {
+pub(super) fn add_product(
+    acc: &mut [f64],
+    a: &[f32],
+    b: &[f32],
+    rows: usize,
+    k: usize,
+    lower_only: bool,
+) {
     let am = MatRef::from_row_major_slice(a, rows, k);
     let bm = MatRef::from_row_major_slice(b, rows, k);
     let mut p = vec![0.0f32; k * k];
@@ -472,7 +479,7 @@ fn add_product(acc: &mut [f64], a: &[f32], b: &[f32], rows: usize, k: usize, low
     }
 }
 
-fn mirror_lower(g: &mut [f64], k: usize) {
+pub(super) fn mirror_lower(g: &mut [f64], k: usize) {
     for i in 0..k {
         for j in 0..i {
             g[j * k + i] = g[i * k + j];

@@ -15,6 +15,7 @@
 pub mod calib;
 pub mod inputs;
 mod runner;
+pub mod sequential;
 pub mod text;
 
 use std::fmt::Write as _;

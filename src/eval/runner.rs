@@ -74,11 +74,37 @@ impl Runner {
         taps: Option<&[String]>,
     ) -> Result<(Runner, f64), RunError> {
         let start = Instant::now();
-        let mut model = tract_onnx::onnx()
+        let model = tract_onnx::onnx()
             .with_ignore_value_info(true)
             .with_ignore_output_shapes(true)
             .model_for_path(path)
             .map_err(fail("load the model"))?;
+        Self::prepare(model, specs, taps, start)
+    }
+
+    /// As [`Runner::load_tapped`], from an encoded model in memory (a part of a model cut
+    /// out by [`crate::eval::sequential`]).
+    pub fn load_bytes(
+        bytes: &[u8],
+        specs: &[InputSpec],
+        taps: Option<&[String]>,
+    ) -> Result<(Runner, f64), RunError> {
+        let start = Instant::now();
+        let mut reader = std::io::Cursor::new(bytes);
+        let model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .with_ignore_output_shapes(true)
+            .model_for_read(&mut reader)
+            .map_err(fail("load the model"))?;
+        Self::prepare(model, specs, taps, start)
+    }
+
+    fn prepare(
+        mut model: InferenceModel,
+        specs: &[InputSpec],
+        taps: Option<&[String]>,
+        start: Instant,
+    ) -> Result<(Runner, f64), RunError> {
         let outlets = model
             .input_outlets()
             .map_err(fail("list the inputs"))?

@@ -594,6 +594,28 @@ impl Graph {
         self.g.remove_node(n);
     }
 
+    /// Turn the node output `v` into a graph input (appended to [`Graph::inputs`]): its producer
+    /// no longer defines it (that output port becomes unused) and its readers read the input.
+    /// Used to cut a graph at a value, e.g. to run one block of a model on stored activations.
+    /// A value that is not a node output is left as it is.
+    pub fn make_input(&mut self, v: ValueId) {
+        let ValueDef::Node(p, port) = self.values[v.0 as usize].def else {
+            return;
+        };
+        let edges: Vec<_> = self
+            .g
+            .edges_directed(p, Direction::Outgoing)
+            .filter(|e| *e.weight() == v)
+            .map(|e| e.id())
+            .collect();
+        for e in edges {
+            self.g.remove_edge(e);
+        }
+        self.g[p].outputs[port] = None;
+        self.values[v.0 as usize].def = ValueDef::Input;
+        self.inputs.push(v);
+    }
+
     /// Remove a value (an initializer or a node output) from the graph. It must have no uses.
     pub fn remove_value(&mut self, v: ValueId) {
         let name = self.values[v.0 as usize].name.clone();

@@ -45,6 +45,9 @@ pub struct CompileReport {
     /// Quality on held-out text, when measured (`--eval-text`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text_eval: Option<serde_json::Value>,
+    /// The sequential refit, when run (`--sequential`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refit: Option<crate::eval::sequential::RefitReport>,
 }
 
 /// One strategy `--strategy auto` compiled and scored on the calibration text.
@@ -108,6 +111,12 @@ pub struct SiteReport {
     /// The value whose calibration activations the factorization preserves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub whitened: Option<String>,
+    /// Set when the sequential refit refitted the site: its output error before the refit, and
+    /// `rel_error` is then ‖X·W − X̂·Ŵ‖_F / ‖X·W‖_F with `X̂` the compressed model's own inputs
+    /// (every earlier site refitted), i.e. how far this layer's outputs in the compressed model
+    /// are from the original's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refit_from: Option<f64>,
     pub params_before: u64,
     pub params_after: u64,
     /// The factors are shared with an earlier site (a tied weight): stored once.
@@ -165,6 +174,7 @@ impl CompileReport {
                         sparsity: n.sparsity,
                         rel_error: n.rel_error,
                         whitened: n.whitened.clone(),
+                        refit_from: None,
                         params_before: n.params_before,
                         params_after: if n.shared { 0 } else { n.params_after },
                         shared: n.shared,
@@ -194,7 +204,23 @@ impl CompileReport {
             calibration: None,
             strategy_trials: Vec::new(),
             text_eval: None,
+            refit: None,
         }
+    }
+
+    /// Records the sequential refit: the sites it refitted carry their new output errors.
+    pub fn set_refit(&mut self, refit: crate::eval::sequential::RefitReport) {
+        for r in &refit.sites {
+            for s in self
+                .sites
+                .iter_mut()
+                .filter(|s| s.constant == r.name && !s.shared)
+            {
+                s.refit_from = Some(r.before);
+                s.rel_error = r.after;
+            }
+        }
+        self.refit = Some(refit);
     }
 
     /// The terminal table.
@@ -238,6 +264,27 @@ impl CompileReport {
                 c.damp,
                 c.seconds,
                 if c.cached { ", cached" } else { "" }
+            );
+        }
+        if let Some(r) = &self.refit {
+            let n = r.sites.len().max(1) as f64;
+            let mean = |f: fn(&crate::eval::sequential::SiteRefit) -> f64| {
+                r.sites.iter().map(f).sum::<f64>() / n
+            };
+            let _ = writeln!(
+                o,
+                "  refit       {} sites in sequence ({} blocks, strength {}, {:.1} s): mean output error {:.4} → {:.4}{}",
+                r.sites.len(),
+                r.blocks,
+                r.strength,
+                r.seconds,
+                mean(|s| s.before),
+                mean(|s| s.after),
+                if r.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} left as they were", r.skipped.len())
+                }
             );
         }
         if !self.strategy_trials.is_empty() {
@@ -299,9 +346,10 @@ impl CompileReport {
                     s.rel_error,
                     s.params_before,
                     s.params_after,
-                    match (s.shared, s.whitened.is_some()) {
-                        (true, _) => "  (shared)",
-                        (false, true) => "  (output)",
+                    match (s.shared, s.whitened.is_some(), s.refit_from.is_some()) {
+                        (true, _, _) => "  (shared)",
+                        (false, _, true) => "  (refit)",
+                        (false, true, false) => "  (output)",
                         _ => "",
                     }
                 );
@@ -310,6 +358,12 @@ impl CompileReport {
                 let _ = writeln!(
                     o,
                     "  (output): calibrated site; rel err is its output error on the calibration data"
+                );
+            }
+            if self.sites.iter().any(|s| s.refit_from.is_some()) {
+                let _ = writeln!(
+                    o,
+                    "  (refit): refitted in sequence; rel err is its output error in the compressed model against the original's"
                 );
             }
             if self.sites.len() > max_sites {

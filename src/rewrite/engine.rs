@@ -189,6 +189,27 @@ pub struct Engine<'a> {
     stored: HashMap<usize, (Arc<Tensor>, ValueId)>,
     /// The last survey: (pipeline name, its `lowrank` calls).
     surveyed: Option<(String, Vec<super::eval::Request>)>,
+    /// The last plan's matrices whitened by a full Gram, with their ranks.
+    whitened: Vec<(super::eval::Request, usize)>,
+}
+
+/// A factorization whitened by its input's Gram, as the last [`Engine::run_pipeline`] stored
+/// it: what [`crate::eval::sequential`] refits.
+#[derive(Clone, Debug)]
+pub struct WhitenedFactorization {
+    /// The factorized constant (its name, or a kernel's description of it).
+    pub name: String,
+    /// `W`, `K × N` f32.
+    pub matrix: Arc<Tensor>,
+    /// The value whose activations whitened it.
+    pub tap: String,
+    pub rank: usize,
+    /// The factors `A` (`K × r`) and `B` (`r × N`), whatever the stored form.
+    pub factors: (Arc<Tensor>, Arc<Tensor>),
+    /// Stored in the compact form: `stored` is `[A', Z, cols]`, else `[A, B]`.
+    pub compact: bool,
+    /// The constants of the model that hold the stored form.
+    pub stored: Vec<ValueId>,
 }
 
 impl<'a> Engine<'a> {
@@ -203,6 +224,7 @@ impl<'a> Engine<'a> {
             progress: None,
             stored: HashMap::new(),
             surveyed: None,
+            whitened: Vec::new(),
         }
     }
 
@@ -453,6 +475,16 @@ impl<'a> Engine<'a> {
             "plan: spectra + planning {:.3} s",
             t0.elapsed().as_secs_f64()
         );
+        self.whitened = whitened
+            .iter()
+            .filter(|&&i| {
+                matches!(
+                    site_stats(&unique[i]),
+                    Some(super::eval::SiteStats::Full(_))
+                )
+            })
+            .map(|&i| (unique[i].clone(), ranks[i].unwrap_or(1)))
+            .collect();
         let to_factor: usize = groups.values().map(Vec::len).sum::<usize>() + whitened.len();
         if to_factor > 0 {
             self.begin(&format!("factorizing {to_factor} matrices"), to_factor);
@@ -979,6 +1011,58 @@ impl<'a> Engine<'a> {
             }
             _ => None,
         }
+    }
+
+    /// The factorizations whitened by a full Gram that the last [`Engine::run_pipeline`]
+    /// stored, in plan order. A factorization whose constants a later rule transformed (so
+    /// that they are not stored as the kernel made them) is left out.
+    pub fn whitened_factorizations(&self) -> Vec<WhitenedFactorization> {
+        let g = &self.model.graph;
+        let live = |t: &Arc<Tensor>| -> Option<ValueId> {
+            let (_, v) = self.stored.get(&(Arc::as_ptr(t) as usize))?;
+            g.constant(*v)
+                .filter(|x| x.dims == t.dims && x.data == t.data)
+                .map(|_| *v)
+        };
+        let tensors = |v: &Val| -> Option<Vec<Arc<Tensor>>> {
+            match v {
+                Val::Tuple(items) => items
+                    .iter()
+                    .map(|i| match i {
+                        Val::Tensor(t) => Some(t.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => None,
+            }
+        };
+        let mut out = Vec::new();
+        for (r, rank) in &self.whitened {
+            let Some(tap) = r.tap.clone() else { continue };
+            let key = super::eval::lowrank_key(&r.key, *rank, Some(&tap));
+            let Some(ab) = self.memo.get(&key).and_then(tensors) else {
+                continue;
+            };
+            let [a, b] = ab.as_slice() else { continue };
+            let compact = self.memo.get(&format!("compact:{key}")).and_then(tensors);
+            let (form, is_compact) = match compact {
+                Some(c) if c.iter().all(|t| live(t).is_some()) => (c, true),
+                _ => (ab.clone(), false),
+            };
+            let Some(stored) = form.iter().map(live).collect::<Option<Vec<_>>>() else {
+                continue;
+            };
+            out.push(WhitenedFactorization {
+                name: r.name.clone(),
+                matrix: r.matrix.clone(),
+                tap,
+                rank: *rank,
+                factors: (a.clone(), b.clone()),
+                compact: is_compact,
+                stored,
+            });
+        }
+        out
     }
 
     /// Store a kernel result as a constant, reusing an identical stored one.

@@ -218,6 +218,12 @@ impl Default for Memo {
 }
 
 impl Memo {
+    /// The result stored under `key` (see [`lowrank_key`]; the compact form of a `lowrank`
+    /// result is under `compact:` + its key).
+    pub fn get(&self, key: &str) -> Option<&Val> {
+        self.map.get(key).map(|(v, _)| v)
+    }
+
     /// Store a precomputed result (batched factorization) under the key `lowrank` would use.
     pub fn insert_lowrank(
         &mut self,
