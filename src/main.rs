@@ -220,14 +220,15 @@ struct CalibArgs {
     /// Do not read or write the calibration cache.
     #[arg(long, requires = "calib")]
     no_calib_cache: bool,
-    /// After factorizing, refit every whitened factorization in model order against the
-    /// compressed model's own activations on the calibration data (each layer corrects the
-    /// error of the layers before it). Takes a few model runs over the data.
+    /// Do not refit the whitened factorizations in sequence. By default, after factorizing,
+    /// each one is refitted in model order to the compressed model's own activations on the
+    /// calibration data, so that every layer corrects what the layers before it lost (a few
+    /// model runs over the data).
     #[arg(long, requires = "calib")]
-    sequential: bool,
-    /// With --sequential: how far a refit reproduces the original layer's outputs (1) rather
-    /// than only whitening by the compressed model's inputs (0).
-    #[arg(long, default_value_t = 1.0, requires = "sequential")]
+    no_sequential: bool,
+    /// How far the sequential refit reproduces the original layer's outputs (1) rather than
+    /// only whitening by the compressed model's inputs (0); between, a blend of the two targets.
+    #[arg(long, default_value_t = 0.3, requires = "calib")]
     refit_strength: f64,
 }
 
@@ -521,36 +522,8 @@ fn run(cli: Cli) -> Result<()> {
                 let stages = engine.run_pipeline(pipe)?;
                 let refit_sites = engine.whitened_factorizations();
                 drop(engine);
-                let mut refit = None;
-                if let (true, Some(opts)) = (calib.sequential, &calib_opts) {
-                    progress.step("sequential refit");
-                    let original = onnx::load(&model)?;
-                    let r = hcc::eval::sequential::refit(
-                        &model,
-                        &original,
-                        &mut mi,
-                        &refit_sites,
-                        selected.backend.as_ref(),
-                        &hcc::eval::sequential::RefitOptions {
-                            calib: opts.clone(),
-                            damp: calib.calib_damp,
-                            strength: calib.refit_strength,
-                        },
-                        progress.sink().as_ref(),
-                    )?;
-                    tracing::info!(
-                        "sequential refit: {} sites in {} blocks, {:.1} s",
-                        r.sites.len(),
-                        r.blocks,
-                        r.seconds
-                    );
-                    for (name, why) in &r.skipped {
-                        tracing::warn!("refit left {name} as it was: {why}");
-                    }
-                    refit = Some(r);
-                }
                 let (Some(opts), true) = (calib_text, candidates.len() > 1) else {
-                    best = Some((0.0, mi, plan, stages, refit));
+                    best = Some((0.0, mi, plan, stages, refit_sites));
                     break;
                 };
                 // Score on the calibration text (two windows or 32 lines).
@@ -583,13 +556,45 @@ fn run(cli: Cli) -> Result<()> {
                     chosen: false,
                 });
                 if best.as_ref().is_none_or(|b| score < b.0) {
-                    best = Some((score, mi, plan, stages, refit));
+                    best = Some((score, mi, plan, stages, refit_sites));
                 }
             }
-            let Some((_, best_model, plan, stages, refit)) = best else {
+            let Some((_, best_model, plan, stages, refit_sites)) = best else {
                 bail!("no strategy to plan with");
             };
             m = best_model;
+            // The kept plan's factorizations refitted in model order (strategies are compared
+            // before: a refit per candidate would cost a few model runs each).
+            let mut refit = None;
+            if let (false, Some(opts), false) =
+                (calib.no_sequential, &calib_opts, refit_sites.is_empty())
+            {
+                progress.step("sequential refit");
+                let original = onnx::load(&model)?;
+                let r = hcc::eval::sequential::refit(
+                    &model,
+                    &original,
+                    &mut m,
+                    &refit_sites,
+                    selected.backend.as_ref(),
+                    &hcc::eval::sequential::RefitOptions {
+                        calib: opts.clone(),
+                        damp: calib.calib_damp,
+                        strength: calib.refit_strength,
+                    },
+                    progress.sink().as_ref(),
+                )?;
+                tracing::info!(
+                    "sequential refit: {} sites in {} blocks, {:.1} s",
+                    r.sites.len(),
+                    r.blocks,
+                    r.seconds
+                );
+                for (name, why) in &r.skipped {
+                    tracing::warn!("refit left {name} as it was: {why}");
+                }
+                refit = Some(r);
+            }
             if let Some(t) = trials
                 .iter_mut()
                 .find(|t| t.strategy == plan.strategy.name())

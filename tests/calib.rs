@@ -295,8 +295,8 @@ fn minilm_token_table_is_weighted_by_token_counts() {
     common::judge("judge_check.py", &[out.as_os_str()]);
 }
 
-/// `--sequential`: every whitened site of SmolLM2 (4 layers) is refitted in model order against
-/// the compressed model's own activations. The stored structure is the same (parameters and
+/// The sequential refit (on by default with --calib): every whitened site of SmolLM2 (4 layers)
+/// is refitted in model order against the compressed model's own activations. The stored structure is the same (parameters and
 /// bytes equal to the compile without it); with strength 1 every site's output error can only
 /// fall (the refit is the least-squares optimum); and onnxruntime, running both models on the same
 /// windows, measures at every site the output error the report claims (judge_refit.py).
@@ -333,12 +333,12 @@ fn sequential_refit_lowers_site_errors_and_the_report_matches_onnxruntime() {
         a
     };
     let plain_out = dir.path().join("plain.onnx");
-    let plain_args = args(&[]);
+    let plain_args = args(&["--no-sequential"]);
     let plain = compile(&model, &plain_out, &refs(&plain_args));
     assert!(plain["refit"].is_null());
 
     let out = dir.path().join("seq.onnx");
-    let seq_args = args(&["--sequential"]);
+    let seq_args = args(&["--refit-strength", "1"]);
     let r = compile(&model, &out, &refs(&seq_args));
     let refit = &r["refit"];
     assert_eq!(refit["strength"], 1.0);
@@ -384,7 +384,7 @@ fn sequential_refit_lowers_site_errors_and_the_report_matches_onnxruntime() {
     assert!(judged.contains("28 refitted sites"), "{judged}");
 
     // Out-of-range strength: a clean error.
-    let bad = args(&["--sequential", "--refit-strength", "2"]);
+    let bad = args(&["--refit-strength", "2"]);
     let mut a = vec![os("compile"), model.as_os_str(), os("-o"), os("x.onnx")];
     a.extend(refs(&bad));
     let err = fails(&a);

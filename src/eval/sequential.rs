@@ -278,28 +278,28 @@ fn run_part(
         .collect()
 }
 
-/// `Σ aᵀ·b` over sequences (f32 products, f64 sums), `k × k`; a Gram when `a` and `b` are the
-/// same blocks.
+/// `Σ aᵀ·b` over sequences (f32 products, f64 sums), `k × k`; a Gram when `b` is `None`. The
+/// sequences are summed in fixed groups, in order, so the result does not depend on how the
+/// threads were scheduled (the compiled file is byte-identical from run to run).
 fn sum_products(a: &[(usize, Vec<f32>)], b: Option<&[(usize, Vec<f32>)]>, k: usize) -> Vec<f64> {
+    const GROUP: usize = 4;
     let gram = b.is_none();
-    let mut acc = (0..a.len())
+    let parts: Vec<Vec<f64>> = (0..a.len().div_ceil(GROUP))
         .into_par_iter()
-        .fold(
-            || vec![0.0f64; k * k],
-            |mut acc, i| {
+        .map(|gi| {
+            let mut acc = vec![0.0f64; k * k];
+            for i in gi * GROUP..((gi + 1) * GROUP).min(a.len()) {
                 let (n, x) = &a[i];
                 let y = b.map(|b| &b[i].1).unwrap_or(x);
                 add_product(&mut acc, x, y, *n, k, gram);
-                acc
-            },
-        )
-        .reduce(
-            || vec![0.0f64; k * k],
-            |mut p, q| {
-                p.iter_mut().zip(&q).for_each(|(x, y)| *x += y);
-                p
-            },
-        );
+            }
+            acc
+        })
+        .collect();
+    let mut acc = vec![0.0f64; k * k];
+    for p in parts {
+        acc.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
+    }
     if gram {
         mirror_lower(&mut acc, k);
     }
