@@ -581,6 +581,7 @@ fn run(cli: Cli) -> Result<()> {
                         calib: opts.clone(),
                         damp: calib.calib_damp,
                         strength: calib.refit_strength,
+                        known: calibration.clone(),
                     },
                     progress.sink().as_ref(),
                 )?;

@@ -46,6 +46,9 @@ pub struct RefitOptions {
     pub damp: f64,
     /// `s` in the target `(s·X + (1 − s)·X̂)·W` (see the module docs), in `[0, 1]`.
     pub strength: f64,
+    /// The original's statistics from [`super::calib::collect`] on the same sequences: its
+    /// `XᵀX` per tap is reused instead of summed again.
+    pub known: Option<std::sync::Arc<super::calib::Calibration>>,
 }
 
 /// What the refit did to one factorization.
@@ -468,6 +471,19 @@ pub fn refit(
             h.as_ref().map(|s| &s.0),
             &outs,
         )?;
+        // The compressed model's part of this block, from its own activations at the cut.
+        let hat_states = h.as_ref().map(|s| &s.1);
+        let run_hat = |m: &Model, output: &str| {
+            run_part(
+                path,
+                m,
+                &plan,
+                &feeds,
+                cut,
+                hat_states,
+                &[output.to_string()],
+            )
+        };
         let tb = Instant::now();
         for (si, stage) in block.stages.iter().enumerate() {
             // X: the original's rows at the tap; X̂: the compressed model's.
@@ -480,20 +496,15 @@ pub fn refit(
                     .collect::<Result<Vec<_>, _>>()
             };
             let x = take(&orig, si)?;
-            let hat_runs = run_part(
-                path,
-                compressed,
-                &plan,
-                &feeds,
-                cut,
-                h.as_ref().map(|s| &s.1),
-                std::slice::from_ref(&stage.tap),
-            )?;
+            let hat_runs = run_hat(compressed, &stage.tap)?;
             let xh = take(&hat_runs, 0)?;
             drop(hat_runs);
             let k = x.first().map(|(n, v)| v.len() / (*n).max(1)).unwrap_or(0);
             report.tokens = x.iter().map(|(n, _)| *n as u64).sum();
-            let g = sum_products(&x, None, k);
+            let g = match opts.known.as_ref().and_then(|c| c.grams.get(&stage.tap)) {
+                Some(g) if g.dim == k => g.data.clone(),
+                _ => sum_products(&x, None, k),
+            };
             let ghat = sum_products(&xh, None, k);
             let cross = sum_products(&xh, Some(&x), k);
             let done: Vec<_> = stage
@@ -541,15 +552,7 @@ pub fn refit(
         // The next cut's activations, from both models.
         h = match &next {
             Some(c) => {
-                let hat = run_part(
-                    path,
-                    compressed,
-                    &plan,
-                    &feeds,
-                    cut,
-                    h.as_ref().map(|s| &s.1),
-                    std::slice::from_ref(c),
-                )?;
+                let hat = run_hat(compressed, c)?;
                 let ix = outs.len() - 1;
                 let o: States = orig.into_iter().map(|mut v| v.swap_remove(ix)).collect();
                 let hh: States = hat.into_iter().map(|mut v| v.swap_remove(0)).collect();
