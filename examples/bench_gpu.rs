@@ -359,7 +359,7 @@ fn route_name(r: LowrankRoute) -> String {
     match r {
         LowrankRoute::Exact => "exact".into(),
         LowrankRoute::Gram => "Gram".into(),
-        LowrankRoute::Sketch(k) => format!("sketch k={k}"),
+        LowrankRoute::Sketch(k) => format!("Krylov {}×{}", k.depth + 1, k.block),
     }
 }
 
@@ -410,9 +410,9 @@ fn bench_rsvd(
     );
     out.line(&format!(
         "\n## rSVD: the 49 weight matrices of GPT-2 small, N(0, 1) (seed {SEED}), \
-         same-shape batches through Backend::lowrank (oversample {}, power iterations {}, \
+         same-shape batches through Backend::lowrank (oversample {}, Krylov depth {}, \
          exact below {}), median of {RSVD_RUNS} after 1 warm-up; error = mean √(1 − Σs²/‖W‖²)\n",
-        opts.oversample, opts.power_iters, opts.exact_below
+        opts.oversample, opts.depth, opts.exact_below
     ));
     out.line("| rank | shape | count | route | GPU s | CPU s | CPU/GPU | GPU error | CPU error | Δ error |");
     out.line("|---|---|---|---|---|---|---|---|---|---|");

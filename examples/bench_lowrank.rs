@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_lowrank -- [MODEL.onnx] [--rank 64] [--min-elems 65536]
-//!     [--oversample 10] [--power-iters 2] [--threads N] [--check]
+//!     [--oversample 10] [--depth 4] [--threads N] [--check]
 //! ```
 //!
 //! `--check` also computes the exact truncated SVD of the first matrix of each group (slow) and
@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
             "--rank" => rank = value("--rank")?,
             "--min-elems" => min_elems = value("--min-elems")?,
             "--oversample" => opts.oversample = value("--oversample")?,
-            "--power-iters" => opts.power_iters = value("--power-iters")?,
+            "--depth" => opts.depth = value("--depth")?,
             "--threads" => threads = value("--threads")?,
             "--check" => check = true,
             _ if a.starts_with("--") => anyhow::bail!("unknown flag {a}"),
@@ -85,10 +85,10 @@ fn main() -> anyhow::Result<()> {
     }
     let load_s = t0.elapsed().as_secs_f64();
     println!(
-        "model {} loaded in {load_s:.3}s; rank {rank}, oversample {}, power iterations {}, {} threads",
+        "model {} loaded in {load_s:.3}s; rank {rank}, oversample {}, Krylov depth {}, {} threads",
         path.display(),
         opts.oversample,
-        opts.power_iters,
+        opts.depth,
         rayon::current_num_threads()
     );
 

@@ -1,4 +1,5 @@
-// Tiled, batched GEMM:  C[z] = op(A[z]) · op(B[z])  (+ C[z] when `accumulate`),
+// Tiled, batched GEMM:  C[z] = op(A[z]) · op(B[z]), or C[z] + that when `accumulate` is 1,
+// C[z] − that when it is 2;
 // op(X) = Xᵀ when the pipeline constant TRANS_A / TRANS_B is set (a flag, not a copy).
 //
 // op(A) is m × k, op(B) is k × n, C is m × n; all row-major with leading dimensions lda, ldb,
@@ -245,8 +246,10 @@ fn main(
             }
             let at = c_base + gi * p.ldc + gj;
             var v = acc[i * (TN / 4u) + j / 4u][j % 4u];
-            if (p.accumulate != 0u) {
+            if (p.accumulate == 1u) {
                 v = c[at] + v;
+            } else if (p.accumulate == 2u) {
+                v = c[at] - v;
             }
             c[at] = v;
         }

@@ -1,5 +1,5 @@
-// Split-K reduction for gemm.wgsl: out[b] = Σ_s partial[b · splits + s]  (+ out[b] when
-// `accumulate`), the splits summed in order, so the result does not depend on scheduling.
+// Split-K reduction for gemm.wgsl: out[b] = Σ_s partial[b · splits + s]  (out[b] + that when
+// `accumulate` is 1, out[b] − that when it is 2), the splits summed in order, so the result does not depend on scheduling.
 //
 // partial holds batch · splits contiguous m × n matrices; out[b] is written at
 // `out_off + b · out_stride + i · ldc + j`. One invocation per element; the dispatch is 2-D
@@ -39,8 +39,10 @@ fn main(
         s = s + partial[(b * p.splits + t) * size + r];
     }
     let at = p.out_off + b * p.out_stride + (r / p.n) * p.ldc + r % p.n;
-    if (p.accumulate != 0u) {
+    if (p.accumulate == 1u) {
         s = out[at] + s;
+    } else if (p.accumulate == 2u) {
+        s = out[at] - s;
     }
     out[at] = s;
 }

@@ -1,6 +1,6 @@
 //! Calibration (`hcc compile --calib`): activation statistics checked against onnxruntime
 //! (tests/python/judge_gram.py recomputes every Gram from the same token windows), whitened
-//! factorization that beats the plain one on held-out text, the report, the cache (a second
+//! factorization that stays closer to the original model's outputs than the plain one, the report, the cache (a second
 //! compile reads it and writes the same bytes), token-id files, token tables weighted by token
 //! counts, and clean errors.
 //!
@@ -22,6 +22,14 @@ fn report(path: &Path) -> Value {
 
 /// `hcc compile MODEL -o OUT --report OUT.json -q --no-fidelity` plus `extra`.
 fn compile(model: &Path, out: &Path, extra: &[&OsStr]) -> Value {
+    let mut args = vec![os("--no-fidelity")];
+    args.extend_from_slice(extra);
+    compile_checked(model, out, &args)
+}
+
+/// `hcc compile MODEL -o OUT --report OUT.json -q` plus `extra` (the fidelity check runs
+/// unless `extra` turns it off).
+fn compile_checked(model: &Path, out: &Path, extra: &[&OsStr]) -> Value {
     let rep = out.with_extension("json");
     let mut args = vec![
         os("compile"),
@@ -30,7 +38,6 @@ fn compile(model: &Path, out: &Path, extra: &[&OsStr]) -> Value {
         out.as_os_str(),
         os("--report"),
         rep.as_os_str(),
-        os("--no-fidelity"),
         os("-q"),
     ];
     args.extend_from_slice(extra);
@@ -65,7 +72,7 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
         cache.as_os_str(),
     ];
     let first = dir.path().join("a.onnx");
-    let r = compile(&model, &first, &calib_args);
+    let r = compile_checked(&model, &first, &calib_args);
     let c = &r["calibration"];
     assert_eq!(c["sequences"], 6, "{c}");
     assert_eq!(c["tokens"], 6 * 256, "{c}");
@@ -123,9 +130,13 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
     );
     common::judge("judge_check.py", &[first.as_os_str()]);
 
-    // Without calibration, at the same budget: worse on the held-out text.
+    // Without calibration, at the same budget: further from the original model. Measured on
+    // its outputs (the fidelity check: logits on seeded token windows), not on perplexity: cut
+    // to 4 layers, SmolLM2's held-out loss is above the uniform distribution's (18.7 nats
+    // against ln 49152 = 10.8), so its perplexity says nothing about quality. The perplexity
+    // claims are measured on the whole model (docs/QUALITY.md).
     let plain = dir.path().join("plain.onnx");
-    let rp = compile(
+    let rp = compile_checked(
         &model,
         &plain,
         &[
@@ -133,21 +144,26 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
             os("linear_compact"),
             os("--ratio"),
             os("1.25"),
-            os("--tokenizer"),
-            tok.as_os_str(),
-            os("--eval-text"),
-            eval.as_os_str(),
         ],
     );
     assert!(rp["sites"][0]["whitened"].is_null());
-    let ppl = |r: &Value| r["text_eval"]["perplexity_compressed"].as_f64().unwrap();
-    let orig = r["text_eval"]["perplexity_original"].as_f64().unwrap();
+    let logits = |r: &Value, field: &str| {
+        let outs = r["fidelity"]["outputs"]
+            .as_array()
+            .expect("fidelity outputs");
+        let o = outs.iter().find(|o| o["name"] == "logits").expect("logits");
+        o[field].as_f64().unwrap()
+    };
     assert!(
-        ppl(&r) < ppl(&rp),
-        "calibrated {} vs plain {} (original {orig})",
-        ppl(&r),
-        ppl(&rp)
+        logits(&r, "rel_error") < logits(&rp, "rel_error")
+            && logits(&r, "top1_agreement") > logits(&rp, "top1_agreement"),
+        "calibrated {} / {} vs plain {} / {} (output error / top-1 agreement)",
+        logits(&r, "rel_error"),
+        logits(&r, "top1_agreement"),
+        logits(&rp, "rel_error"),
+        logits(&rp, "top1_agreement"),
     );
+    assert!(r["text_eval"]["perplexity_compressed"].as_f64().unwrap() > 0.0);
 }
 
 /// A `.npy` of int64 token ids `[rows, len]`.

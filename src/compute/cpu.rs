@@ -41,11 +41,11 @@ impl Backend for Cpu {
             None => Ok(Vec::new()),
             Some(LowrankRoute::Exact) => per_matrix(batch, |w| exact_one(w, rank)),
             Some(LowrankRoute::Gram) => per_matrix(batch, |w| gram_one(w, rank)),
-            Some(LowrankRoute::Sketch(k)) => {
-                let n = batch[0].cols();
-                let omega = gaussian_f32(opts.seed, n, k);
-                let omega = MatRef::from_row_major_slice(&omega, n, k);
-                per_matrix(batch, |w| lowrank_one(w, rank, omega, opts.power_iters))
+            Some(LowrankRoute::Sketch(shape)) => {
+                let (n, b) = (batch[0].cols(), shape.block);
+                let omega = gaussian_f32(opts.seed, n, b);
+                let omega = MatRef::from_row_major_slice(&omega, n, b);
+                per_matrix(batch, |w| lowrank_one(w, rank, omega, shape.depth))
             }
         }
     }
@@ -65,11 +65,11 @@ impl Backend for Cpu {
         match check_spectrum(batch, k, opts)? {
             SpectrumRoute::Trivial => Ok(vec![Vec::new(); batch.len()]),
             SpectrumRoute::Exact(kk) => per_matrix(batch, |w| exact_spectrum(w, kk)),
-            SpectrumRoute::Sketch { kk, width } => {
-                let n = batch[0].cols();
-                let omega = gaussian_f32(opts.seed, n, width);
-                let omega = MatRef::from_row_major_slice(&omega, n, width);
-                per_matrix(batch, |w| spectrum_one(w, kk, omega, opts.power_iters))
+            SpectrumRoute::Sketch { kk, shape } => {
+                let (n, b) = (batch[0].cols(), shape.block);
+                let omega = gaussian_f32(opts.seed, n, b);
+                let omega = MatRef::from_row_major_slice(&omega, n, b);
+                per_matrix(batch, |w| spectrum_one(w, kk, omega, shape.depth))
             }
         }
     }

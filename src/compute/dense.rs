@@ -12,7 +12,7 @@ use rayon::prelude::*;
 /// Output rows per task of [`mul_rows`]: about an eighth of the rows (so one matrix alone
 /// still spreads over the cores), between 64 and 256, a multiple of 16. A function of the
 /// shape only, never of the thread count.
-fn row_chunk(m: usize) -> usize {
+pub(crate) fn row_chunk(m: usize) -> usize {
     (m.div_ceil(8).div_ceil(16) * 16).clamp(64, 256)
 }
 

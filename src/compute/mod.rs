@@ -30,7 +30,7 @@ pub mod whiten;
 
 pub use cpu::Cpu;
 pub use gpu::Gpu;
-pub use rsvd::LowrankRoute;
+pub use rsvd::{KrylovShape, LowrankRoute};
 
 use crate::ir::{DType, Tensor};
 
@@ -379,12 +379,15 @@ impl Factors {
 /// Options of the randomized SVD (Halko–Martinsson–Tropp).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SvdOptions {
-    /// Extra sketch columns beyond the rank (`p`); the sketch has `min(r + p, min(m, n))`
-    /// columns. Default 10.
+    /// Oversampling (`p`): the randomized SVD's Krylov basis has about `2r + p` columns
+    /// ([`KrylovShape`]); `r + p` also decides the route ([`SvdOptions::lowrank_route`]).
+    /// Default 10.
     pub oversample: usize,
-    /// Power iterations (`q`), each one `Wᵀ·Q` then `W·Q`, re-orthonormalised after every
-    /// multiply. Default 2.
-    pub power_iters: usize,
+    /// Depth `d` of the block Krylov range finder: the basis spans `W·Ω, (W·Wᵀ)·W·Ω, …,
+    /// (W·Wᵀ)^d·W·Ω` in `d + 1` blocks of `b = ⌈(2r + p)/(d + 1)⌉` columns. Default 4 (as
+    /// many products with `W` as subspace iteration with 2 power iterations, on blocks about
+    /// 40 % as wide: fewer flops and a smaller error, docs/PERF.md).
+    pub depth: usize,
     /// Seed of the Gaussian sketch Ω. Same seed, same inputs → bit-identical output.
     /// Default 0.
     pub seed: u64,
@@ -397,7 +400,7 @@ impl Default for SvdOptions {
     fn default() -> Self {
         SvdOptions {
             oversample: 10,
-            power_iters: 2,
+            depth: 4,
             seed: 0,
             exact_below: 128,
         }
@@ -452,12 +455,13 @@ pub trait Backend: Send + Sync {
     /// A short name for reports ("cpu", "gpu:…").
     fn name(&self) -> &str;
 
-    /// Rank-`rank` factors of every matrix in `batch` by randomized SVD (Halko–Martinsson–
-    /// Tropp): Gaussian sketch Ω (`n × k`, `k = min(rank + oversample, min(m, n))`, from
-    /// `opts.seed`, the same Ω for every matrix of the batch), `Q = orth(W·Ω)`, then
-    /// `opts.power_iters` rounds of `Q = orth(Wᵀ·Q)`, `Q = orth(W·Q)`, then `B = Qᵀ·W` and
-    /// the SVD of `B` truncated to `rank`. Small matrices (see [`SvdOptions::exact_below`]) get
-    /// an exact SVD.
+    /// Rank-`rank` factors of every matrix in `batch` by randomized SVD with a block Krylov
+    /// range finder (randomized block Lanczos, Musco & Musco 2015): Gaussian start Ω (`n × b`,
+    /// [`KrylovShape`], from `opts.seed`, the same Ω for every matrix of the batch),
+    /// `Q₀ = orth(W·Ω)`, then `opts.depth` blocks `Qᵢ₊₁ = orth(W·Wᵀ·Qᵢ ⊥ Q₀…Qᵢ)`, then
+    /// `B = Qᵀ·W` (whose blocks `Qᵢᵀ·W` the iteration has already formed) and the SVD of `B`
+    /// truncated to `rank`. Small matrices (see [`SvdOptions::exact_below`]) get an exact
+    /// SVD, and high ranks the Gram path ([`SvdOptions::lowrank_route`]).
     ///
     /// All matrices of a batch must have the same shape `m × n`; `rank` must be in
     /// `1..=min(m, n)`. Output `i` belongs to `batch[i]`. An empty batch gives an empty vector.
@@ -475,8 +479,8 @@ pub trait Backend: Send + Sync {
 
     /// The `min(k, min(m, n))` largest singular values of each matrix of `batch`, descending,
     /// with explicit options: exact when the matrix is small or `k` is close to `min(m, n)`,
-    /// else randomized with `max(opts.oversample, k)` oversampling (a sketch of about `2k`
-    /// columns) and `opts.power_iters` power iterations.
+    /// else from the block Krylov basis of [`Backend::lowrank`] with `max(opts.oversample, k)`
+    /// oversampling (about `3k` columns) and `opts.depth` blocks after the first.
     fn spectrum_with(
         &self,
         batch: &[MatrixRef<'_>],

@@ -39,8 +39,8 @@ pub enum LowrankRoute {
     /// quarter of the short side (`4k >= min(m, n)`), where that is cheaper than sketching
     /// with `2q + 2` passes and as accurate for the kept part.
     Gram,
-    /// The randomized SVD with a sketch of this many columns (`rank + oversample`).
-    Sketch(usize),
+    /// The randomized SVD from a block Krylov basis of this shape (see [`KrylovShape`]).
+    Sketch(KrylovShape),
 }
 
 impl SvdOptions {
@@ -53,7 +53,12 @@ impl SvdOptions {
         } else if 4 * k >= m.min(n) {
             LowrankRoute::Gram
         } else {
-            LowrankRoute::Sketch(k)
+            LowrankRoute::Sketch(KrylovShape::new(
+                rank,
+                self.oversample,
+                self.depth,
+                m.min(n),
+            ))
         }
     }
 }
@@ -79,12 +84,12 @@ pub(crate) enum SpectrumRoute {
     Trivial,
     /// The top `kk` values of the exact `f64` SVD.
     Exact(usize),
-    /// The top `kk` values from a randomized sketch of `width` columns.
+    /// The top `kk` values from a block Krylov basis.
     Sketch {
         /// Values returned.
         kk: usize,
-        /// Sketch columns.
-        width: usize,
+        /// The basis.
+        shape: KrylovShape,
     },
 }
 
@@ -105,7 +110,10 @@ pub(crate) fn check_spectrum(
     Ok(if use_exact((m, n), width, opts) {
         SpectrumRoute::Exact(kk)
     } else {
-        SpectrumRoute::Sketch { kk, width }
+        SpectrumRoute::Sketch {
+            kk,
+            shape: KrylovShape::new(kk, opts.oversample.max(kk), opts.depth, m.min(n)),
+        }
     })
 }
 
@@ -130,7 +138,7 @@ pub(crate) fn per_matrix<T: Send>(
 /// numerically positive definite, the pass uses a shifted Cholesky (`G + sI`, shifted
 /// Cholesky-QR3) and further passes follow until the input of a pass is already close to
 /// orthonormal (`max |G − I| < 0.5`, after which one pass leaves it orthonormal to `f64`
-/// rounding). If that does not happen within [`MAX_PASSES`] (numerically rank-deficient `y`),
+/// rounding; an input that is already that close takes a single pass). If that does not happen within [`MAX_PASSES`] (numerically rank-deficient `y`),
 /// the basis comes from an `f64` SVD of `y`, which is orthonormal whatever the rank.
 /// With [`Orth::Iterate`], a well-conditioned `y` takes a single pass.
 pub(crate) fn orth(y: &[f32], m: usize, k: usize, need: Orth) -> Result<Vec<f32>, String> {
@@ -138,7 +146,7 @@ pub(crate) fn orth(y: &[f32], m: usize, k: usize, need: Orth) -> Result<Vec<f32>
     let mut q = vec![0.0f64; m * k];
     let mut g = gram(y, m, k);
     for pass in 0..MAX_PASSES {
-        let mut finishes = pass > 0 && max_dev_from_identity(&g, k) < 0.5;
+        let mut finishes = max_dev_from_identity(&g, k) < 0.5;
         let r = match cholesky_upper(&g, k) {
             Some(r) => {
                 if pass == 0 && need == Orth::Iterate && condition(&r, k) <= ONE_PASS_KAPPA {
@@ -229,53 +237,194 @@ pub(crate) fn shifted_cholesky(g: &[f64], m: usize, k: usize, eps: f64) -> Optio
     None
 }
 
-/// Orthonormal basis `Q` (`m × k`, `f32`) of the range of `W` (`m × n`) from the sketch `omega`
-/// (`n × k`) with `power_iters` power iterations, re-orthonormalised after every multiply.
-fn range_finder(
+/// The shape of the block Krylov range finder: `depth + 1` blocks of `block` columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KrylovShape {
+    /// Columns per block (`b`); also the width of the Gaussian start Ω (`n × b`).
+    pub block: usize,
+    /// Applications of `W·Wᵀ` after the first block (`d`).
+    pub depth: usize,
+}
+
+impl KrylovShape {
+    /// The shape for `rank` values of an `m × n` matrix whose short side is `short`:
+    /// `b = ⌈(2·rank + oversample) / (depth + 1)⌉`, so that the whole basis has about
+    /// `2·rank + oversample` columns, with the depth shortened where the basis would not fit
+    /// the short side.
+    pub fn new(rank: usize, oversample: usize, depth: usize, short: usize) -> Self {
+        let short = short.max(1);
+        let block = (2 * rank + oversample).div_ceil(depth + 1).clamp(1, short);
+        let depth = depth.min(short / block - 1);
+        KrylovShape { block, depth }
+    }
+
+    /// Columns of the whole basis, `(depth + 1) · block`.
+    pub fn width(&self) -> usize {
+        (self.depth + 1) * self.block
+    }
+}
+
+/// `y −= Qa·(Qaᵀ·y)` for every block `Qa` of `basis` (block Gram–Schmidt, classical: all
+/// coefficients from the same `y`), in `f32`; `y` is `m × b`, each block `m × b`, row-major.
+fn project_out(y: &mut [f32], basis: &[Vec<f32>], m: usize, b: usize) {
+    let coefs: Vec<Vec<f32>> = basis.iter().map(|q| mul_t(q, m, b, y, b)).collect();
+    subtract(y, basis, &coefs, m, b);
+}
+
+/// `y −= Σⱼ basisⱼ · coefsⱼ` (`m × b` blocks, `b × b` coefficients, row-major `f32`).
+fn subtract(y: &mut [f32], basis: &[Vec<f32>], coefs: &[Vec<f32>], m: usize, b: usize) {
+    let ch = super::dense::row_chunk(m);
+    y.par_chunks_mut(ch * b).enumerate().for_each(|(c, yc)| {
+        let rows = yc.len() / b;
+        for (q, coef) in basis.iter().zip(coefs) {
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(yc, rows, b),
+                faer::Accum::Add,
+                MatRef::from_row_major_slice(&q[c * ch * b..c * ch * b + rows * b], rows, b),
+                MatRef::from_row_major_slice(coef, b, b),
+                -1.0f32,
+                faer::Par::Seq,
+            );
+        }
+    });
+}
+
+/// The block Krylov range finder (randomized block Lanczos with full re-orthogonalisation):
+/// an orthonormal basis `Q = [Q₀ … Q_d]` (`m × (d+1)b`, returned as its blocks, `f32`) of
+/// `span[W·Ω, (W·Wᵀ)·W·Ω, …, (W·Wᵀ)^d·W·Ω]` for `omega` (`n × b`), and `Bᵀ = Wᵀ·Q`
+/// (`n × (d+1)b`, row-major `f32`), which the iteration computes anyway: block `i` of `Bᵀ`
+/// is `Zᵢ = Wᵀ·Qᵢ`, and the next block is `W·Zᵢ` with every earlier block projected out
+/// twice (orthonormalised between the two projections, so that what leaks back through
+/// `R⁻¹` is removed by the second).
+///
+/// Each block costs one product with `W` and one with `Wᵀ`, `2(d+1)b·2mn` flops in all,
+/// `Bᵀ` included; for the same accuracy this is 55–65 % of subspace iteration with `q = 2`
+/// and `b = r + 10` (docs/PERF.md).
+fn krylov(
     w: MatrixRef<'_>,
     omega: MatRef<'_, f32>,
-    power_iters: usize,
-) -> Result<Vec<f32>, String> {
+    depth: usize,
+) -> Result<(Vec<Vec<f32>>, Vec<f32>), String> {
     let (m, n) = w.shape();
-    let k = omega.ncols();
+    let b = omega.ncols();
+    let width = (depth + 1) * b;
     let a = w.faer();
-    let last = |i: usize| {
-        if i == power_iters {
-            Orth::Final
-        } else {
-            Orth::Iterate
-        }
-    };
+    let mut blocks: Vec<Vec<f32>> = Vec::with_capacity(depth + 1);
+    let mut bt = vec![0.0f32; n * width];
     let y = mul_rows(a, omega);
-    let mut q = orth(&y, m, k, last(0))?;
-    for i in 1..=power_iters {
-        let z = mul_t(w.data(), m, n, &q, k);
-        let p = orth(&z, n, k, Orth::Iterate)?;
-        let y = mul_rows(a, MatRef::from_row_major_slice(&p, n, k));
-        q = orth(&y, m, k, last(i))?;
+    let mut q = orth(&y, m, b, Orth::Final)?;
+    for i in 0..=depth {
+        let z = mul_t(w.data(), m, n, &q, b);
+        for (row, zr) in bt.chunks_mut(width).zip(z.chunks(b)) {
+            row[i * b..(i + 1) * b].copy_from_slice(zr);
+        }
+        blocks.push(q);
+        if i == depth {
+            break;
+        }
+        let mut y = mul_rows(a, MatRef::from_row_major_slice(&z, n, b));
+        // The first projection's coefficients from the n side: Qⱼᵀ·y = Qⱼᵀ·W·Wᵀ·Qᵢ = Zⱼᵀ·Zᵢ.
+        let coefs: Vec<Vec<f32>> = (0..=i)
+            .map(|j| {
+                let zj: Vec<f32> = bt
+                    .chunks(width)
+                    .flat_map(|row| row[j * b..(j + 1) * b].iter().copied())
+                    .collect();
+                mul_t(&zj, n, b, &z, b)
+            })
+            .collect();
+        subtract(&mut y, &blocks, &coefs, m, b);
+        q = orth_against(y, &blocks, m, b, i)?;
+    }
+    Ok((blocks, bt))
+}
+
+/// Most re-orthogonalisations of one Krylov block after the first projection.
+pub(crate) const MAX_REORTH: usize = 4;
+
+/// A column keeps more than this fraction of its squared length under a projection when the
+/// projection is accurate enough that no further one is needed (Kahan–Parlett: "twice is
+/// enough" unless a column lost most of its length).
+pub(crate) const REORTH_KEEP: f64 = 0.25;
+
+/// Seed of the Gaussian block that replaces Krylov block `i + 1` when the space is exhausted
+/// (`RESTART_SEED + i`).
+pub(crate) const RESTART_SEED: u64 = 0x6b72_796c_6f76;
+
+/// An orthonormal basis (`m × b`, `f32`) of the part of `y` (`m × b`, block `i + 1`, already
+/// projected once against the earlier `blocks`) orthogonal to those blocks: orthonormalise,
+/// then project and orthonormalise again until no column of the (orthonormal) iterate loses
+/// more than `1 − REORTH_KEEP` of its squared length to the projection, at most
+/// [`MAX_REORTH`] rounds. If the first two rounds both lose that much, the Krylov space is
+/// exhausted (`W` has lower rank than the basis, and what is left of `y` is rounding noise,
+/// possibly inside the span already found): the block continues from a Gaussian block (seed
+/// `RESTART_SEED + i`), so that the basis stays orthonormal.
+fn orth_against(
+    y: Vec<f32>,
+    blocks: &[Vec<f32>],
+    m: usize,
+    b: usize,
+    i: usize,
+) -> Result<Vec<f32>, String> {
+    // Projected and orthonormalised again below: a well-conditioned basis is enough here.
+    let mut q = orth(&y, m, b, Orth::Iterate)?;
+    for round in 0..MAX_REORTH {
+        if round == MAX_REORTH / 2 {
+            q = super::rng::gaussian_f32(RESTART_SEED + i as u64, m, b);
+            project_out(&mut q, blocks, m, b);
+            q = orth(&q, m, b, Orth::Final)?;
+        }
+        project_out(&mut q, blocks, m, b);
+        let kept = min_column_norm2(&q, b);
+        q = orth(&q, m, b, Orth::Final)?;
+        if kept > REORTH_KEEP {
+            break;
+        }
     }
     Ok(q)
 }
 
-/// `Bᵀ = Wᵀ Q` (`n × k`, row-major `f64`), the transposed projection of `W` on `Q`.
-fn project_t(w: MatrixRef<'_>, q: &[f32], k: usize) -> Vec<f64> {
-    let bt = mul_t(w.data(), w.rows(), w.cols(), q, k);
-    to_f64(&bt)
+/// The smallest squared column norm of a row-major matrix with `b` columns (`f64` sums).
+fn min_column_norm2(y: &[f32], b: usize) -> f64 {
+    let mut norms = vec![0.0f64; b];
+    for row in y.chunks(b) {
+        for (acc, &v) in norms.iter_mut().zip(row) {
+            *acc += (v as f64) * (v as f64);
+        }
+    }
+    norms.into_iter().fold(f64::INFINITY, f64::min)
 }
 
-/// Randomized rank-`rank` factors of `w` with sketch `omega` (`n × k`, `k ≥ rank`).
+/// The blocks of a Krylov basis side by side: `m × (blocks · b)`, row-major.
+fn join_blocks(blocks: &[Vec<f32>], m: usize, b: usize) -> Vec<f32> {
+    let width = blocks.len() * b;
+    let mut out = vec![0.0f32; m * width];
+    for (j, q) in blocks.iter().enumerate() {
+        for (row, qr) in out.chunks_mut(width).zip(q.chunks(b)) {
+            row[j * b..(j + 1) * b].copy_from_slice(qr);
+        }
+    }
+    out
+}
+
+/// Randomized rank-`rank` factors of `w` from the block Krylov basis started at `omega`
+/// (`n × b`) with `depth` further blocks ([`KrylovShape`]): the SVD of `B = Qᵀ·W`
+/// truncated to `rank`.
 pub(crate) fn lowrank_one(
     w: MatrixRef<'_>,
     rank: usize,
     omega: MatRef<'_, f32>,
-    power_iters: usize,
+    depth: usize,
 ) -> Result<Factors, String> {
     let (m, n) = w.shape();
-    let k = omega.ncols();
-    let q = range_finder(w, omega, power_iters)?;
-    let bt = project_t(w, &q, k);
+    let b = omega.ncols();
+    let (blocks, bt) = krylov(w, omega, depth)?;
+    let k = blocks.len() * b;
+    let q = join_blocks(&blocks, m, b);
+    drop(blocks);
+    let bt = to_f64(&bt);
     // Bᵀ = Vb S Ubᵀ  ⇔  B = Ub S Vbᵀ.
-    let (vb, s, ub) = svd_f64(MatRef::from_row_major_slice(&bt, n, k), true)?;
+    let (vb, s, ub) = small_svd(&bt, n, k, rank, true)?;
     let r = rank.min(s.len());
     // U = Q · Ub[:, :r] (f32: Q is orthonormal to f32 rounding already).
     let ub_r: Vec<f32> = (0..k)
@@ -295,18 +444,57 @@ pub(crate) fn lowrank_one(
     Ok(finish(u, &s[..r], vt, m, n, r))
 }
 
-/// The top `kk` singular values of `w` from a randomized sketch `omega` (`n × k`, `k ≥ kk`).
+/// The top `kk` singular values of `w` from the block Krylov basis started at `omega`
+/// (`n × b`) with `depth` further blocks.
 pub(crate) fn spectrum_one(
     w: MatrixRef<'_>,
     kk: usize,
     omega: MatRef<'_, f32>,
-    power_iters: usize,
+    depth: usize,
 ) -> Result<Vec<f32>, String> {
-    let k = omega.ncols();
-    let q = range_finder(w, omega, power_iters)?;
-    let bt = project_t(w, &q, k);
-    let (_, s, _) = svd_f64(MatRef::from_row_major_slice(&bt, w.cols(), k), false)?;
+    let (blocks, bt) = krylov(w, omega, depth)?;
+    let k = blocks.len() * omega.ncols();
+    let bt = to_f64(&bt);
+    let (_, s, _) = small_svd(&bt, w.cols(), k, kk, false)?;
     Ok(s.iter().take(kk).map(|&x| x as f32).collect())
+}
+
+/// The SVD of `Bᵀ` (`n × k`, row-major `f64`) as `svd_f64` gives it — `(V_B, σ, U_B)` — with
+/// `rank` vectors, through the eigendecomposition of its `k × k` Gram `B·Bᵀ`: `n·k²` work
+/// instead of a dense SVD's several times that, and σ accurate to ~`u·σ₁²/σᵢ` (1e-8 relative
+/// for σ down to 1e-4·σ₁). Falls back to the dense SVD when a kept σ is below the resolution
+/// floor (1e-7·σ₁: a numerically rank-deficient sketch), whose vectors the Gram cannot give.
+/// Without `vectors`, all `k` singular values.
+pub(crate) fn small_svd(
+    bt: &[f64],
+    n: usize,
+    k: usize,
+    rank: usize,
+    vectors: bool,
+) -> Result<super::dense::SvdParts, String> {
+    let g = gram(bt, n, k);
+    if !vectors {
+        let sv: Vec<f64> = gram_singular_values(&g, k)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        return Ok((faer::Mat::zeros(0, 0), sv, faer::Mat::zeros(0, 0)));
+    }
+    let r = rank.min(k);
+    let top = top_eigen(&g, k, r)?;
+    if top.inv.contains(&0.0) {
+        return svd_f64(MatRef::from_row_major_slice(bt, n, k), true);
+    }
+    // V_B = Bᵀ · E · diag(1/σ).
+    let btm = MatRef::from_row_major_slice(bt, n, k);
+    let mut vb = btm * &top.e;
+    for l in 0..r {
+        for j in 0..n {
+            vb[(j, l)] *= top.inv[l];
+        }
+    }
+    Ok((vb, top.sig, top.e))
 }
 
 /// Exact truncated SVD of `w` in `f64`.
@@ -499,4 +687,69 @@ pub(crate) fn transpose_rm(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::rng::gaussian_f32;
+    use crate::compute::Matrix;
+
+    /// The Krylov basis stays orthonormal across blocks for a random matrix, one of rank 2
+    /// (the space is exhausted after the first block: later blocks are rounding noise) and
+    /// the zero matrix.
+    #[test]
+    fn krylov_basis_is_orthonormal_when_the_space_runs_out() {
+        let (m, n, b, depth) = (600, 300, 10, 4);
+        let x = gaussian_f32(5, m, 2);
+        let y = gaussian_f32(6, 2, n);
+        let low = Matrix::from_fn(m, n, |i, j| x[i * 2] * y[j] + x[i * 2 + 1] * y[n + j]).unwrap();
+        let random = Matrix::new(m, n, gaussian_f32(7, m, n)).unwrap();
+        let zero = Matrix::zeros(m, n);
+        let om = gaussian_f32(0, n, b);
+        for (name, w) in [("random", &random), ("rank 2", &low), ("zero", &zero)] {
+            let om = MatRef::from_row_major_slice(&om, n, b);
+            let (blocks, bt) = krylov(w.view(), om, depth).unwrap();
+            let k = blocks.len() * b;
+            assert_eq!((blocks.len(), bt.len()), (depth + 1, n * k));
+            let q = join_blocks(&blocks, m, b);
+            let dev = max_dev_from_identity(&gram(&q, m, k), k);
+            assert!(dev < 1e-5, "{name}: max |QᵀQ − I| = {dev:e}");
+            // Bᵀ = Wᵀ·Q.
+            let want = mul_t(w.data(), m, n, &q, k);
+            let scale = want.iter().fold(1.0f32, |a, v| a.max(v.abs()));
+            for (g, w) in bt.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-5 * scale, "{name}: Bᵀ {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn krylov_shapes() {
+        // r = 64, p = 10, d = 4: 5 blocks of 28 (GPT-2's rank-64 benchmark).
+        assert_eq!(
+            KrylovShape::new(64, 10, 4, 768),
+            KrylovShape {
+                block: 28,
+                depth: 4
+            }
+        );
+        // The basis is cut to the short side.
+        assert_eq!(
+            KrylovShape::new(64, 10, 4, 100),
+            KrylovShape {
+                block: 28,
+                depth: 2
+            }
+        );
+        // d = 0: one block of 2r + p.
+        assert_eq!(KrylovShape::new(8, 10, 0, 768).width(), 26);
+        assert_eq!(
+            KrylovShape::new(8, 10, 0, 20),
+            KrylovShape {
+                block: 20,
+                depth: 0
+            }
+        );
+    }
 }

@@ -199,6 +199,7 @@ pub(super) struct Gemm<'a> {
     pub(super) k: u64,
     pub(super) batch: u64,
     pub(super) accumulate: bool,
+    pub(super) subtract: bool,
     pub(super) f64: bool,
 }
 
@@ -256,6 +257,7 @@ impl<'a> Gemm<'a> {
             k: k as u64,
             batch: batch as u64,
             accumulate: false,
+            subtract: false,
             f64: false,
         }
     }
@@ -286,6 +288,23 @@ impl<'a> Gemm<'a> {
         Gemm {
             accumulate: yes,
             ..self
+        }
+    }
+
+    /// `C −= op(A) · op(B)` instead of overwriting C.
+    pub(super) fn subtract(self) -> Self {
+        Gemm {
+            subtract: true,
+            ..self
+        }
+    }
+
+    /// The `accumulate` mode of the shaders: 0 overwrite, 1 add, 2 subtract.
+    fn mode(&self) -> u32 {
+        if self.subtract {
+            2
+        } else {
+            self.accumulate as u32
         }
     }
 
@@ -412,7 +431,7 @@ fn record_one(s: &mut Session<'_>, g: &Gemm<'_>, splits: u64, chunk: u64) -> Gpu
     if splits == 1 {
         params[6] = u32_of(g.c.ld, "ldc")?;
         params[10] = u32_of(g.c.off, "C offset")?;
-        params[11] = g.accumulate as u32;
+        params[11] = g.mode();
         params[14] = u32_of(g.c.stride, "C stride")?;
         return s.dispatch(
             kernel,
@@ -443,7 +462,7 @@ fn record_one(s: &mut Session<'_>, g: &Gemm<'_>, splits: u64, chunk: u64) -> Gpu
         u32_of(g.c.ld, "ldc")?,
         u32_of(g.c.off, "C offset")?,
         u32_of(g.c.stride, "C stride")?,
-        g.accumulate as u32,
+        g.mode(),
     ];
     s.dispatch(
         Kernel::Reduce { f64: g.f64 },

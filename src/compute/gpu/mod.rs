@@ -220,16 +220,16 @@ impl Backend for Gpu {
         rank: usize,
         opts: &SvdOptions,
     ) -> Result<Vec<Factors>, ComputeError> {
-        let k = match check_lowrank(batch, rank, opts)? {
+        let shape = match check_lowrank(batch, rank, opts)? {
             None => return Ok(Vec::new()),
             Some(LowrankRoute::Exact) => return per_matrix(batch, |w| exact_one(w, rank)),
             Some(LowrankRoute::Gram) if self.ctx.f64 => {
                 return rsvd::gram_path(&self.ctx, batch, rank)
             }
             Some(LowrankRoute::Gram) => return per_matrix(batch, |w| gram_one(w, rank)),
-            Some(LowrankRoute::Sketch(k)) => k,
+            Some(LowrankRoute::Sketch(shape)) => shape,
         };
-        let got = rsvd::randomized(&self.ctx, batch, k, opts, rsvd::Want::Factors(rank))?;
+        let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Factors(rank))?;
         Ok(got.into_iter().filter_map(rsvd::Got::factors).collect())
     }
 
@@ -244,12 +244,12 @@ impl Backend for Gpu {
         k: usize,
         opts: &SvdOptions,
     ) -> Result<Vec<Vec<f32>>, ComputeError> {
-        let (kk, width) = match check_spectrum(batch, k, opts)? {
+        let (kk, shape) = match check_spectrum(batch, k, opts)? {
             SpectrumRoute::Trivial => return Ok(vec![Vec::new(); batch.len()]),
             SpectrumRoute::Exact(kk) => return per_matrix(batch, |w| exact_spectrum(w, kk)),
-            SpectrumRoute::Sketch { kk, width } => (kk, width),
+            SpectrumRoute::Sketch { kk, shape } => (kk, shape),
         };
-        let got = rsvd::randomized(&self.ctx, batch, width, opts, rsvd::Want::Spectrum(kk))?;
+        let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Spectrum(kk))?;
         Ok(got.into_iter().filter_map(rsvd::Got::spectrum).collect())
     }
 

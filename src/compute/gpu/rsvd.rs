@@ -1,10 +1,11 @@
 //! Randomized SVD, spectra and the Gram-eigendecomposition path on the GPU.
 //!
 //! The algorithm is the CPU backend's (see `compute::rsvd`): the same Ω (from
-//! `rng::gaussian_f32` and the seed), sketch width, power iterations and Cholesky-QR2
-//! orthonormalisation after every multiply. What runs where:
-//! - on the GPU, in `f32`: `W·X`, `Wᵀ·X`, `Y·R⁻¹`, `Q·U_B` (the GEMM of gemm.wgsl, batched over
-//!   the matrices of a group);
+//! `rng::gaussian_f32` and the seed), the same block Krylov basis (block width, depth, two
+//! block Gram–Schmidt projections with a Cholesky-QR2 orthonormalisation after each). What
+//! runs where:
+//! - on the GPU, in `f32`: `W·X`, `Wᵀ·X`, `Y·R⁻¹`, the projections `Y −= Qⱼ·(Qⱼᵀ·Y)`, `Q·U_B`
+//!   (the GEMM of gemm.wgsl, batched over the matrices of a group);
 //! - on the GPU, accumulated in `f64` where the adapter has `SHADER_F64`: the Gram matrices
 //!   `YᵀY` of Cholesky-QR (else in `f32`, with the check described at `Group::orth`), the Gram of
 //!   the short side and the long-side products of the Gram path;
@@ -17,16 +18,16 @@
 //! rows (every m-side buffer follows the same blocks, and products over m accumulate the blocks
 //! in order).
 
-use faer::MatRef;
 use rayon::prelude::*;
 
 use super::device::{device_err, Ctx, GpuResult, Session};
 use super::gemm::{record, Gemm, Operand, Output};
-use crate::compute::dense::{cholesky_upper, inv_upper, svd_f64, to_f64};
+use crate::compute::dense::{cholesky_upper, inv_upper, to_f64};
 use crate::compute::rng::gaussian_f32;
 use crate::compute::rsvd::{
-    finish, gram_factors, gram_singular_values, max_dev_from_identity, shifted_cholesky, svd_basis,
-    top_eigen, Orth, MAX_PASSES, ONE_PASS_KAPPA,
+    finish, gram_factors, gram_singular_values, max_dev_from_identity, shifted_cholesky, small_svd,
+    svd_basis, top_eigen, KrylovShape, Orth, MAX_PASSES, MAX_REORTH, ONE_PASS_KAPPA, REORTH_KEEP,
+    RESTART_SEED,
 };
 use crate::compute::{ComputeError, Factors, MatrixRef, SvdOptions};
 
@@ -70,14 +71,17 @@ pub(super) struct Needs {
     pub(super) shared: u64,
 }
 
-/// The needs of the randomized path for `m × n` matrices and a sketch of `k` columns.
-pub(super) fn randomized_needs(m: usize, n: usize, k: usize) -> Needs {
-    let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+/// The needs of the randomized path for `m × n` matrices and a Krylov basis of `shape`: W,
+/// the basis blocks, two work blocks and `U` on the m side; `Bᵀ` on the n side; Grams,
+/// triangular inverses and projection coefficients.
+pub(super) fn randomized_needs(m: usize, n: usize, shape: KrylovShape) -> Needs {
+    let (m64, n64) = (m as u64, n as u64);
+    let (b, k) = (shape.block as u64, shape.width() as u64);
     Needs {
-        row_bytes: 4 * n64.max(k64),
-        side_bytes: (4 * n64 * k64).max(8 * k64 * k64),
-        per_matrix: 4 * (m64 * n64 + 2 * m64 * k64 + 2 * n64 * k64) + 16 * k64 * k64,
-        shared: 4 * n64 * k64,
+        row_bytes: 4 * n64.max(k),
+        side_bytes: (4 * n64 * k).max(8 * k * k),
+        per_matrix: 4 * (m64 * n64 + m64 * (2 * k + 2 * b) + n64 * k) + 16 * b * b + 8 * k * k,
+        shared: 4 * n64 * b,
     }
 }
 
@@ -203,20 +207,14 @@ impl<'c> Group<'c> {
         })
     }
 
-    /// `out_b = W_b · X` for every block; `x` is `n × out.cols` per matrix (`shared`: one
+    /// `out_b = W_b · X` for every block; `x` is `n × out.cols` per matrix (stride 0: one
     /// matrix for the whole group).
-    fn w_times(
-        &self,
-        s: &mut Session<'_>,
-        x: &wgpu::Buffer,
-        shared: bool,
-        out: &Tall,
-    ) -> GpuResult<()> {
+    fn w_times(&self, s: &mut Session<'_>, x: Operand<'_>, out: &Tall) -> GpuResult<()> {
         let (n, c) = (self.n, out.cols);
         for (b, &(_, rows)) in self.blocks.iter().enumerate() {
             let g = Gemm::new(
                 Operand::new(&self.w[b], n, rows * n),
-                Operand::new(x, c, if shared { 0 } else { n * c }),
+                x,
                 Output::new(&out.bufs[b], 0, c, rows * c),
                 (rows, c, n),
                 self.g,
@@ -226,18 +224,19 @@ impl<'c> Group<'c> {
         Ok(())
     }
 
-    /// `out = Σ_b W_bᵀ · q_b` (`n × q.cols` per matrix), blocks added in order.
-    fn wt_times(&self, s: &mut Session<'_>, q: &Tall, out: &Tall) -> GpuResult<()> {
+    /// `out = Σ_b W_bᵀ · q_b` (`n × q.cols` per matrix, `f64` where `f64`), blocks added in
+    /// order.
+    fn wt_times(&self, s: &mut Session<'_>, q: &Tall, out: Output<'_>, f64: bool) -> GpuResult<()> {
         let (n, c) = (self.n, q.cols);
         for (b, &(_, rows)) in self.blocks.iter().enumerate() {
             let g = Gemm::new(
                 Operand::new(&self.w[b], n, rows * n).t(),
                 Operand::new(&q.bufs[b], c, rows * c),
-                Output::new(&out.bufs[0], 0, c, n * c),
+                out,
                 (n, c, rows),
                 self.g,
             );
-            record(s, &g.accumulate(b > 0).f64(out.f64))?;
+            record(s, &g.accumulate(b > 0).f64(f64))?;
         }
         Ok(())
     }
@@ -320,20 +319,21 @@ impl<'c> Group<'c> {
     /// Orthonormalises the columns of every matrix of `cur` (Cholesky-QR2, mirroring the CPU's
     /// `rsvd::orth`): Gram on the device, Cholesky and `R⁻¹` on the CPU in `f64`, `Q = Y·R⁻¹` on
     /// the device into `spare`; the buffers are swapped after every multiply, so the basis ends
-    /// in `cur`. A pass after which the Gram is within 0.5 of the identity is followed by one
-    /// last pass. With `f32` Grams, a matrix is done only once a Gram shows it orthonormal to
-    /// [`F32_ORTH_TOL`]. A Gram that is not positive definite gets the shifted Cholesky;
+    /// in `cur`. An input whose Gram is within 0.5 of the identity (the first one included)
+    /// takes one last pass. With `f32` Grams, a matrix is done only once a Gram (the first one
+    /// included) shows it orthonormal to [`F32_ORTH_TOL`]. A Gram that is not positive definite gets the shifted Cholesky;
     /// a matrix still not done after the last pass (numerically rank-deficient) gets an
     /// orthonormal basis from the `f64` SVD of its current iterate, on the CPU. An
     /// [`Orth::Iterate`] whose first Cholesky factor has κ(R) within the one-pass bound takes
-    /// that single pass.
+    /// that single pass. Returns, per matrix, the smallest squared column norm of the input
+    /// (the diagonal of the first Gram).
     fn orth(
         &self,
         s: &mut Session<'_>,
         cur: &mut Tall,
         spare: &mut Tall,
         need: Orth,
-    ) -> GpuResult<()> {
+    ) -> GpuResult<Vec<f64>> {
         let (g, k) = (self.g, cur.cols);
         let rows = cur.total_rows();
         let f64 = self.ctx.f64;
@@ -355,6 +355,7 @@ impl<'c> Group<'c> {
         };
         let mut done = vec![false; g];
         let mut fallback = vec![false; g];
+        let mut kept = vec![f64::INFINITY; g];
         enum Step {
             Identity,
             Done,
@@ -366,6 +367,12 @@ impl<'c> Group<'c> {
             let tp = std::time::Instant::now();
             self.gram(s, cur, &gram)?;
             let gs = self.read_grams(s, &gram, k)?;
+            if pass == 0 {
+                for (i, m) in kept.iter_mut().enumerate() {
+                    let gi = &gs[i * k * k..(i + 1) * k * k];
+                    *m = (0..k).map(|j| gi[j * k + j]).fold(f64::INFINITY, f64::min);
+                }
+            }
             tracing::trace!(
                 "gpu orth pass {pass}: products + Gram + read {:.4} s",
                 tp.elapsed().as_secs_f64()
@@ -378,10 +385,10 @@ impl<'c> Group<'c> {
                     }
                     let gi = &gs[i * k * k..(i + 1) * k * k];
                     let dev = max_dev_from_identity(gi, k);
-                    if !f64 && pass > 0 && dev < F32_ORTH_TOL {
+                    if !f64 && dev < F32_ORTH_TOL {
                         return Step::Done;
                     }
-                    let finishes = pass > 0 && dev < 0.5;
+                    let finishes = dev < 0.5;
                     match cholesky_upper(gi, k) {
                         Some(r) => {
                             let ri = inv_upper(&r, k);
@@ -438,7 +445,7 @@ impl<'c> Group<'c> {
         }
         let redo: Vec<usize> = (0..g).filter(|&i| fallback[i] || !done[i]).collect();
         if redo.is_empty() {
-            return Ok(());
+            return Ok(kept);
         }
         // Rank-deficient iterates: an orthonormal basis from the f64 SVD (CPU).
         let all = self.read_all::<f32>(s, cur)?;
@@ -454,41 +461,165 @@ impl<'c> Group<'c> {
                 r0 += len / k.max(1);
             }
         }
+        Ok(kept)
+    }
+
+    /// `y −= Qⱼ·(Qⱼᵀ·y)` for every block `Qⱼ` of `basis`, all coefficients from the same `y`
+    /// (the CPU's `project_out`); `coef` holds `[block][g][b][b]`.
+    fn project_out(
+        &self,
+        s: &mut Session<'_>,
+        y: &Tall,
+        basis: &[Tall],
+        coef: &wgpu::Buffer,
+    ) -> GpuResult<()> {
+        let b = y.cols;
+        let bb = b * b;
+        for (j, q) in basis.iter().enumerate() {
+            for (rb, &rows) in y.rows.iter().enumerate() {
+                let g = Gemm::new(
+                    Operand::new(&q.bufs[rb], b, rows * b).t(),
+                    Operand::new(&y.bufs[rb], b, rows * b),
+                    Output::new(coef, j * self.g * bb, b, bb),
+                    (b, b, rows),
+                    self.g,
+                );
+                record(s, &g.accumulate(rb > 0))?;
+            }
+        }
+        self.subtract(s, y, basis, coef)
+    }
+
+    /// `y −= Σⱼ Qⱼ · Cⱼ` with the coefficients `Cⱼ` in `coef` (`[block][g][b][b]`).
+    fn subtract(
+        &self,
+        s: &mut Session<'_>,
+        y: &Tall,
+        basis: &[Tall],
+        coef: &wgpu::Buffer,
+    ) -> GpuResult<()> {
+        let b = y.cols;
+        let bb = b * b;
+        for (j, q) in basis.iter().enumerate() {
+            let c = Operand {
+                off: (j * self.g * bb) as u64,
+                ..Operand::new(coef, b, bb)
+            };
+            for (rb, &rows) in y.rows.iter().enumerate() {
+                let g = Gemm::new(
+                    Operand::new(&q.bufs[rb], b, rows * b),
+                    c,
+                    Output::new(&y.bufs[rb], 0, b, rows * b),
+                    (rows, b, b),
+                    self.g,
+                );
+                record(s, &g.subtract())?;
+            }
+        }
         Ok(())
     }
 
-    /// The range finder: `Q = orth(W·Ω)`, then `power_iters` rounds of `P = orth(Wᵀ·Q)`,
-    /// `Q = orth(W·P)`; every basis but the last is an iterate ([`Orth::Iterate`]). Returns
-    /// `(Q, spare)`, both m-side with `k` columns.
-    fn range_finder(
+    /// The block Krylov range finder (the CPU's `rsvd::krylov`): the basis blocks `Q₀ … Q_d`
+    /// (m-side, `b` columns each) of `span[W·Ω, (W·Wᵀ)·W·Ω, …]` for `omega` (`n × b`, shared),
+    /// and `Bᵀ = Wᵀ·Q` (n-side, `(d + 1)·b` columns, block `i` = `Wᵀ·Qᵢ`).
+    fn krylov(
         &self,
         s: &mut Session<'_>,
         omega: &wgpu::Buffer,
-        k: usize,
-        power_iters: usize,
-    ) -> GpuResult<(Tall, Tall)> {
-        let mut q = self.tall(k, false)?;
-        let mut spare = self.tall(k, false)?;
-        let need = |i: usize| {
-            if i == power_iters {
-                Orth::Final
-            } else {
-                Orth::Iterate
+        shape: KrylovShape,
+    ) -> GpuResult<(Vec<Tall>, Tall)> {
+        let (b, width, n) = (shape.block, shape.width(), self.n);
+        let bt = self.side(n, width, false)?;
+        let coef = self.ctx.buffer(
+            (shape.depth.max(1) * self.g * b * b * 4) as u64,
+            "projection coefficients",
+        )?;
+        let mut spare = self.tall(b, false)?;
+        let mut cur = self.tall(b, false)?;
+        let omega = Operand::new(omega, b, 0);
+        self.w_times(s, omega, &cur)?;
+        self.orth(s, &mut cur, &mut spare, Orth::Final)?;
+        let mut blocks: Vec<Tall> = Vec::with_capacity(shape.depth + 1);
+        for i in 0..=shape.depth {
+            // Zᵢ = Wᵀ·Qᵢ into columns i·b.. of Bᵀ.
+            let zi = Output::new(&bt.bufs[0], i * b, width, n * width);
+            self.wt_times(s, &cur, zi, false)?;
+            blocks.push(cur);
+            if i == shape.depth {
+                break;
             }
-        };
-        self.w_times(s, omega, true, &q)?;
-        self.orth(s, &mut q, &mut spare, need(0))?;
-        if power_iters > 0 {
-            let mut z = self.side(self.n, k, false)?;
-            let mut zs = self.side(self.n, k, false)?;
-            for i in 1..=power_iters {
-                self.wt_times(s, &q, &z)?;
-                self.orth(s, &mut z, &mut zs, Orth::Iterate)?;
-                self.w_times(s, &z.bufs[0], false, &q)?;
-                self.orth(s, &mut q, &mut spare, need(i))?;
+            cur = self.tall(b, false)?;
+            let z = Operand {
+                off: (i * b) as u64,
+                ..Operand::new(&bt.bufs[0], width, n * width)
+            };
+            self.w_times(s, z, &cur)?;
+            // The first projection's coefficients from the n side: Qⱼᵀ·W·Wᵀ·Qᵢ = Zⱼᵀ·Zᵢ.
+            let bb = b * b;
+            for j in 0..=i {
+                let zj = Operand {
+                    off: (j * b) as u64,
+                    ..Operand::new(&bt.bufs[0], width, n * width)
+                };
+                let g = Gemm::new(
+                    zj.t(),
+                    z,
+                    Output::new(&coef, j * self.g * bb, b, bb),
+                    (b, b, n),
+                    self.g,
+                );
+                record(s, &g)?;
+            }
+            self.subtract(s, &cur, &blocks, &coef)?;
+            self.orth_against(s, &mut cur, &mut spare, &blocks, &coef, i)?;
+        }
+        Ok((blocks, bt))
+    }
+
+    /// The CPU's `rsvd::orth_against` for every matrix of the group (`cur` has had its first
+    /// projection): an orthonormalisation, then rounds of projection and orthonormalisation
+    /// until no matrix's iterate loses more than `1 − REORTH_KEEP` of a
+    /// column's squared length; the matrices still losing that much after two rounds continue
+    /// from the CPU's Gaussian restart block (the others take the extra rounds too, which
+    /// changes them only by rounding).
+    fn orth_against(
+        &self,
+        s: &mut Session<'_>,
+        cur: &mut Tall,
+        spare: &mut Tall,
+        basis: &[Tall],
+        coef: &wgpu::Buffer,
+        i: usize,
+    ) -> GpuResult<()> {
+        self.orth(s, cur, spare, Orth::Iterate)?;
+        let mut lost = vec![true; self.g];
+        for round in 0..MAX_REORTH {
+            if round == MAX_REORTH / 2 {
+                let rows = cur.total_rows();
+                let b = cur.cols;
+                let restart = gaussian_f32(RESTART_SEED + i as u64, rows, b);
+                // The last orthonormalisation may still be recorded: run it before the writes.
+                s.flush()?;
+                for z in (0..self.g).filter(|&z| lost[z]) {
+                    let mut r0 = 0usize;
+                    for (blk, (_, off, len)) in cur.parts(z).into_iter().enumerate() {
+                        let len = len as usize;
+                        self.ctx
+                            .write(&cur.bufs[blk], off * 4, &restart[r0 * b..r0 * b + len]);
+                        r0 += len / b.max(1);
+                    }
+                }
+                self.project_out(s, cur, basis, coef)?;
+                self.orth(s, cur, spare, Orth::Final)?;
+            }
+            self.project_out(s, cur, basis, coef)?;
+            let kept = self.orth(s, cur, spare, Orth::Final)?;
+            lost = kept.iter().map(|&k| k <= REORTH_KEEP).collect();
+            if !lost.contains(&true) {
+                break;
             }
         }
-        Ok((q, spare))
+        Ok(())
     }
 }
 
@@ -537,45 +668,41 @@ impl Got {
     }
 }
 
-/// The randomized SVD (or spectrum) of every matrix of `batch` (same shape, validated) with
-/// a sketch of `k` columns (`opts`: seed and power iterations).
+/// The randomized SVD (or spectrum) of every matrix of `batch` (same shape, validated) from
+/// a block Krylov basis of `shape` (`opts`: the seed).
 pub(super) fn randomized(
     ctx: &Ctx,
     batch: &[MatrixRef<'_>],
-    k: usize,
+    shape: KrylovShape,
     opts: &SvdOptions,
     want: Want,
 ) -> GpuResult<Vec<Got>> {
-    let (seed, power_iters) = (opts.seed, opts.power_iters);
+    let (b, k) = (shape.block, shape.width());
     let (m, n) = batch[0].shape();
     let r = match want {
         Want::Factors(r) => r,
         Want::Spectrum(_) => 0,
     };
-    let plan = plan(ctx, batch.len(), m, &randomized_needs(m, n, k))?;
-    let omega = gaussian_f32(seed, n, k);
+    let plan = plan(ctx, batch.len(), m, &randomized_needs(m, n, shape))?;
+    let omega = gaussian_f32(opts.seed, n, b);
     let omega_buf = ctx.run(|| ctx.upload(&[&omega[..]], "sketch"))?;
     let mut out = Vec::with_capacity(batch.len());
     for (gi, mats) in batch.chunks(plan.g).enumerate() {
         let base = gi * plan.g;
-        // Device section 1: upload, range finder, Bᵀ = Wᵀ·Q (n × k per matrix).
+        // Device section 1: upload, the Krylov basis and Bᵀ = Wᵀ·Q (n × k per matrix).
         let t0 = std::time::Instant::now();
-        let (grp, q, mut spare, bts) = ctx.run(|| {
+        let (grp, q, bts) = ctx.run(|| {
             let grp = Group::upload(ctx, mats, &plan.blocks)?;
             let t_up = t0.elapsed().as_secs_f64();
             let mut s = Session::new(ctx);
-            let (q, spare) = grp.range_finder(&mut s, &omega_buf, k, power_iters)?;
-            let t_rf = t0.elapsed().as_secs_f64();
-            let bt = grp.side(n, k, false)?;
-            grp.wt_times(&mut s, &q, &bt)?;
+            let (q, bt) = grp.krylov(&mut s, &omega_buf, shape)?;
             let bts: Vec<f32> = s.read(&bt.bufs[0], 0, (grp.g * n * k) as u64)?;
             tracing::debug!(
-                "gpu rsvd {}×{m}×{n} k={k}: upload {t_up:.4} s, range finder {:.4} s, Bᵀ {:.4} s",
+                "gpu rsvd {}×{m}×{n} b={b} k={k}: upload {t_up:.4} s, Krylov basis and Bᵀ {:.4} s",
                 grp.g,
-                t_rf - t_up,
-                t0.elapsed().as_secs_f64() - t_rf
+                t0.elapsed().as_secs_f64() - t_up
             );
-            Ok((grp, q, spare, bts))
+            Ok((grp, q, bts))
         })?;
         let t1 = std::time::Instant::now();
         // CPU, in parallel: the SVDs of Bᵀ.
@@ -615,13 +742,28 @@ pub(super) fn randomized(
                         }
                     }
                 }
-                // Device section 2: U = Q · Ub.
-                spare.cols = r;
+                // Device section 2: U = Σⱼ Qⱼ · Ub[j·b.., :r].
                 let us = ctx.run(|| {
                     let ub_buf = ctx.upload(&[&ub[..]], "small singular vectors")?;
+                    let u = grp.tall(r, false)?;
                     let mut s = Session::new(ctx);
-                    grp.times_small(&mut s, &q, &ub_buf, &spare)?;
-                    grp.read_all::<f32>(&mut s, &spare)
+                    for (j, qj) in q.iter().enumerate() {
+                        let ubj = Operand {
+                            off: (j * b * r) as u64,
+                            ..Operand::new(&ub_buf, r, k * r)
+                        };
+                        for (rb, &rows) in qj.rows.iter().enumerate() {
+                            let g = Gemm::new(
+                                Operand::new(&qj.bufs[rb], b, rows * b),
+                                ubj,
+                                Output::new(&u.bufs[rb], 0, r, rows * r),
+                                (rows, r, b),
+                                grp.g,
+                            );
+                            record(&mut s, &g.accumulate(j > 0))?;
+                        }
+                    }
+                    grp.read_all::<f32>(&mut s, &u)
                 })?;
                 tracing::debug!("gpu rsvd: U = Q·Ub {:.4} s", t2.elapsed().as_secs_f64());
                 for (u, (vb, sv, _)) in us.into_iter().zip(&svds) {
@@ -638,44 +780,6 @@ pub(super) fn randomized(
         }
     }
     Ok(out)
-}
-
-/// The SVD of `Bᵀ` (`n × k`, row-major `f64`) as `svd_f64` gives it — `(V_B, σ, U_B)` — with
-/// `rank` vectors, through the eigendecomposition of its `k × k` Gram `B·Bᵀ`: `n·k²` work
-/// instead of a dense SVD's several times that, and σ accurate to ~`u·σ₁²/σᵢ` (1e-8 relative
-/// for σ down to 1e-4·σ₁). Falls back to the dense SVD when a kept σ is below the resolution
-/// floor (1e-7·σ₁: a numerically rank-deficient sketch), whose vectors the Gram cannot give.
-/// Without `vectors`, all `k` singular values.
-fn small_svd(
-    bt: &[f64],
-    n: usize,
-    k: usize,
-    rank: usize,
-    vectors: bool,
-) -> Result<crate::compute::dense::SvdParts, String> {
-    let g = crate::compute::dense::gram(bt, n, k);
-    if !vectors {
-        let sv: Vec<f64> = crate::compute::rsvd::gram_singular_values(&g, k)
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        return Ok((faer::Mat::zeros(0, 0), sv, faer::Mat::zeros(0, 0)));
-    }
-    let r = rank.min(k);
-    let top = crate::compute::rsvd::top_eigen(&g, k, r)?;
-    if top.inv.contains(&0.0) {
-        return svd_f64(MatRef::from_row_major_slice(bt, n, k), true);
-    }
-    // V_B = Bᵀ · E · diag(1/σ).
-    let btm = MatRef::from_row_major_slice(bt, n, k);
-    let mut vb = btm * &top.e;
-    for l in 0..r {
-        for j in 0..n {
-            vb[(j, l)] *= top.inv[l];
-        }
-    }
-    Ok((vb, top.sig, top.e))
 }
 
 /// The Gram matrices of the short side of every matrix of a group, `[g][s][s]` `f64` on the
@@ -807,14 +911,14 @@ pub(super) fn gram_path(
                     f64: false,
                 };
                 let long = grp.side(n, r, true)?;
-                grp.wt_times(&mut s, &e, &long)?;
+                grp.wt_times(&mut s, &e, Output::new(&long.bufs[0], 0, r, n * r), true)?;
                 grp.read_all::<f64>(&mut s, &long)
             } else {
                 // long_b = W_b · E (m × r by blocks).
                 let parts: Vec<&[f32]> = eigs.iter().map(|(_, _, sc)| &sc[..]).collect();
                 let e = ctx.upload(&parts, "eigenvectors")?;
                 let long = grp.tall(r, true)?;
-                grp.w_times(&mut s, &e, false, &long)?;
+                grp.w_times(&mut s, Operand::new(&e, r, n * r), &long)?;
                 grp.read_all::<f64>(&mut s, &long)
             }
         })?;

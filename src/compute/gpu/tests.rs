@@ -490,11 +490,18 @@ fn bench_gemm_times_the_kernel() {
 }
 
 /// The batched kernel directly: per-matrix and shared operands, offsets, accumulation and
-/// split-K, against per-matrix CPU products.
+/// subtraction, with split-K (k = 1100, through reduce.wgsl) and without (k = 40), against
+/// per-matrix CPU products.
 #[test]
 fn gemm_batched_with_accumulation() {
     let Some(gpu) = gpu() else { return };
-    let (batch, m, k, n) = (3usize, 37usize, 1100usize, 9usize);
+    for (k, subtract) in [(1100usize, false), (1100, true), (40, true)] {
+        gemm_batched_case(gpu, k, subtract);
+    }
+}
+
+fn gemm_batched_case(gpu: &Gpu, k: usize, subtract: bool) {
+    let (batch, m, n) = (3usize, 37usize, 9usize);
     let a = gaussian_f32(5, batch * m, k);
     let b = gaussian_f32(6, k, n);
     let c0 = gaussian_f32(7, batch * m, n);
@@ -535,7 +542,8 @@ fn gemm_batched_with_accumulation() {
                     n: n as u64,
                     k: k as u64,
                     batch: batch as u64,
-                    accumulate: true,
+                    accumulate: !subtract,
+                    subtract,
                     f64: false,
                 },
             )?;
@@ -547,11 +555,12 @@ fn gemm_batched_with_accumulation() {
         let az = Matrix::new(m, k, a[z * m * k..(z + 1) * m * k].to_vec()).unwrap();
         let want = Cpu.gemm(az.view(), bm.view(), false, false).unwrap();
         for i in 0..m * n {
-            let w = want.data()[i] + c0[z * m * n + i];
+            let p = want.data()[i];
+            let w = c0[z * m * n + i] + if subtract { -p } else { p };
             let g = got[z * m * n + i];
             assert!(
                 (g - w).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + w.abs()) * 4.0,
-                "matrix {z} element {i}: {g} vs {w}"
+                "k {k}, subtract {subtract}: matrix {z} element {i}: {g} vs {w}"
             );
         }
     }
@@ -692,17 +701,20 @@ fn deterministic_and_batch_independent() {
     let alone = gpu.lowrank(&views[2..], 12, &o).unwrap();
     assert_eq!(alone[0], a[2]);
     let Some(small) = open(GpuOptions {
-        memory_budget: Some(800 * 1024),
+        memory_budget: Some(1000 * 1024),
         ..Default::default()
     }) else {
         return;
     };
     // Groups of two, then one.
+    let LowrankRoute::Sketch(shape) = o.lowrank_route((500, 120), 12) else {
+        panic!("500 × 120 at rank 12 takes the randomized path");
+    };
     let plan = super::rsvd::plan(
         &small.ctx,
         3,
         500,
-        &super::rsvd::randomized_needs(500, 120, 22),
+        &super::rsvd::randomized_needs(500, 120, shape),
     )
     .unwrap();
     assert_eq!((plan.g, plan.blocks.len()), (2, 1));
@@ -843,11 +855,19 @@ fn row_split_path_matches_cpu() {
     let Some(gpu) = split_gpu() else { return };
     assert_eq!(gpu.binding_limit(), 64 * 1024);
     // 2000 × 96 f32 (768 KB) goes in 12 blocks of 170 rows, one matrix at a time.
+    let o = SvdOptions {
+        oversample: 8,
+        exact_below: 16,
+        ..SvdOptions::default()
+    };
+    let LowrankRoute::Sketch(shape) = o.lowrank_route((2000, 96), 8) else {
+        panic!("2000 × 96 at rank 8 takes the randomized path");
+    };
     let plan = super::rsvd::plan(
         &gpu.ctx,
         4,
         2000,
-        &super::rsvd::randomized_needs(2000, 96, 16),
+        &super::rsvd::randomized_needs(2000, 96, shape),
     )
     .unwrap();
     assert_eq!((plan.g, plan.blocks.len(), plan.blocks[0].1), (1, 12, 170));
@@ -860,14 +880,10 @@ fn row_split_path_matches_cpu() {
         check_gemm(gpu, &x, &y, ta, tb);
     }
     let sigma: Vec<f64> = (0..96).map(|i| 0.95f64.powi(i)).collect();
-    let o = SvdOptions {
-        oversample: 8,
-        exact_below: 16,
-        ..SvdOptions::default()
-    };
-    // Randomized path: tall 2000×96 (768 KB, 12 blocks) and wide 96×700 (4 blocks).
+    // Randomized path: tall 2000×96 (768 KB, 12 blocks) and wide 96×600 (4 blocks; its Bᵀ,
+    // 600 × 25, just fits the binding).
     let tall = with_spectrum(11, 2000, 96, &sigma);
-    let wide = with_spectrum(12, 96, 700, &sigma);
+    let wide = with_spectrum(12, 96, 600, &sigma);
     for w in [&tall, &wide] {
         let g = gpu.lowrank(&[w.view()], 8, &o).unwrap().remove(0);
         let c = Cpu.lowrank(&[w.view()], 8, &o).unwrap().remove(0);
