@@ -82,6 +82,8 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
     // `--strategy auto`: three plans scored on the calibration text, one kept.
     let trials = r["strategy_trials"].as_array().expect("strategy trials");
     assert_eq!(trials.len(), 3, "{trials:?}");
+    // Scored on the windows after the six the statistics came from.
+    assert!(trials.iter().all(|t| t["held_out"] == true), "{trials:?}");
     let kept: Vec<&Value> = trials.iter().filter(|t| t["chosen"] == true).collect();
     assert_eq!(kept.len(), 1, "{trials:?}");
     let best = trials
@@ -276,7 +278,8 @@ fn token_id_files_calibrate_and_bad_data_is_a_clean_error() {
 }
 
 /// An encoder's token table read by a Gather is weighted by how often the calibration text
-/// reads each row (the Gram of one-hot rows is diagonal).
+/// reads each row (the Gram of one-hot rows is diagonal); `--strategy auto` scores its plans
+/// on lines the statistics did not see, or on the first ones when the text has no more.
 #[test]
 fn minilm_token_table_is_weighted_by_token_counts() {
     let dir = tempfile::tempdir().unwrap();
@@ -309,6 +312,41 @@ fn minilm_token_table_is_weighted_by_token_counts() {
         .expect("embedding_split fired");
     assert_eq!(table["whitened"], "input_ids", "{table}");
     common::judge("judge_check.py", &[out.as_os_str()]);
+    // `--strategy auto` scored the plans on lines after those the statistics came from.
+    let trials = r["strategy_trials"].as_array().expect("strategy trials");
+    assert_eq!(trials.len(), 3, "{trials:?}");
+    assert!(trials.iter().all(|t| t["held_out"] == true), "{trials:?}");
+
+    // A text the calibration reads whole: the plans are scored on its first lines instead.
+    let text = std::fs::read_to_string(common::model("text-calib.txt")).unwrap();
+    let short: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(6)
+        .collect();
+    let short_path = dir.path().join("short.txt");
+    std::fs::write(&short_path, short.join("\n")).unwrap();
+    let out2 = dir.path().join("m2.onnx");
+    let r2 = compile(
+        &model,
+        &out2,
+        &[
+            os("--ratio"),
+            os("1.5"),
+            os("--calib"),
+            short_path.as_os_str(),
+            os("--tokenizer"),
+            common::model("bert-uncased-tokenizer.json").as_os_str(),
+            os("--seq-len"),
+            os("64"),
+            os("--no-calib-cache"),
+            os("--no-sequential"),
+        ],
+    );
+    assert_eq!(r2["calibration"]["sequences"], 6, "{}", r2["calibration"]);
+    let trials = r2["strategy_trials"].as_array().expect("strategy trials");
+    assert_eq!(trials.len(), 3, "{trials:?}");
+    assert!(trials.iter().all(|t| t["held_out"] == false), "{trials:?}");
 }
 
 /// The sequential refit (on by default with --calib): every whitened site of SmolLM2 (4 layers)

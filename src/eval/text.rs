@@ -45,6 +45,11 @@ pub struct TextOptions {
     pub generate: usize,
     /// The prompt for `generate` (default: the first 16 tokens of the text).
     pub prompt: Option<String>,
+    /// Causal LMs: chunks of `seq_len` tokens skipped at the start of the text before the
+    /// evaluated ones (a compile's strategy scoring skips what calibration read).
+    pub skip_chunks: usize,
+    /// Encoders: non-empty lines skipped at the start of the text.
+    pub skip_lines: usize,
 }
 
 impl TextOptions {
@@ -58,6 +63,8 @@ impl TextOptions {
             dump_ids: None,
             generate: 0,
             prompt: None,
+            skip_chunks: 0,
+            skip_lines: 0,
         }
     }
 }
@@ -473,9 +480,20 @@ fn perplexity(
     }
     let chunks: Vec<Vec<i64>> = ids
         .chunks_exact(n)
+        .skip(opts.skip_chunks)
         .take(opts.max_chunks)
         .map(|c| c.iter().map(|&t| t as i64).collect())
         .collect();
+    if chunks.is_empty() {
+        return Err(EvalError::Text {
+            path: opts.text.clone(),
+            detail: format!(
+                "the text has {} tokens: no chunk of {n} is left after skipping {}",
+                ids.len(),
+                opts.skip_chunks
+            ),
+        });
+    }
     if let Some(path) = &opts.dump_ids {
         let flat: Vec<i64> = chunks.concat();
         let t = InputTensor {
@@ -651,7 +669,12 @@ fn similarity(
     let limit = 16 * opts.max_chunks;
     let mut sentences: Vec<Vec<i64>> = Vec::new();
     let mut text_tokens = 0;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .skip(opts.skip_lines);
+    for line in lines {
         if sentences.len() == limit {
             break;
         }
@@ -673,7 +696,14 @@ fn similarity(
     if sentences.is_empty() {
         return Err(EvalError::Text {
             path: opts.text.clone(),
-            detail: "the text has no non-empty line".into(),
+            detail: if opts.skip_lines > 0 {
+                format!(
+                    "the text has no non-empty line after the first {}",
+                    opts.skip_lines
+                )
+            } else {
+                "the text has no non-empty line".into()
+            },
         });
     }
     let len = sentences.iter().map(Vec::len).max().unwrap_or(1);

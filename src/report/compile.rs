@@ -62,6 +62,9 @@ pub struct StrategyTrial {
     pub value: f64,
     /// Whether this plan was kept.
     pub chosen: bool,
+    /// Whether it was scored on windows (or lines) of the calibration text that the
+    /// statistics did not see (else on the first ones, where the text had nothing more).
+    pub held_out: bool,
 }
 
 /// What calibration used.
@@ -302,8 +305,13 @@ impl CompileReport {
                 .collect();
             let _ = writeln!(
                 o,
-                "  planner     auto, {} on the calibration text: {}",
+                "  planner     auto, {} on the calibration text ({}): {}",
                 self.strategy_trials[0].metric,
+                if self.strategy_trials[0].held_out {
+                    "held out from the statistics"
+                } else {
+                    "the windows of the statistics"
+                },
                 tried.join(", ")
             );
         }
