@@ -498,6 +498,8 @@ fn run(cli: Cli) -> Result<()> {
                 StrategyChoice::Auto => vec![S::Global],
             };
             let mut trials: Vec<hcc::report::compile::StrategyTrial> = Vec::new();
+            // The original's side of the scoring runs once for all candidates.
+            let original_runs = std::sync::Arc::new(hcc::eval::OriginalRuns::default());
             let mut best: Option<(f64, hcc::ir::Model, _, _, _)> = None;
             for (i, &s) in candidates.iter().enumerate() {
                 let mut mi = if i + 1 == candidates.len() {
@@ -540,6 +542,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 t.seq_len = opts.seq_len;
                 t.max_chunks = SCORE_WINDOWS;
+                t.original_runs = Some(original_runs.clone());
                 // Held out: the windows (or lines) after those the statistics came from, so
                 // that a plan is not scored on the data it was whitened with. A text with
                 // nothing left after them is scored on its first windows.
@@ -719,6 +722,7 @@ fn run(cli: Cli) -> Result<()> {
                     prompt,
                     skip_chunks: 0,
                     skip_lines: 0,
+                    original_runs: None,
                 };
                 let r = hcc::eval::text_eval(&original, &compressed, &opts)?;
                 if json {

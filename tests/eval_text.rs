@@ -357,3 +357,39 @@ fn model_that_is_neither_is_a_clear_error() {
         text.as_os_str(),
     ]);
 }
+
+/// Scoring several compressed models against one original (`--strategy auto`) runs the
+/// original once: with an `OriginalRuns`, later evaluations take the original's side from it
+/// and give the same numbers; `skip_chunks` moves the window (a new entry), and skipping past
+/// the end of the text is an error naming it.
+#[test]
+fn original_runs_are_reused_and_skip_moves_the_window() {
+    use hcc::eval::{text_eval, OriginalRuns, TextOptions};
+    let m = common::model("smollm2-135m-4layers-f32.onnx");
+    let mut o = TextOptions::new(
+        common::model("text-eval.txt"),
+        common::model("smollm2-tokenizer.json"),
+    );
+    o.seq_len = 64;
+    o.max_chunks = 2;
+    let plain = text_eval(&m, &m, &o).unwrap();
+    let runs = std::sync::Arc::new(OriginalRuns::default());
+    o.original_runs = Some(runs.clone());
+    let first = text_eval(&m, &m, &o).unwrap();
+    let second = text_eval(&m, &m, &o).unwrap();
+    assert_eq!(first.perplexity_original, plain.perplexity_original);
+    assert_eq!(second.perplexity_original, first.perplexity_original);
+    // The second run's original side is the first's, timing included.
+    assert_eq!(second.original_s, first.original_s);
+    assert_eq!(format!("{runs:?}"), "OriginalRuns(1 kept)");
+    o.skip_chunks = 1;
+    let moved = text_eval(&m, &m, &o).unwrap();
+    assert_ne!(moved.perplexity_original, first.perplexity_original);
+    assert_eq!(format!("{runs:?}"), "OriginalRuns(2 kept)");
+    o.skip_chunks = 1_000_000;
+    let err = text_eval(&m, &m, &o).unwrap_err().to_string();
+    assert!(
+        err.contains("text-eval.txt") && err.contains("skipping"),
+        "{err}"
+    );
+}

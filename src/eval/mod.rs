@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub use inputs::{Fill, InputData, InputPlan, InputSpec, InputTensor};
 use runner::{Output, RunError, Runner};
-pub use text::{render_text, text_eval, TextEval, TextKind, TextOptions};
+pub use text::{render_text, text_eval, OriginalRuns, TextEval, TextKind, TextOptions};
 
 /// What to feed the models.
 #[derive(Clone, Debug)]

@@ -17,8 +17,11 @@
 //! Each model is loaded and optimized by tract once, for the concrete shape `[1, len]`, and run
 //! with the same [`Runner`] as [`super::fidelity`].
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::inputs::{self, Fill, InputData, InputPlan, InputTensor};
@@ -50,6 +53,49 @@ pub struct TextOptions {
     pub skip_chunks: usize,
     /// Encoders: non-empty lines skipped at the start of the text.
     pub skip_lines: usize,
+    /// Where the original model's side of a perplexity or similarity run is kept, so that
+    /// several compressed models scored against one original on the same text and settings
+    /// (`--strategy auto`) run the original once.
+    pub original_runs: Option<std::sync::Arc<OriginalRuns>>,
+}
+
+/// The original model's results of earlier [`text_eval`] calls, keyed by the original, the
+/// text, the tokenizer and every setting that decides what runs.
+#[derive(Default)]
+pub struct OriginalRuns(std::sync::Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>);
+
+impl std::fmt::Debug for OriginalRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "OriginalRuns({n} kept)")
+    }
+}
+
+impl OriginalRuns {
+    fn get<T: Clone + 'static>(&self, key: &str) -> Option<T> {
+        let m = self.0.lock().ok()?;
+        m.get(key)?.downcast_ref::<T>().cloned()
+    }
+
+    fn put<T: Send + Sync + 'static>(&self, key: String, value: T) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, Arc::new(value));
+        }
+    }
+}
+
+/// The [`OriginalRuns`] key of a run of `what` ("perplexity", "similarity") with `opts`.
+fn run_key(what: &str, original: &Path, opts: &TextOptions) -> String {
+    format!(
+        "{what}|{}|{}|{}|{}|{}|{}|{}",
+        original.display(),
+        opts.text.display(),
+        opts.tokenizer.display(),
+        opts.seq_len,
+        opts.max_chunks,
+        opts.skip_chunks,
+        opts.skip_lines
+    )
 }
 
 impl TextOptions {
@@ -65,6 +111,7 @@ impl TextOptions {
             prompt: None,
             skip_chunks: 0,
             skip_lines: 0,
+            original_runs: None,
         }
     }
 }
@@ -430,11 +477,12 @@ pub(super) fn feed(plan: &InputPlan, ids: &[i64], mask: Option<&[i64]>) -> Vec<I
 type Timed<T> = (T, f64);
 
 /// The same run for both models: `per_model(runner, path, output index)`.
-fn both<T>(
+fn both<T: Clone + Send + Sync + 'static>(
     original: &Path,
     compressed: &Path,
     plan: &InputPlan,
     outs: (usize, usize),
+    memo: Option<(&OriginalRuns, String)>,
     mut per_model: impl FnMut(&Runner, &Path, usize) -> Result<T, EvalError>,
 ) -> Result<(Timed<T>, Timed<T>), EvalError> {
     let mut one = |path: &Path, out: usize| {
@@ -443,7 +491,17 @@ fn both<T>(
         let r = per_model(&runner, path, out)?;
         Ok::<_, EvalError>((r, start.elapsed().as_secs_f64()))
     };
-    let a = one(original, outs.0)?;
+    let a = match &memo {
+        Some((runs, key)) => match runs.get::<Timed<T>>(key) {
+            Some(kept) => kept,
+            None => {
+                let a = one(original, outs.0)?;
+                runs.put(key.clone(), a.clone());
+                a
+            }
+        },
+        None => one(original, outs.0)?,
+    };
     let b = one(compressed, outs.1)?;
     Ok((a, b))
 }
@@ -515,11 +573,13 @@ fn perplexity(
         })?;
     }
 
+    let key = run_key("perplexity", &r.original, opts);
     let ((loss_a, sa), (loss_b, sb)) = both(
         &r.original.clone(),
         &r.compressed.clone(),
         plan,
         outs,
+        opts.original_runs.as_deref().map(|m| (m, key)),
         |runner, path, out| {
             let mut total = 0.0f64;
             for chunk in &chunks {
@@ -589,34 +649,41 @@ fn generate(
         path: original.to_path_buf(),
         detail: e.to_string(),
     })?;
-    let ((a, _), (b, _)) = both(original, compressed, &plan, outs, |runner, path, out| {
-        let mut ids = prompt_ids.clone();
-        while ids.len() < n {
-            let last = ids.len() - 1;
-            let mut window = ids.clone();
-            window.resize(n, ids[last]);
-            let (outputs, _) = runner
-                .run(&feed(&plan, &window, None))
-                .map_err(tract_err(path))?;
-            let logits = &outputs[out];
-            let vocab = vocab_of(logits, n, path)?;
-            let row = &logits.data[last * vocab..(last + 1) * vocab];
-            // The first maximum (ties to the lower id).
-            let next = row
-                .iter()
-                .enumerate()
-                .fold((0usize, f64::NEG_INFINITY), |best, (i, &x)| {
-                    if x > best.1 {
-                        (i, x)
-                    } else {
-                        best
-                    }
-                })
-                .0;
-            ids.push(next as i64);
-        }
-        Ok(ids[prompt_ids.len()..].to_vec())
-    })?;
+    let ((a, _), (b, _)) = both(
+        original,
+        compressed,
+        &plan,
+        outs,
+        None,
+        |runner, path, out| {
+            let mut ids = prompt_ids.clone();
+            while ids.len() < n {
+                let last = ids.len() - 1;
+                let mut window = ids.clone();
+                window.resize(n, ids[last]);
+                let (outputs, _) = runner
+                    .run(&feed(&plan, &window, None))
+                    .map_err(tract_err(path))?;
+                let logits = &outputs[out];
+                let vocab = vocab_of(logits, n, path)?;
+                let row = &logits.data[last * vocab..(last + 1) * vocab];
+                // The first maximum (ties to the lower id).
+                let next = row
+                    .iter()
+                    .enumerate()
+                    .fold((0usize, f64::NEG_INFINITY), |best, (i, &x)| {
+                        if x > best.1 {
+                            (i, x)
+                        } else {
+                            best
+                        }
+                    })
+                    .0;
+                ids.push(next as i64);
+            }
+            Ok(ids[prompt_ids.len()..].to_vec())
+        },
+    )?;
     let decode = |ids: &[i64]| -> Result<String, EvalError> {
         let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
         tokenizer
@@ -734,11 +801,13 @@ fn similarity(
         })
         .collect();
 
+    let key = run_key("similarity", &r.original, opts);
     let ((emb_a, sa), (emb_b, sb)) = both(
         &r.original.clone(),
         &r.compressed.clone(),
         &plan,
         outs,
+        opts.original_runs.as_deref().map(|m| (m, key)),
         |runner, path, out| {
             let mut embeddings = Vec::with_capacity(padded.len());
             for (ids, mask) in &padded {
