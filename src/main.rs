@@ -165,6 +165,13 @@ enum Command {
         /// The prompt for --generate (default: the first 16 tokens of --text).
         #[arg(long, requires = "generate")]
         prompt: Option<String>,
+        /// With --text, for causal LMs: skip this many chunks at the start of the text (e.g.
+        /// the windows a --calib run read, to evaluate on the rest of that file).
+        #[arg(long, default_value_t = 0, requires = "text")]
+        skip_chunks: usize,
+        /// With --text, for encoders: skip this many non-empty lines at the start of the text.
+        #[arg(long, default_value_t = 0, requires = "text")]
+        skip_lines: usize,
         /// Number of input samples; the metrics are averaged over them.
         #[arg(long, default_value_t = 2)]
         samples: usize,
@@ -710,6 +717,8 @@ fn run(cli: Cli) -> Result<()> {
             dump_ids,
             generate,
             prompt,
+            skip_chunks,
+            skip_lines,
         } => {
             if let (Some(text), Some(tokenizer)) = (text, tokenizer) {
                 let opts = hcc::eval::TextOptions {
@@ -720,8 +729,8 @@ fn run(cli: Cli) -> Result<()> {
                     dump_ids,
                     generate,
                     prompt,
-                    skip_chunks: 0,
-                    skip_lines: 0,
+                    skip_chunks,
+                    skip_lines,
                     original_runs: None,
                 };
                 let r = hcc::eval::text_eval(&original, &compressed, &opts)?;

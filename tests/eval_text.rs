@@ -393,3 +393,33 @@ fn original_runs_are_reused_and_skip_moves_the_window() {
         "{err}"
     );
 }
+
+/// `--skip-chunks` / `--skip-lines` evaluate after the start of the text (e.g. after the windows
+/// a calibration read); the JSON says how much was skipped, and the numbers move.
+#[test]
+fn skip_flags_move_the_evaluated_window() {
+    let lm = common::model("smollm2-135m-4layers-f32.onnx");
+    let from_start = eval_text(&lm, &lm, "smollm2-tokenizer.json", &[]);
+    assert!(from_start.get("skipped").is_none(), "{from_start}");
+    let later = eval_text(
+        &lm,
+        &lm,
+        "smollm2-tokenizer.json",
+        &[os("--skip-chunks"), os("3")],
+    );
+    assert_eq!(later["skipped"], 3, "{later}");
+    assert_eq!(later["chunks"], 2, "{later}");
+    assert_ne!(
+        num(&later, "perplexity_original"),
+        num(&from_start, "perplexity_original")
+    );
+    let enc = common::model("all-minilm-l6-v2-f32.onnx");
+    let lines = eval_text(
+        &enc,
+        &enc,
+        "bert-uncased-tokenizer.json",
+        &[os("--skip-lines"), os("40")],
+    );
+    assert_eq!(lines["skipped"], 40, "{lines}");
+    assert!((num(&lines, "cosine_mean") - 1.0).abs() < 1e-6, "{lines}");
+}

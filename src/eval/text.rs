@@ -149,6 +149,9 @@ pub struct TextEval {
     /// Chunks evaluated (causal LMs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks: Option<usize>,
+    /// Chunks (causal LMs) or non-empty lines (encoders) skipped at the start of the text.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped: usize,
     /// Perplexity of the original.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub perplexity_original: Option<f64>,
@@ -253,6 +256,7 @@ pub fn text_eval(
         tokens: 0,
         text_tokens: 0,
         chunks: None,
+        skipped: 0,
         perplexity_original: None,
         perplexity_compressed: None,
         ratio: None,
@@ -516,6 +520,7 @@ fn perplexity(
 ) -> Result<TextEval, EvalError> {
     let ids = encode(tokenizer, &opts.tokenizer, text, false)?;
     let n = opts.seq_len;
+    r.skipped = opts.skip_chunks;
     if ids.len() < n {
         return Err(EvalError::Text {
             path: opts.text.clone(),
@@ -734,6 +739,7 @@ fn similarity(
     opts: &TextOptions,
 ) -> Result<TextEval, EvalError> {
     let limit = 16 * opts.max_chunks;
+    r.skipped = opts.skip_lines;
     let mut sentences: Vec<Vec<i64>> = Vec::new();
     let mut text_tokens = 0;
     let lines = text
@@ -887,13 +893,14 @@ pub fn render_text(r: &TextEval) -> String {
         TextKind::CausalLm => {
             let _ = writeln!(
                 s,
-                "text: {} ({} tokens with {}); {} chunk{} x {} tokens, no special tokens",
+                "text: {} ({} tokens with {}); {} chunk{} x {} tokens{}, no special tokens",
                 r.text.display(),
                 r.text_tokens,
                 r.tokenizer.display(),
                 r.chunks.unwrap_or(0),
                 if r.chunks == Some(1) { "" } else { "s" },
-                r.seq_len
+                r.seq_len,
+                skipped(r.skipped, "chunk")
             );
             let pa = r.perplexity_original.unwrap_or(f64::NAN);
             let pb = r.perplexity_compressed.unwrap_or(f64::NAN);
@@ -928,9 +935,10 @@ pub fn render_text(r: &TextEval) -> String {
         TextKind::Encoder => {
             let _ = writeln!(
                 s,
-                "text: {} ({} sentences, {} tokens with {}, at most {} per sentence)",
+                "text: {} ({} sentences{}, {} tokens with {}, at most {} per sentence)",
                 r.text.display(),
                 r.sentences.unwrap_or(0),
+                skipped(r.skipped, "line"),
                 r.tokens,
                 r.tokenizer.display(),
                 r.seq_len
@@ -949,6 +957,19 @@ pub fn render_text(r: &TextEval) -> String {
         }
     }
     s
+}
+
+/// ", after the first N chunks" (or lines), or nothing.
+fn skipped(n: usize, what: &str) -> String {
+    match n {
+        0 => String::new(),
+        1 => format!(", after the first {what}"),
+        n => format!(", after the first {n} {what}s"),
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `x` with 4 decimals, or in scientific notation when it is large (a destroyed model's
