@@ -470,7 +470,11 @@ fn lanes_sum_squares(c: &[f32]) -> f64 {
             *a += (v as f64) * (v as f64);
         }
     }
-    let tail: f64 = it.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let tail: f64 = it
+        .remainder()
+        .iter()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum();
     acc.iter().sum::<f64>() + tail
 }
 
