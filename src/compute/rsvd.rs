@@ -307,36 +307,26 @@ fn krylov(
 ) -> Result<(Vec<Vec<f32>>, Vec<f32>), String> {
     let (m, n) = w.shape();
     let b = omega.ncols();
-    let width = (depth + 1) * b;
     let a = w.faer();
     let mut blocks: Vec<Vec<f32>> = Vec::with_capacity(depth + 1);
-    let mut bt = vec![0.0f32; n * width];
+    // Zᵢ = Wᵀ·Qᵢ (n × b each): the blocks of Bᵀ.
+    let mut zs: Vec<Vec<f32>> = Vec::with_capacity(depth + 1);
     let y = mul_rows(a, omega);
     let mut q = orth(&y, m, b, Orth::Final)?;
     for i in 0..=depth {
-        let z = mul_t(w.data(), m, n, &q, b);
-        for (row, zr) in bt.chunks_mut(width).zip(z.chunks(b)) {
-            row[i * b..(i + 1) * b].copy_from_slice(zr);
-        }
+        zs.push(mul_t(w.data(), m, n, &q, b));
         blocks.push(q);
         if i == depth {
             break;
         }
-        let mut y = mul_rows(a, MatRef::from_row_major_slice(&z, n, b));
+        let z = &zs[i];
+        let mut y = mul_rows(a, MatRef::from_row_major_slice(z, n, b));
         // The first projection's coefficients from the n side: Qⱼᵀ·y = Qⱼᵀ·W·Wᵀ·Qᵢ = Zⱼᵀ·Zᵢ.
-        let coefs: Vec<Vec<f32>> = (0..=i)
-            .map(|j| {
-                let zj: Vec<f32> = bt
-                    .chunks(width)
-                    .flat_map(|row| row[j * b..(j + 1) * b].iter().copied())
-                    .collect();
-                mul_t(&zj, n, b, &z, b)
-            })
-            .collect();
+        let coefs: Vec<Vec<f32>> = zs.iter().map(|zj| mul_t(zj, n, b, z, b)).collect();
         subtract(&mut y, &blocks, &coefs, m, b);
         q = orth_against(y, &blocks, m, b, i)?;
     }
-    Ok((blocks, bt))
+    Ok((blocks, join_blocks(&zs, n, b)))
 }
 
 /// Most re-orthogonalisations of one Krylov block after the first projection.
