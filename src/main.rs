@@ -90,12 +90,13 @@ enum Command {
         max_bytes: Option<u64>,
         /// How the planner compares sites: global (the singular triplets with the most relative
         /// energy per parameter), block (each layer the budget uniform gives it, shared within
-        /// by whitened energy),
-        /// uniform (the same kept fraction everywhere) or uniform-rank (the same fraction of
-        /// each full rank), or auto (the default): with --calib text, compile with block,
-        /// uniform and global and keep the one whose outputs on the calibration text are
-        /// closest to the original's (perplexity, or sentence-embedding cosine); else global.
-        /// docs/QUALITY.md has the measurements.
+        /// by whitened energy), sensitivity (needs --calib: each site's error weighed by what it
+        /// measurably costs the model's output, one model run per site), uniform (the same kept
+        /// fraction everywhere) or uniform-rank (the same fraction of each full rank), or auto
+        /// (the default): with --calib text, compile with uniform, sensitivity, block and global
+        /// and keep the one whose outputs on held-out calibration text are closest to the
+        /// original's (perplexity, or sentence-embedding cosine); with --calib token ids,
+        /// sensitivity; else global. docs/QUALITY.md has the measurements.
         #[arg(long, value_parser = parse_strategy)]
         strategy: Option<StrategyChoice>,
         /// Write the report: JSON (`.json`) or HTML (`.html`).
@@ -237,6 +238,11 @@ struct CalibArgs {
     /// only whitening by the compressed model's inputs (0); between, a blend of the two targets.
     #[arg(long, default_value_t = 0.3, requires = "calib")]
     refit_strength: f64,
+    /// Calibration windows (encoders: this times --seq-len tokens of lines) on which the
+    /// `sensitivity` strategy measures what each site's error costs the model's output; one
+    /// model run per site and window.
+    #[arg(long, default_value_t = 1, requires = "calib")]
+    sensitivity_windows: usize,
 }
 
 impl CalibArgs {
@@ -498,17 +504,68 @@ fn run(cli: Cli) -> Result<()> {
             use hcc::plan::Strategy as S;
             let candidates: Vec<S> = match strategy {
                 StrategyChoice::Fixed(s) => vec![s],
+                // Uniform first: its factorizations are the sensitivity probe.
                 StrategyChoice::Auto if calibration.is_some() && calib_text.is_some() => {
-                    vec![S::Block, S::Uniform, S::Global]
+                    vec![S::Uniform, S::Sensitivity, S::Block, S::Global]
                 }
-                StrategyChoice::Auto if calibration.is_some() => vec![S::Block],
+                StrategyChoice::Auto if calibration.is_some() => vec![S::Sensitivity],
                 StrategyChoice::Auto => vec![S::Global],
             };
+            // The `sensitivity` strategy weighs every site by what its error costs the model's
+            // output, measured with the sites of the uniform plan at the same budget (the
+            // uniform candidate's, when auto compiles one first).
+            let mut weights: Option<hcc::eval::sensitivity::SensitivityReport> = None;
+            let mut uniform_sites: Option<Vec<hcc::rewrite::engine::Factorization>> = None;
             let mut trials: Vec<hcc::report::compile::StrategyTrial> = Vec::new();
             // The original's side of the scoring runs once for all candidates.
             let original_runs = std::sync::Arc::new(hcc::eval::OriginalRuns::default());
             let mut best: Option<(f64, hcc::ir::Model, _, _, _)> = None;
             for (i, &s) in candidates.iter().enumerate() {
+                if s == S::Sensitivity && weights.is_none() {
+                    let (Some(opts), Some(c)) = (&calib_opts, &calibration) else {
+                        bail!("the sensitivity strategy needs calibration data (--calib)");
+                    };
+                    let sites = match uniform_sites.take() {
+                        Some(sites) => sites,
+                        None => {
+                            progress.step("planning (uniform, to probe sensitivities)");
+                            let mut probe = m.clone();
+                            let mut engine = hcc::rewrite::Engine::new(&mut probe, &program);
+                            engine.set_backend(selected.backend.clone());
+                            if let Some(sink) = progress.sink() {
+                                engine.set_progress(sink);
+                            }
+                            engine.set_whitening(hcc::rewrite::eval::WhitenOptions {
+                                calib: c.clone(),
+                                damp: calib.calib_damp,
+                            });
+                            engine.plan_pipeline(pipe, target, S::Uniform)?;
+                            engine.factorizations()
+                        }
+                    };
+                    progress.step("measuring sensitivities");
+                    let mut o = opts.clone();
+                    o.max_chunks = calib.sensitivity_windows.max(1);
+                    let r = hcc::eval::sensitivity::measure(
+                        &model,
+                        &m,
+                        &sites,
+                        &hcc::eval::sensitivity::SensitivityOptions { calib: o },
+                        progress.sink().as_ref(),
+                    )?;
+                    tracing::info!(
+                        "sensitivity: {} sites on {} tokens, {:.1} s",
+                        r.sites.len(),
+                        r.tokens,
+                        r.seconds
+                    );
+                    for (name, why) in &r.skipped {
+                        tracing::warn!(
+                            "sensitivity: {name} not measured ({why}): it keeps its uniform rank"
+                        );
+                    }
+                    weights = Some(r);
+                }
                 let mut mi = if i + 1 == candidates.len() {
                     std::mem::take(&mut m)
                 } else {
@@ -526,11 +583,18 @@ fn run(cli: Cli) -> Result<()> {
                         damp: calib.calib_damp,
                     });
                 }
+                if let (S::Sensitivity, Some(w)) = (s, &weights) {
+                    engine.set_sensitivity(w.weights());
+                }
                 let plan = engine.plan_pipeline(pipe, target, s)?;
+                if s == S::Uniform && candidates.contains(&S::Sensitivity) {
+                    uniform_sites = Some(engine.factorizations());
+                }
                 progress.step(&format!("pipeline '{}'", pipe.name.name));
                 let stages = engine.run_pipeline(pipe)?;
                 let refit_sites = engine.whitened_factorizations();
                 drop(engine);
+
                 let (Some(opts), true) = (calib_text, candidates.len() > 1) else {
                     best = Some((0.0, mi, plan, stages, refit_sites));
                     break;
@@ -646,6 +710,7 @@ fn run(cli: Cli) -> Result<()> {
             let file_before = file_size(&model);
             let file_after = stats.model_bytes + stats.external_bytes;
             let has_plan = plan.sites.iter().any(|s| s.rank.is_some());
+            let chosen = plan.strategy;
             let mut report = hcc::report::compile::CompileReport::new(
                 model.display().to_string(),
                 output.display().to_string(),
@@ -658,6 +723,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             report.backend = selected.reason.clone();
             report.strategy_trials = trials;
+            if chosen == S::Sensitivity {
+                report.sensitivity = weights;
+            }
             if let Some(r) = refit {
                 report.set_refit(r);
             }

@@ -79,9 +79,9 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
     assert_eq!(c["cached"], false, "{c}");
     // q/k/v share an input, gate/up another: 4 activations per layer.
     assert_eq!(c["activations"], 16, "{c}");
-    // `--strategy auto`: three plans scored on the calibration text, one kept.
+    // `--strategy auto`: four plans scored on the calibration text, one kept.
     let trials = r["strategy_trials"].as_array().expect("strategy trials");
-    assert_eq!(trials.len(), 3, "{trials:?}");
+    assert_eq!(trials.len(), 4, "{trials:?}");
     // Scored on the windows after the six the statistics came from.
     assert!(trials.iter().all(|t| t["held_out"] == true), "{trials:?}");
     let kept: Vec<&Value> = trials.iter().filter(|t| t["chosen"] == true).collect();
@@ -92,6 +92,17 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
         .fold(f64::INFINITY, f64::min);
     assert_eq!(kept[0]["value"].as_f64().unwrap(), best, "{trials:?}");
     assert_eq!(r["plan"]["strategy"], kept[0]["strategy"], "{trials:?}");
+    let names: Vec<&str> = trials
+        .iter()
+        .map(|t| t["strategy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["uniform", "sensitivity", "block", "global"]);
+    // The sensitivity measurement is reported when its plan is kept.
+    assert_eq!(
+        r["sensitivity"].is_object(),
+        kept[0]["strategy"] == "sensitivity",
+        "{trials:?}"
+    );
     let sites = r["sites"].as_array().unwrap();
     assert_eq!(sites.len(), 28);
     for s in sites {
@@ -314,7 +325,7 @@ fn minilm_token_table_is_weighted_by_token_counts() {
     common::judge("judge_check.py", &[out.as_os_str()]);
     // `--strategy auto` scored the plans on lines after those the statistics came from.
     let trials = r["strategy_trials"].as_array().expect("strategy trials");
-    assert_eq!(trials.len(), 3, "{trials:?}");
+    assert_eq!(trials.len(), 4, "{trials:?}");
     assert!(trials.iter().all(|t| t["held_out"] == true), "{trials:?}");
 
     // A text the calibration reads whole: the plans are scored on its first lines instead.
@@ -345,7 +356,7 @@ fn minilm_token_table_is_weighted_by_token_counts() {
     );
     assert_eq!(r2["calibration"]["sequences"], 6, "{}", r2["calibration"]);
     let trials = r2["strategy_trials"].as_array().expect("strategy trials");
-    assert_eq!(trials.len(), 3, "{trials:?}");
+    assert_eq!(trials.len(), 4, "{trials:?}");
     assert!(trials.iter().all(|t| t["held_out"] == false), "{trials:?}");
 }
 
@@ -443,4 +454,97 @@ fn sequential_refit_lowers_site_errors_and_the_report_matches_onnxruntime() {
     a.extend(refs(&bad));
     let err = fails(&a);
     assert!(err.contains("strength"), "{err}");
+}
+
+/// `--strategy sensitivity`: every linear site of SmolLM2 (4 layers) is measured alone at its
+/// uniform rank on one calibration window (KL of the next-token distributions against the
+/// original's), and the plan moves rank to the sites the output feels: the budget is the same,
+/// the ranks are not the uniform ones, and the file passes the checker. Without calibration it is
+/// a clean error.
+#[test]
+fn sensitivity_strategy_measures_every_site_and_replans() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::model("smollm2-135m-4layers-f32.onnx");
+    let tok = common::model("smollm2-tokenizer.json");
+    let calib = common::model("text-calib.txt");
+    let args = |strategy: &'static str| -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = [
+            "--pipeline",
+            "linear_compact",
+            "--ratio",
+            "1.3",
+            "--seq-len",
+            "128",
+            "--max-chunks",
+            "4",
+            "--no-calib-cache",
+            "--no-sequential",
+            "--strategy",
+            strategy,
+        ]
+        .iter()
+        .map(|s| s.into())
+        .collect();
+        a.extend(["--calib".into(), calib.clone().into_os_string()]);
+        a.extend(["--tokenizer".into(), tok.clone().into_os_string()]);
+        a
+    };
+    let out = dir.path().join("s.onnx");
+    let r = compile(&model, &out, &refs(&args("sensitivity")));
+    let uni = compile(&model, &dir.path().join("u.onnx"), &refs(&args("uniform")));
+    let s = &r["sensitivity"];
+    assert_eq!(s["metric"], "kl", "{s}");
+    assert_eq!(s["tokens"], 128, "{s}");
+    let sites = s["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 28, "{s}");
+    assert!(s["skipped"].as_array().unwrap().is_empty(), "{s}");
+    for site in sites {
+        let (e, d, c) = (
+            site["energy"].as_f64().unwrap(),
+            site["divergence"].as_f64().unwrap(),
+            site["per_energy"].as_f64().unwrap(),
+        );
+        assert!(
+            e > 0.0 && d > 0.0 && (c - d / e).abs() <= 1e-9 * c,
+            "{site}"
+        );
+    }
+    // Probe ranks are the uniform plan's.
+    let ranks = |rep: &Value| -> std::collections::HashMap<String, u64> {
+        rep["plan"]["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| Some((x["name"].as_str()?.to_string(), x["rank"].as_u64()?)))
+            .collect()
+    };
+    let (rs, ru) = (ranks(&r), ranks(&uni));
+    for site in sites {
+        let name = site["name"].as_str().unwrap();
+        assert_eq!(site["rank"].as_u64(), ru.get(name).copied(), "{name}");
+    }
+    assert_eq!(r["plan"]["strategy"], "sensitivity");
+    let moved = rs.iter().filter(|(k, v)| ru.get(*k) != Some(v)).count();
+    assert!(moved >= 14, "only {moved} of 28 ranks differ from uniform");
+    let target = r["plan"]["target_params"].as_u64().unwrap();
+    let after = r["params_after"].as_u64().unwrap();
+    assert!(
+        after <= target && after as f64 >= 0.99 * target as f64,
+        "{after} vs {target}"
+    );
+    common::judge("judge_check.py", &[out.as_os_str()]);
+
+    // Without calibration data: a clean error.
+    let err = fails(&[
+        os("compile"),
+        model.as_os_str(),
+        os("-o"),
+        dir.path().join("x.onnx").as_os_str(),
+        os("--ratio"),
+        os("1.3"),
+        os("--strategy"),
+        os("sensitivity"),
+    ]);
+    assert!(err.contains("needs calibration data"), "{err}");
+    assert!(!dir.path().join("x.onnx").exists());
 }

@@ -15,6 +15,7 @@
 pub mod calib;
 pub mod inputs;
 mod runner;
+pub mod sensitivity;
 pub mod sequential;
 pub mod text;
 

@@ -226,6 +226,85 @@ impl Runner {
     }
 }
 
+/// f32 inputs fed after the original's (see [`Runner::run_f32_extra`]): zeros, one tensor per
+/// distinct shape, shared by every run (a feed holds a reference, not a copy).
+pub(crate) struct ExtraInputs {
+    shapes: Vec<Vec<usize>>,
+    zeros: Vec<TValue>,
+    /// Per extra input, its zero tensor in `zeros`.
+    of: Vec<usize>,
+}
+
+impl ExtraInputs {
+    /// Zero inputs of the given shapes.
+    pub fn zeros(shapes: &[Vec<usize>]) -> Result<ExtraInputs, RunError> {
+        let mut distinct: Vec<Vec<usize>> = Vec::new();
+        let mut zeros = Vec::new();
+        let mut of = Vec::with_capacity(shapes.len());
+        for s in shapes {
+            let i = match distinct.iter().position(|d| d == s) {
+                Some(i) => i,
+                None => {
+                    distinct.push(s.clone());
+                    let z = Tensor::zero::<f32>(s).map_err(fail("build the inputs"))?;
+                    zeros.push(TValue::from(z));
+                    distinct.len() - 1
+                }
+            };
+            of.push(i);
+        }
+        Ok(ExtraInputs {
+            shapes: shapes.to_vec(),
+            zeros,
+            of,
+        })
+    }
+}
+
+impl Runner {
+    /// Runs once: spec indices below `inputs.len()` are fed from `inputs`, index
+    /// `inputs.len() + j` is extra input `j`: zeros, except that `(j, data)` in `given` feeds
+    /// `data` there. Returns every output as f32 (shape, elements).
+    pub fn run_f32_extra(
+        &self,
+        inputs: &[InputTensor],
+        extra: &ExtraInputs,
+        given: &[(usize, &[f32])],
+    ) -> Result<F32Outputs, RunError> {
+        let base = inputs.len();
+        let feeds = self
+            .feed
+            .iter()
+            .map(|&k| {
+                if k < base {
+                    return to_tract(&inputs[k]).map(TValue::from);
+                }
+                let j = k - base;
+                match given.iter().find(|(o, _)| *o == j) {
+                    Some((_, data)) => Tensor::from_shape(&extra.shapes[j], data).map(TValue::from),
+                    None => extra
+                        .of
+                        .get(j)
+                        .map(|&z| extra.zeros[z].clone())
+                        .ok_or_else(|| TractError::msg(format!("no extra input {j}"))),
+                }
+            })
+            .collect::<TractResult<TVec<TValue>>>()
+            .map_err(fail("build the inputs"))?;
+        let outputs = self.plan.run(feeds).map_err(fail("run the model"))?;
+        outputs
+            .iter()
+            .map(|t| {
+                let shape = t.shape().to_vec();
+                let t32 = t.cast_to::<f32>()?;
+                let view = t32.try_as_plain_ram()?;
+                Ok((shape, view.as_slice::<f32>()?.to_vec()))
+            })
+            .collect::<TractResult<Vec<_>>>()
+            .map_err(fail("read the outputs"))
+    }
+}
+
 fn to_tract(input: &InputTensor) -> TractResult<Tensor> {
     let shape = &input.spec.shape;
     let t = match &input.data {

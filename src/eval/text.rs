@@ -349,7 +349,7 @@ pub(super) fn encode(
 pub(super) struct Kind {
     pub(super) kind: TextKind,
     /// The evaluated output: name and index among the original's outputs.
-    output: String,
+    pub(super) output: String,
     output_index: usize,
 }
 

@@ -28,6 +28,12 @@ pub enum Strategy {
     /// relative ones, which favour small matrices). Meant for whitened spectra (output errors);
     /// see docs/QUALITY.md for the measurements behind it.
     Block,
+    /// Keep the singular triplets whose *measured* cost to the model's output is largest per
+    /// parameter: each site's whitened energies (its output errors) times its exchange rate
+    /// [`PlanSite::weight`], measured on calibration data by
+    /// [`crate::eval::sensitivity::measure`]. Sites without a weight keep the rank `uniform`
+    /// gives them.
+    Sensitivity,
 }
 
 impl Strategy {
@@ -38,6 +44,7 @@ impl Strategy {
             Strategy::Global => "global",
             Strategy::UniformRank => "uniform-rank",
             Strategy::Block => "block",
+            Strategy::Sensitivity => "sensitivity",
         }
     }
 }
@@ -50,8 +57,9 @@ impl std::str::FromStr for Strategy {
             "global" => Ok(Strategy::Global),
             "uniform-rank" => Ok(Strategy::UniformRank),
             "block" => Ok(Strategy::Block),
+            "sensitivity" => Ok(Strategy::Sensitivity),
             other => Err(format!(
-                "unknown strategy '{other}' (uniform, uniform-rank, global, block)"
+                "unknown strategy '{other}' (uniform, uniform-rank, global, block, sensitivity)"
             )),
         }
     }
@@ -71,6 +79,9 @@ pub struct PlanSite {
     pub compact: bool,
     /// The block the site belongs to (for [`Strategy::Block`]).
     pub group: Option<u32>,
+    /// What a unit of the spectrum's energy (`σ²`) costs the model's output (for
+    /// [`Strategy::Sensitivity`]).
+    pub weight: Option<f64>,
 }
 
 impl PlanSite {
@@ -180,6 +191,7 @@ pub fn plan(
         Strategy::UniformRank => uniform(sites, fixed, target, true),
         Strategy::Block => block(sites, fixed, target),
         Strategy::Global => global(sites, fixed, target),
+        Strategy::Sensitivity => sensitivity(sites, fixed, target),
     })
 }
 
@@ -252,18 +264,58 @@ fn uniform(sites: &[PlanSite], fixed: u64, target: u64, by_rank: bool) -> Ranks 
 fn global(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
     // Score of the next block of ALIGN triplets at a site: its share of the site's energy per
     // parameter it costs.
-    let energy: Vec<(f64, Vec<f64>)> = sites
+    let scale: Vec<f64> = sites
         .iter()
         .map(|s| {
             let sp = s.spectrum.as_deref().unwrap_or(&[]);
-            let e: Vec<f64> = sp.iter().map(|&x| (x as f64) * (x as f64)).collect();
-            (e.iter().sum::<f64>().max(f64::MIN_POSITIVE), e)
+            let tot: f64 = sp.iter().map(|&x| (x as f64) * (x as f64)).sum();
+            1.0 / tot.max(f64::MIN_POSITIVE)
+        })
+        .collect();
+    greedy(sites, fixed, target, &scale)
+}
+
+/// [`Strategy::Sensitivity`]: sites with a weight share what the others leave of the budget
+/// (those keep their `uniform` rank) by weighted energy per parameter.
+fn sensitivity(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
+    let base = uniform(sites, fixed, target, false);
+    let weighted =
+        |i: usize| base[i].is_some() && sites[i].spectrum.is_some() && sites[i].weight.is_some();
+    let fixed_more: u64 = (0..sites.len())
+        .filter(|&i| !weighted(i))
+        .map(|i| sites[i].cost(base[i]))
+        .sum();
+    let active: Vec<usize> = (0..sites.len()).filter(|&i| weighted(i)).collect();
+    if active.is_empty() {
+        return base;
+    }
+    let sub: Vec<PlanSite> = active.iter().map(|&i| sites[i].clone()).collect();
+    let scale: Vec<f64> = sub
+        .iter()
+        .map(|s| s.weight.unwrap_or(0.0).max(0.0))
+        .collect();
+    let got = greedy(&sub, fixed + fixed_more, target, &scale);
+    let mut out = base;
+    for (&i, r) in active.iter().zip(got) {
+        out[i] = r;
+    }
+    out
+}
+
+/// From the smallest ranks up, keeps the blocks of [`ALIGN`] singular triplets with the most
+/// `scale[i] · Σσ²` per parameter they cost while the budget allows; then sites at their
+/// largest saving rank go dense where the budget has room.
+fn greedy(sites: &[PlanSite], fixed: u64, target: u64, scale: &[f64]) -> Ranks {
+    let energy: Vec<Vec<f64>> = sites
+        .iter()
+        .map(|s| {
+            let sp = s.spectrum.as_deref().unwrap_or(&[]);
+            sp.iter().map(|&x| (x as f64) * (x as f64)).collect()
         })
         .collect();
     let block = |i: usize, r: usize| -> f64 {
-        let (tot, e) = &energy[i];
-        let gain: f64 = e.iter().skip(r).take(ALIGN).sum();
-        gain / tot / sites[i].step(r).max(1) as f64
+        let gain: f64 = energy[i].iter().skip(r).take(ALIGN).sum();
+        gain * scale[i] / sites[i].step(r).max(1) as f64
     };
     let mut ranks: Vec<usize> = sites
         .iter()
@@ -276,9 +328,9 @@ fn global(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
             .collect()
     };
     let mut used = total(sites, &current(&ranks), fixed);
-    let mut heap: std::collections::BinaryHeap<(u64, std::cmp::Reverse<usize>)> =
+    let mut heap: std::collections::BinaryHeap<(Score, std::cmp::Reverse<usize>)> =
         std::collections::BinaryHeap::new();
-    let key = |x: f64| (x.max(0.0) * 1e18) as u64;
+    let key = |x: f64| Score(if x.is_finite() { x.max(0.0) } else { 0.0 });
     for (i, &r) in ranks.iter().enumerate() {
         if r > 0 && r + ALIGN <= sites[i].max_rank() {
             heap.push((key(block(i, r)), std::cmp::Reverse(i)));
@@ -310,6 +362,26 @@ fn global(sites: &[PlanSite], fixed: u64, target: u64) -> Ranks {
         }
     }
     out
+}
+
+/// A non-negative finite score, totally ordered (for the greedy heaps).
+#[derive(Clone, Copy)]
+struct Score(f64);
+impl PartialEq for Score {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 /// [`Strategy::Block`]: uniform budgets per block, absolute energy within.
@@ -409,6 +481,7 @@ mod tests {
             can_stay_dense: true,
             compact: false,
             group: None,
+            weight: None,
         }
     }
 
@@ -492,6 +565,56 @@ mod tests {
         let (rc, rp) = (one(&c), one(&p));
         assert!(rc > rp + 64, "{rc} vs {rp}");
         assert!(1000 + c.at(rc) <= target && 1000 + c.at(rc + ALIGN) > target);
+    }
+
+    #[test]
+    fn sensitivity_moves_rank_to_the_sites_the_output_feels() {
+        // Three equal sites: the first costs the output 10x more per unit of energy than the
+        // second; the third was not measured and keeps its uniform rank.
+        let mk = |w: Option<f64>| {
+            let mut s = site(256, 256, 0.99);
+            s.weight = w;
+            s
+        };
+        let sites = vec![mk(Some(10.0)), mk(Some(1.0)), mk(None)];
+        let orig: u64 = sites.iter().map(PlanSite::dense).sum();
+        let target = orig / 2;
+        let u = plan(&sites, 0, target, orig, Strategy::Uniform).unwrap();
+        let s = plan(&sites, 0, target, orig, Strategy::Sensitivity).unwrap();
+        assert_eq!(s[2], u[2], "{s:?} vs {u:?}");
+        let (a, b) = (s[0].unwrap(), s[1].unwrap());
+        assert!(a > u[0].unwrap() && b < u[1].unwrap(), "{s:?} vs {u:?}");
+        let t = total(&sites, &s, 0);
+        assert!(
+            t <= target && t as f64 >= 0.99 * target as f64,
+            "{t} vs {target}"
+        );
+        // At the margin the kept blocks balance: weighted energy per parameter of the next
+        // block at the first site is no larger than that of the last block kept at the second.
+        let e = |i: usize, r: usize| -> f64 {
+            let sp = sites[i].spectrum.as_ref().unwrap();
+            sp[r..r + ALIGN]
+                .iter()
+                .map(|&x| (x as f64).powi(2))
+                .sum::<f64>()
+                * sites[i].weight.unwrap()
+                / sites[i].step(r) as f64
+        };
+        assert!(e(0, a) <= e(1, b - ALIGN) * 1.0001, "{s:?}");
+        // Without weights it is the uniform plan.
+        let plain: Vec<PlanSite> = sites
+            .iter()
+            .cloned()
+            .map(|mut x| {
+                x.weight = None;
+                x
+            })
+            .collect();
+        assert_eq!(
+            plan(&plain, 0, target, orig, Strategy::Sensitivity).unwrap(),
+            u
+        );
+        assert_eq!("sensitivity".parse::<Strategy>(), Ok(Strategy::Sensitivity));
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub struct CompileReport {
     /// The sequential refit, when run (`--sequential`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refit: Option<crate::eval::sequential::RefitReport>,
+    /// The sensitivity measurement, when the `sensitivity` strategy was planned: each site's
+    /// probe rank, output error, what it did to the model's output, and the ratio the planner
+    /// weighed its spectrum by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<crate::eval::sensitivity::SensitivityReport>,
 }
 
 /// One strategy `--strategy auto` compiled and scored on the calibration text.
@@ -208,6 +213,7 @@ impl CompileReport {
             strategy_trials: Vec::new(),
             text_eval: None,
             refit: None,
+            sensitivity: None,
         }
     }
 
@@ -287,6 +293,21 @@ impl CompileReport {
                     String::new()
                 } else {
                     format!(", {} left as they were", r.skipped.len())
+                }
+            );
+        }
+        if let Some(r) = &self.sensitivity {
+            let _ = writeln!(
+                o,
+                "  sensitivity {} sites, each alone at its uniform rank, on {} tokens ({}, {:.1} s){}",
+                r.sites.len(),
+                r.tokens,
+                r.metric,
+                r.seconds,
+                if r.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} not measured (uniform rank)", r.skipped.len())
                 }
             );
         }

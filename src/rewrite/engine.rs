@@ -191,6 +191,22 @@ pub struct Engine<'a> {
     surveyed: Option<(String, Vec<super::eval::Request>)>,
     /// The last plan's matrices whitened by a full Gram, with their ranks.
     whitened: Vec<(super::eval::Request, usize)>,
+    /// Exchange rates for the `sensitivity` strategy, by constant name.
+    sensitivity: HashMap<String, f64>,
+    /// The last plan's factorized matrices: request, rank, and the tap of its memo key.
+    factored: Vec<(super::eval::Request, usize, Option<String>)>,
+}
+
+/// A matrix the last plan factorized and the factors it got (see [`Engine::factorizations`]).
+#[derive(Clone, Debug)]
+pub struct Factorization {
+    /// The factorized constant (its name, or a kernel's description of it).
+    pub name: String,
+    /// `W`, `K × N` f32.
+    pub matrix: Arc<Tensor>,
+    pub rank: usize,
+    /// `A` (`K × r`) and `B` (`r × N`), whatever form the model stores them in.
+    pub factors: (Arc<Tensor>, Arc<Tensor>),
 }
 
 /// A factorization whitened by its input's Gram, as the last [`Engine::run_pipeline`] stored
@@ -225,6 +241,8 @@ impl<'a> Engine<'a> {
             stored: HashMap::new(),
             surveyed: None,
             whitened: Vec::new(),
+            sensitivity: HashMap::new(),
+            factored: Vec::new(),
         }
     }
 
@@ -250,6 +268,12 @@ impl<'a> Engine<'a> {
     /// Use `backend` for numeric kernels (default: the CPU backend).
     pub fn set_backend(&mut self, backend: Arc<dyn crate::compute::Backend>) {
         self.memo.backend = backend;
+    }
+
+    /// Exchange rates by constant name (see [`crate::eval::sensitivity`]), for the
+    /// `sensitivity` strategy of [`Engine::plan_pipeline`].
+    pub fn set_sensitivity(&mut self, weights: std::collections::HashMap<String, f64>) {
+        self.sensitivity = weights;
     }
 
     /// Use calibration statistics: `lowrank(W, rank, whiten = x)` then preserves the outputs
@@ -348,7 +372,9 @@ impl<'a> Engine<'a> {
                 || (r.spec == RankSpec::Plan
                     && matches!(
                         strategy,
-                        crate::plan::Strategy::Global | crate::plan::Strategy::Block
+                        crate::plan::Strategy::Global
+                            | crate::plan::Strategy::Block
+                            | crate::plan::Strategy::Sensitivity
                     ))
         };
         let backend = self.memo.backend.clone();
@@ -403,6 +429,7 @@ impl<'a> Engine<'a> {
                 can_stay_dense: true,
                 compact: r.compact,
                 group: None,
+                weight: None,
             };
             fixed = fixed.saturating_sub(site.dense());
             match r.spec {
@@ -447,6 +474,7 @@ impl<'a> Engine<'a> {
                         can_stay_dense: unique[i].key.starts_with('v'),
                         compact: unique[i].compact,
                         group: crate::plan::group_of(&unique[i].name),
+                        weight: self.sensitivity.get(&unique[i].name).copied(),
                     }
                 })
                 .collect();
@@ -475,6 +503,15 @@ impl<'a> Engine<'a> {
             "plan: spectra + planning {:.3} s",
             t0.elapsed().as_secs_f64()
         );
+        self.factored = unique
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let rank = ranks[i]?;
+                let tap = self.memo.taps.get(&r.key).cloned().flatten();
+                Some((r.clone(), rank, tap))
+            })
+            .collect();
         self.whitened = whitened
             .iter()
             .filter(|&&i| {
@@ -1011,6 +1048,29 @@ impl<'a> Engine<'a> {
             }
             _ => None,
         }
+    }
+
+    /// Every matrix the last [`Engine::plan_pipeline`] gave a rank, with its factors (also the
+    /// sites whose stored form a later rule changed, and tables whitened by token counts): what
+    /// [`crate::eval::sensitivity`] probes.
+    pub fn factorizations(&self) -> Vec<Factorization> {
+        let mut out = Vec::new();
+        for (r, rank, tap) in &self.factored {
+            let key = super::eval::lowrank_key(&r.key, *rank, tap.as_deref());
+            let Some(Val::Tuple(items)) = self.memo.get(&key) else {
+                continue;
+            };
+            let [Val::Tensor(a), Val::Tensor(b)] = items.as_slice() else {
+                continue;
+            };
+            out.push(Factorization {
+                name: r.name.clone(),
+                matrix: r.matrix.clone(),
+                rank: *rank,
+                factors: (a.clone(), b.clone()),
+            });
+        }
+        out
     }
 
     /// The factorizations whitened by a full Gram that the last [`Engine::run_pipeline`]
