@@ -358,6 +358,39 @@ fn minilm_token_table_is_weighted_by_token_counts() {
     let trials = r2["strategy_trials"].as_array().expect("strategy trials");
     assert_eq!(trials.len(), 4, "{trials:?}");
     assert!(trials.iter().all(|t| t["held_out"] == false), "{trials:?}");
+
+    // The sensitivity of an encoder: 1 − cosine of the pooled sentence embeddings, the token
+    // table (read by a Gather) measured like every linear layer.
+    let r3 = compile(
+        &model,
+        &dir.path().join("m3.onnx"),
+        &[
+            os("--ratio"),
+            os("1.5"),
+            os("--calib"),
+            short_path.as_os_str(),
+            os("--tokenizer"),
+            common::model("bert-uncased-tokenizer.json").as_os_str(),
+            os("--seq-len"),
+            os("64"),
+            os("--no-calib-cache"),
+            os("--no-sequential"),
+            os("--strategy"),
+            os("sensitivity"),
+        ],
+    );
+    let s = &r3["sensitivity"];
+    assert_eq!(s["metric"], "1 - cosine", "{s}");
+    assert!(s["skipped"].as_array().unwrap().is_empty(), "{s}");
+    let sites = s["sites"].as_array().unwrap();
+    let planned = r3["plan"]["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), planned.len(), "{s}");
+    let table = sites
+        .iter()
+        .find(|x| x["name"] == "embeddings.word_embeddings.weight")
+        .expect("the table is measured");
+    assert_eq!(table["readers"], 1, "{table}");
+    assert!(sites.iter().all(|x| x["per_energy"].as_f64().unwrap() > 0.0), "{s}");
 }
 
 /// The sequential refit (on by default with --calib): every whitened site of SmolLM2 (4 layers)

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! c = D / ‖δ‖²        D = mean KL(p_original ‖ p_perturbed) per position   (causal LMs)
-//!                     D = ‖y' − y‖² / ‖y‖² of the evaluated output        (encoders)
+//!                     D = mean 1 − cos(e, e') of the mean-pooled sentence
+//!                         embeddings, per sequence                         (encoders)
 //! ```
 //!
 //! on the same tokens. To first order `D` is a quadratic form in `δ`, so `c·σᵢ²` estimates what
@@ -65,7 +66,8 @@ pub struct SiteSensitivity {
 /// The outcome of [`measure`].
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SensitivityReport {
-    /// `kl` (causal LMs: mean KL divergence per position, nats) or `relative squared error`.
+    /// `kl` (causal LMs: mean KL divergence per position, nats) or `1 - cosine` (encoders:
+    /// of the mean-pooled sentence embeddings, mean per sequence).
     pub metric: &'static str,
     pub sequences: usize,
     /// Tokens measured (padding excluded).
@@ -116,6 +118,30 @@ fn log_softmax(x: &mut [f32], v: usize) {
         let lse = max + sum.ln() as f32;
         row.iter_mut().for_each(|z| *z -= lse);
     }
+}
+
+/// The mean of the kept rows of `x` (`rows × v`): a mean-pooled sentence embedding.
+fn pooled(x: &[f32], v: usize, keep: &dyn Fn(usize) -> bool) -> Vec<f64> {
+    let mut acc = vec![0.0f64; v];
+    let mut count = 0usize;
+    for (r, row) in x.chunks_exact(v).enumerate() {
+        if keep(r) {
+            count += 1;
+            acc.iter_mut().zip(row).for_each(|(a, &b)| *a += b as f64);
+        }
+    }
+    acc.iter_mut().for_each(|a| *a /= count.max(1) as f64);
+    acc
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    dot / (na * nb)
 }
 
 /// `Σ` over the kept rows of `KL(p ‖ q)`, `p` given as log-probabilities, `q` as logits.
@@ -237,7 +263,7 @@ pub fn measure(
     let kind = classify(path, g, &plan)?;
     let metric = match kind.kind {
         TextKind::CausalLm => "kl",
-        TextKind::Encoder => "relative squared error",
+        TextKind::Encoder => "1 - cosine",
     };
     let masks: Vec<Option<&[i64]>> = (0..seqs.ids.len())
         .map(|i| seqs.masks.as_ref().map(|m| m[i].as_slice()))
@@ -406,26 +432,16 @@ pub fn measure(
         .collect::<Result<_, _>>()?;
     let width = |shape: &[usize]| *shape.last().unwrap_or(&1);
     let mut tokens = 0u64;
-    let mut scale = 0.0f64;
     for (si, (shape, data)) in reference.iter_mut().enumerate() {
         let v = width(shape).max(1);
-        let rows = data.len() / v;
-        for r in 0..rows {
-            if keep(si, r) {
-                tokens += 1;
-                scale += data[r * v..(r + 1) * v]
-                    .iter()
-                    .map(|&z| (z as f64) * (z as f64))
-                    .sum::<f64>();
-            }
-        }
+        tokens += (0..data.len() / v).filter(|&r| keep(si, r)).count() as u64;
         if kind.kind == TextKind::CausalLm {
             log_softmax(data, v);
         }
     }
     let denom = match kind.kind {
         TextKind::CausalLm => tokens.max(1) as f64,
-        TextKind::Encoder => scale.max(f64::MIN_POSITIVE),
+        TextKind::Encoder => feeds.len().max(1) as f64,
     };
 
     let results: Vec<Result<SiteSensitivity, EvalError>> = measured
@@ -524,18 +540,11 @@ pub fn measure(
                     let v = width(shape).max(1);
                     divergence += match kind.kind {
                         TextKind::CausalLm => kl_sum(refd, &out, v, &|row| keep(si, row)),
-                        TextKind::Encoder => out
-                            .chunks_exact(v)
-                            .zip(refd.chunks_exact(v))
-                            .enumerate()
-                            .filter(|(row, _)| keep(si, *row))
-                            .map(|(_, (o, r))| {
-                                o.iter()
-                                    .zip(r)
-                                    .map(|(&p, &q)| ((p - q) as f64).powi(2))
-                                    .sum::<f64>()
-                            })
-                            .sum::<f64>(),
+                        TextKind::Encoder => {
+                            let a = pooled(&out, v, &|row| keep(si, row));
+                            let b = pooled(refd, v, &|row| keep(si, row));
+                            1.0 - cosine(&a, &b)
+                        }
                     };
                 }
             }
