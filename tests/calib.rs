@@ -390,7 +390,12 @@ fn minilm_token_table_is_weighted_by_token_counts() {
         .find(|x| x["name"] == "embeddings.word_embeddings.weight")
         .expect("the table is measured");
     assert_eq!(table["readers"], 1, "{table}");
-    assert!(sites.iter().all(|x| x["per_energy"].as_f64().unwrap() > 0.0), "{s}");
+    assert!(
+        sites
+            .iter()
+            .all(|x| x["per_energy"].as_f64().unwrap() > 0.0),
+        "{s}"
+    );
 }
 
 /// The sequential refit (on by default with --calib): every whitened site of SmolLM2 (4 layers)
