@@ -515,6 +515,19 @@ fn run(cli: Cli) -> Result<()> {
             // output, measured with the sites of the uniform plan at the same budget (the
             // uniform candidate's, when auto compiles one first).
             let mut weights: Option<hcc::eval::sensitivity::SensitivityReport> = None;
+            // Backend, progress and calibration of every engine that plans.
+            let configure = |engine: &mut hcc::rewrite::Engine| {
+                engine.set_backend(selected.backend.clone());
+                if let Some(sink) = progress.sink() {
+                    engine.set_progress(sink);
+                }
+                if let Some(c) = &calibration {
+                    engine.set_whitening(hcc::rewrite::eval::WhitenOptions {
+                        calib: c.clone(),
+                        damp: calib.calib_damp,
+                    });
+                }
+            };
             let mut uniform_sites: Option<Vec<hcc::rewrite::engine::Factorization>> = None;
             let mut trials: Vec<hcc::report::compile::StrategyTrial> = Vec::new();
             // The original's side of the scoring runs once for all candidates.
@@ -522,7 +535,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut best: Option<(f64, hcc::ir::Model, _, _, _)> = None;
             for (i, &s) in candidates.iter().enumerate() {
                 if s == S::Sensitivity && weights.is_none() {
-                    let (Some(opts), Some(c)) = (&calib_opts, &calibration) else {
+                    let (Some(opts), Some(_)) = (&calib_opts, &calibration) else {
                         bail!("the sensitivity strategy needs calibration data (--calib)");
                     };
                     let sites = match uniform_sites.take() {
@@ -531,14 +544,7 @@ fn run(cli: Cli) -> Result<()> {
                             progress.step("planning (uniform, to probe sensitivities)");
                             let mut probe = m.clone();
                             let mut engine = hcc::rewrite::Engine::new(&mut probe, &program);
-                            engine.set_backend(selected.backend.clone());
-                            if let Some(sink) = progress.sink() {
-                                engine.set_progress(sink);
-                            }
-                            engine.set_whitening(hcc::rewrite::eval::WhitenOptions {
-                                calib: c.clone(),
-                                damp: calib.calib_damp,
-                            });
+                            configure(&mut engine);
                             engine.plan_pipeline(pipe, target, S::Uniform)?;
                             engine.factorizations()
                         }
@@ -573,16 +579,7 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 progress.step(&format!("planning ({s:?} strategy)"));
                 let mut engine = hcc::rewrite::Engine::new(&mut mi, &program);
-                engine.set_backend(selected.backend.clone());
-                if let Some(sink) = progress.sink() {
-                    engine.set_progress(sink);
-                }
-                if let Some(c) = &calibration {
-                    engine.set_whitening(hcc::rewrite::eval::WhitenOptions {
-                        calib: c.clone(),
-                        damp: calib.calib_damp,
-                    });
-                }
+                configure(&mut engine);
                 if let (S::Sensitivity, Some(w)) = (s, &weights) {
                     engine.set_sensitivity(w.weights());
                 }

@@ -207,22 +207,26 @@ impl Runner {
 /// Outputs as f32: (shape, elements) each.
 pub(crate) type F32Outputs = Vec<(Vec<usize>, Vec<f32>)>;
 
+/// Copies a run's outputs out as f32.
+fn as_f32(outputs: &[TValue]) -> TractResult<F32Outputs> {
+    outputs
+        .iter()
+        .map(|t| {
+            let shape = t.shape().to_vec();
+            let t32 = t.cast_to::<f32>()?;
+            let view = t32.try_as_plain_ram()?;
+            Ok((shape, view.as_slice::<f32>()?.to_vec()))
+        })
+        .collect()
+}
+
 impl Runner {
     /// Runs once on `inputs` and returns every output as f32 (shape, elements): for taps, which
     /// are float activations.
     pub fn run_f32(&self, inputs: &[InputTensor]) -> Result<F32Outputs, RunError> {
         let feeds = self.feeds(inputs)?;
         let outputs = self.plan.run(feeds).map_err(fail("run the model"))?;
-        outputs
-            .iter()
-            .map(|t| {
-                let shape = t.shape().to_vec();
-                let t32 = t.cast_to::<f32>()?;
-                let view = t32.try_as_plain_ram()?;
-                Ok((shape, view.as_slice::<f32>()?.to_vec()))
-            })
-            .collect::<TractResult<Vec<_>>>()
-            .map_err(fail("read the calibrated values"))
+        as_f32(&outputs).map_err(fail("read the calibrated values"))
     }
 }
 
@@ -292,16 +296,7 @@ impl Runner {
             .collect::<TractResult<TVec<TValue>>>()
             .map_err(fail("build the inputs"))?;
         let outputs = self.plan.run(feeds).map_err(fail("run the model"))?;
-        outputs
-            .iter()
-            .map(|t| {
-                let shape = t.shape().to_vec();
-                let t32 = t.cast_to::<f32>()?;
-                let view = t32.try_as_plain_ram()?;
-                Ok((shape, view.as_slice::<f32>()?.to_vec()))
-            })
-            .collect::<TractResult<Vec<_>>>()
-            .map_err(fail("read the outputs"))
+        as_f32(&outputs).map_err(fail("read the outputs"))
     }
 }
 
