@@ -514,7 +514,7 @@ fn run(cli: Cli) -> Result<()> {
             // The `sensitivity` strategy weighs every site by what its error costs the model's
             // output, measured with the sites of the uniform plan at the same budget (the
             // uniform candidate's, when auto compiles one first).
-            let mut weights: Option<hcc::eval::sensitivity::SensitivityReport> = None;
+            let mut measured: Option<hcc::eval::sensitivity::SensitivityReport> = None;
             // Backend, progress and calibration of every engine that plans.
             let configure = |engine: &mut hcc::rewrite::Engine| {
                 engine.set_backend(selected.backend.clone());
@@ -534,7 +534,10 @@ fn run(cli: Cli) -> Result<()> {
             let original_runs = std::sync::Arc::new(hcc::eval::OriginalRuns::default());
             let mut best: Option<(f64, hcc::ir::Model, _, _, _)> = None;
             for (i, &s) in candidates.iter().enumerate() {
-                if s == S::Sensitivity && weights.is_none() {
+                if s == S::Sensitivity && calib.sensitivity_windows == 0 {
+                    bail!("--sensitivity-windows must be at least 1");
+                }
+                if s == S::Sensitivity && measured.is_none() {
                     let (Some(opts), Some(_)) = (&calib_opts, &calibration) else {
                         bail!("the sensitivity strategy needs calibration data (--calib)");
                     };
@@ -551,7 +554,7 @@ fn run(cli: Cli) -> Result<()> {
                     };
                     progress.step("measuring sensitivities");
                     let mut o = opts.clone();
-                    o.max_chunks = calib.sensitivity_windows.max(1);
+                    o.max_chunks = calib.sensitivity_windows;
                     let r = hcc::eval::sensitivity::measure(
                         &model,
                         &m,
@@ -570,7 +573,7 @@ fn run(cli: Cli) -> Result<()> {
                             "sensitivity: {name} not measured ({why}): it keeps its uniform rank"
                         );
                     }
-                    weights = Some(r);
+                    measured = Some(r);
                 }
                 let mut mi = if i + 1 == candidates.len() {
                     std::mem::take(&mut m)
@@ -580,7 +583,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress.step(&format!("planning ({s:?} strategy)"));
                 let mut engine = hcc::rewrite::Engine::new(&mut mi, &program);
                 configure(&mut engine);
-                if let (S::Sensitivity, Some(w)) = (s, &weights) {
+                if let (S::Sensitivity, Some(w)) = (s, &measured) {
                     engine.set_sensitivity(w.weights());
                 }
                 let plan = engine.plan_pipeline(pipe, target, s)?;
@@ -721,7 +724,7 @@ fn run(cli: Cli) -> Result<()> {
             report.backend = selected.reason.clone();
             report.strategy_trials = trials;
             if chosen == S::Sensitivity {
-                report.sensitivity = weights;
+                report.sensitivity = measured;
             }
             if let Some(r) = refit {
                 report.set_refit(r);

@@ -338,22 +338,20 @@ fn minilm_token_table_is_weighted_by_token_counts() {
     let short_path = dir.path().join("short.txt");
     std::fs::write(&short_path, short.join("\n")).unwrap();
     let out2 = dir.path().join("m2.onnx");
-    let r2 = compile(
-        &model,
-        &out2,
-        &[
-            os("--ratio"),
-            os("1.5"),
-            os("--calib"),
-            short_path.as_os_str(),
-            os("--tokenizer"),
-            common::model("bert-uncased-tokenizer.json").as_os_str(),
-            os("--seq-len"),
-            os("64"),
-            os("--no-calib-cache"),
-            os("--no-sequential"),
-        ],
-    );
+    let tok = common::model("bert-uncased-tokenizer.json");
+    let short_args = [
+        os("--ratio"),
+        os("1.5"),
+        os("--calib"),
+        short_path.as_os_str(),
+        os("--tokenizer"),
+        tok.as_os_str(),
+        os("--seq-len"),
+        os("64"),
+        os("--no-calib-cache"),
+        os("--no-sequential"),
+    ];
+    let r2 = compile(&model, &out2, &short_args);
     assert_eq!(r2["calibration"]["sequences"], 6, "{}", r2["calibration"]);
     let trials = r2["strategy_trials"].as_array().expect("strategy trials");
     assert_eq!(trials.len(), 4, "{trials:?}");
@@ -361,24 +359,9 @@ fn minilm_token_table_is_weighted_by_token_counts() {
 
     // The sensitivity of an encoder: 1 − cosine of the pooled sentence embeddings, the token
     // table (read by a Gather) measured like every linear layer.
-    let r3 = compile(
-        &model,
-        &dir.path().join("m3.onnx"),
-        &[
-            os("--ratio"),
-            os("1.5"),
-            os("--calib"),
-            short_path.as_os_str(),
-            os("--tokenizer"),
-            common::model("bert-uncased-tokenizer.json").as_os_str(),
-            os("--seq-len"),
-            os("64"),
-            os("--no-calib-cache"),
-            os("--no-sequential"),
-            os("--strategy"),
-            os("sensitivity"),
-        ],
-    );
+    let mut args3 = short_args.to_vec();
+    args3.extend([os("--strategy"), os("sensitivity")]);
+    let r3 = compile(&model, &dir.path().join("m3.onnx"), &args3);
     let s = &r3["sensitivity"];
     assert_eq!(s["metric"], "1 - cosine", "{s}");
     assert!(s["skipped"].as_array().unwrap().is_empty(), "{s}");
@@ -585,4 +568,14 @@ fn sensitivity_strategy_measures_every_site_and_replans() {
     ]);
     assert!(err.contains("needs calibration data"), "{err}");
     assert!(!dir.path().join("x.onnx").exists());
+    // No windows to measure on: a clean error.
+    let mut bad = vec![os("compile"), model.as_os_str(), os("-o")];
+    let x = dir.path().join("x.onnx");
+    bad.push(x.as_os_str());
+    let zero = args("sensitivity");
+    bad.extend(refs(&zero));
+    bad.extend([os("--sensitivity-windows"), os("0")]);
+    let err = fails(&bad);
+    assert!(err.contains("--sensitivity-windows"), "{err}");
+    assert!(!x.exists());
 }
