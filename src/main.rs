@@ -221,6 +221,12 @@ struct CalibArgs {
     /// Damping of activation Grams, relative to their mean diagonal.
     #[arg(long, default_value_t = 1e-4, requires = "calib")]
     calib_damp: f64,
+    /// Token tables (read by a Gather) are weighted by how often the calibration text reads
+    /// each row; every count is raised by this times the mean count, so that rows the text
+    /// never read keep part of their weight (0: only the text's frequencies). Default: 0.5 for
+    /// encoders (sentence embeddings feel rare tokens more), 1e-4 for causal LMs.
+    #[arg(long, requires = "calib")]
+    calib_token_damp: Option<f64>,
     /// Where calibration statistics are cached (default: $HCC_CACHE, $XDG_CACHE_HOME/hcc or
     /// ~/.cache/hcc, folder calib/).
     #[arg(long, value_name = "DIR", requires = "calib")]
@@ -300,6 +306,13 @@ fn tune_allocator() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
+
+/// `--calib-token-damp` for an encoder's token table (docs/QUALITY.md: all-MiniLM's sentence
+/// embeddings are best with 0.2–0.5).
+const ENCODER_TOKEN_DAMP: f64 = 0.5;
+/// `--calib-token-damp` for a causal LM's: perplexity weighs tokens by their frequency
+/// (SmolLM2 at 1.5x: 4.43x with 1e-4, 4.51x with 0.02, 5.63x with 0.5).
+const CAUSAL_TOKEN_DAMP: f64 = 1e-4;
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -471,6 +484,11 @@ fn run(cli: Cli) -> Result<()> {
                     calib.calib_damp
                 );
             }
+            if let (Some(_), Some(d)) = (&calib_opts, calib.calib_token_damp) {
+                if !(d.is_finite() && d >= 0.0) {
+                    bail!("--calib-token-damp must be a number ≥ 0, got {d}");
+                }
+            }
             let mut calibration: Option<std::sync::Arc<hcc::eval::calib::Calibration>> = None;
             let mut taps: Vec<String> = Vec::new();
             if let Some(opts) = &calib_opts {
@@ -525,6 +543,11 @@ fn run(cli: Cli) -> Result<()> {
                     engine.set_whitening(hcc::rewrite::eval::WhitenOptions {
                         calib: c.clone(),
                         damp: calib.calib_damp,
+                        token_damp: calib.calib_token_damp.unwrap_or(if c.encoder {
+                            ENCODER_TOKEN_DAMP
+                        } else {
+                            CAUSAL_TOKEN_DAMP
+                        }),
                     });
                 }
             };
@@ -745,6 +768,12 @@ fn run(cli: Cli) -> Result<()> {
                     tokens: c.tokens,
                     activations: taps.len(),
                     damp: calib.calib_damp,
+                    token_damp: calib.calib_token_damp.unwrap_or(if c.encoder {
+                        ENCODER_TOKEN_DAMP
+                    } else {
+                        CAUSAL_TOKEN_DAMP
+                    }),
+                    counted_tokens: c.counted,
                     seconds: c.seconds,
                     cached: c.cached,
                 });

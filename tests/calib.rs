@@ -319,8 +319,8 @@ fn minilm_token_table_is_weighted_by_token_counts() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["rule"] == "embedding_split")
-        .expect("embedding_split fired");
+        .find(|s| s["rule"] == "embedding_split" || s["rule"] == "embedding_split_hot")
+        .expect("the table is split");
     assert_eq!(table["whitened"], "input_ids", "{table}");
     common::judge("judge_check.py", &[out.as_os_str()]);
     // `--strategy auto` scored the plans on lines after those the statistics came from.
@@ -378,6 +378,187 @@ fn minilm_token_table_is_weighted_by_token_counts() {
             .iter()
             .all(|x| x["per_energy"].as_f64().unwrap() > 0.0),
         "{s}"
+    );
+}
+
+/// A token table in the hot form (`embedding_split_hot`, in the default pipeline): the rows the
+/// calibration text reads most are stored exactly, every token has exactly one row (hot or
+/// cold), the stored parameters are what the report says, the error the report gives is the
+/// one of the stored table (rows weighted by the whole text's token counts plus the damping
+/// prior), and onnxruntime runs the model. Without calibration the rule does not fire and says
+/// why, and `embedding_split` takes the table.
+#[test]
+fn minilm_hot_rows_are_exact_and_the_report_error_is_the_stored_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::model("all-minilm-l6-v2-f32.onnx");
+    let calib = common::model("text-calib.txt");
+    let tok = common::model("bert-uncased-tokenizer.json");
+    let out = dir.path().join("h.onnx");
+    let r = compile(
+        &model,
+        &out,
+        &[
+            os("--ratio"),
+            os("1.5"),
+            os("--calib"),
+            calib.as_os_str(),
+            os("--tokenizer"),
+            tok.as_os_str(),
+            os("--seq-len"),
+            os("64"),
+            os("--max-chunks"),
+            os("8"),
+            os("--no-calib-cache"),
+            os("--no-sequential"),
+            os("--strategy"),
+            os("uniform"),
+            os("--calib-token-damp"),
+            os("0.2"),
+        ],
+    );
+    let site = r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["rule"] == "embedding_split_hot")
+        .expect("embedding_split_hot fired")
+        .clone();
+    let k = site["hot_rows"].as_u64().expect("hot_rows") as usize;
+    let rank = site["rank"].as_u64().unwrap() as usize;
+    assert!(k > 0 && rank > 0, "{site}");
+    let ratio = r["ratio"].as_f64().unwrap();
+    assert!((1.5 * 0.99..1.5 * 1.01).contains(&ratio), "{ratio}");
+
+    let orig = hcc::onnx::load(&model).unwrap();
+    let g0 = &orig.graph;
+    let table = g0
+        .initializers()
+        .iter()
+        .find(|&&v| g0.value(v).name == "embeddings.word_embeddings.weight")
+        .and_then(|&v| g0.constant(v))
+        .unwrap()
+        .as_f32()
+        .unwrap()
+        .into_owned();
+    let (v, d) = (30522usize, 384usize);
+    let m = hcc::onnx::load(&out).unwrap();
+    let g = &m.graph;
+    let get = |suffix: &str| {
+        let name = format!("embeddings.word_embeddings.weight.{suffix}");
+        g.initializers()
+            .iter()
+            .find(|&&x| g.value(x).name == name)
+            .and_then(|&x| g.constant(x))
+            .unwrap_or_else(|| panic!("{name} is stored"))
+            .clone()
+    };
+    let (hi, h, ci, t, p) = (
+        get("hot_index"),
+        get("hot_rows"),
+        get("cold_index"),
+        get("lowrank_a"),
+        get("lowrank_b"),
+    );
+    let nc = v - k;
+    assert_eq!(h.dims, [k as i64 + 1, d as i64]);
+    assert_eq!(t.dims, [nc as i64 + 1, rank as i64]);
+    assert_eq!(p.dims, [rank as i64, d as i64]);
+    let stored: usize = [&hi, &h, &ci, &t, &p]
+        .iter()
+        .map(|x| x.num_elements())
+        .sum();
+    assert_eq!(
+        stored as u64,
+        site["params_after"].as_u64().unwrap(),
+        "{site}"
+    );
+    let (hi, ci) = (hi.to_i64_vec().unwrap(), ci.to_i64_vec().unwrap());
+    let (h, t, p) = (
+        h.as_f32().unwrap().into_owned(),
+        t.as_f32().unwrap().into_owned(),
+        p.as_f32().unwrap().into_owned(),
+    );
+    // Zero rows for the tokens without a hot (or cold) row.
+    assert!(h[k * d..].iter().chain(&t[nc * rank..]).all(|&x| x == 0.0));
+    let counts = hcc::eval::calib::collect(
+        &model,
+        &["input_ids".to_string()],
+        &{
+            let mut o = hcc::eval::calib::CalibOptions::new(&calib, Some(tok.clone()));
+            o.seq_len = 64;
+            o.max_chunks = 8;
+            o
+        },
+        None,
+    )
+    .unwrap()
+    .counts["input_ids"]
+        .clone();
+    let mean = counts.iter().sum::<f64>() / v as f64;
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for tok_id in 0..v {
+        let (hs, cs) = (hi[tok_id] as usize, ci[tok_id] as usize);
+        assert!(
+            (hs == k) != (cs == nc),
+            "token {tok_id}: hot {hs}, cold {cs}"
+        );
+        let e = &table[tok_id * d..(tok_id + 1) * d];
+        let w = counts.get(tok_id).copied().unwrap_or(0.0) + 0.2 * mean;
+        for j in 0..d {
+            let approx = if hs < k {
+                h[hs * d + j] as f64
+            } else {
+                (0..rank)
+                    .map(|l| t[cs * rank + l] as f64 * p[l * d + j] as f64)
+                    .sum::<f64>()
+            };
+            if hs < k {
+                assert_eq!(approx, e[j] as f64, "hot token {tok_id} is stored exactly");
+            }
+            num += w * (e[j] as f64 - approx).powi(2);
+            den += w * (e[j] as f64).powi(2);
+        }
+    }
+    // The most frequent tokens are hot: [CLS], [SEP], "the", ".".
+    for id in [101usize, 102, 1996, 1012] {
+        assert!((hi[id] as usize) < k, "token {id} is hot");
+    }
+    let rel = (num / den).sqrt();
+    let claimed = site["rel_error"].as_f64().unwrap();
+    assert!(
+        (rel - claimed).abs() < 1e-4,
+        "stored {rel} vs report {claimed}"
+    );
+    common::judge("judge_check.py", &[out.as_os_str()]);
+
+    // Without calibration: the plain split, and the hot rule says why it did not fire.
+    let out2 = dir.path().join("plain.onnx");
+    let r2 = compile(&model, &out2, &[os("--ratio"), os("1.5")]);
+    let rules = r2["rules"].as_array().unwrap();
+    let fired = |name: &str| {
+        rules
+            .iter()
+            .find(|x| x["rule"] == name)
+            .map(|x| x["fired"].as_u64().unwrap())
+    };
+    assert_eq!(fired("embedding_split_hot"), Some(0), "{rules:?}");
+    assert_eq!(fired("embedding_split"), Some(1), "{rules:?}");
+    let stage = r2["stages"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["rule"] == "embedding_split_hot")
+        .unwrap()
+        .clone();
+    let why = stage["near_misses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["at"] == "embeddings.word")
+        .expect("a near-miss at the table's Gather");
+    assert!(
+        why["detail"].as_str().unwrap().contains("plain form"),
+        "{why}"
     );
 }
 

@@ -20,6 +20,7 @@ mod check;
 mod cpu;
 mod dense;
 pub mod gpu;
+pub mod hot;
 mod mask;
 pub mod rng;
 mod rsvd;

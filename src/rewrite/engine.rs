@@ -353,6 +353,9 @@ impl<'a> Engine<'a> {
                     u.tap = r.tap.clone();
                 }
                 u.compact |= r.compact;
+                // Hot rows serve Gathers only: a table also read elsewhere (a tied LM head)
+                // stays plain.
+                u.hot &= r.hot;
             } else {
                 unique.push(r);
             }
@@ -417,6 +420,49 @@ impl<'a> Engine<'a> {
             })?;
         let dims =
             |r: &super::eval::Request| (r.matrix.dims[0] as usize, r.matrix.dims[1] as usize);
+        // The planner weighs a table that may take the hot form by what that form reaches for
+        // the parameters of each plain rank (the reported spectra stay the table's own).
+        let mut plan_spectra = spectra.clone();
+        if let Some(wo) = &whiten {
+            for (i, r) in unique.iter().enumerate() {
+                if !(r.hot && spectra[i].is_some()) {
+                    continue;
+                }
+                let Some(super::eval::SiteStats::Counts(c)) = site_stats(r) else {
+                    continue;
+                };
+                let (v, d) = dims(r);
+                let fail = |detail: String| RewriteError::Argument {
+                    rule: "lowrank_hot".into(),
+                    detail: format!("{}: {detail}", r.name),
+                };
+                let data = r.matrix.as_f32().ok_or_else(|| fail("not f32".into()))?;
+                let weights = wo.row_weights(c, v).map_err(fail)?;
+                let compact = r.compact;
+                let cost = |rank: usize| {
+                    crate::plan::PlanSite {
+                        k: v,
+                        n: d,
+                        spectrum: None,
+                        can_stay_dense: true,
+                        compact,
+                        group: None,
+                        weight: None,
+                    }
+                    .at(rank)
+                };
+                plan_spectra[i] = Some(
+                    crate::compute::hot::equivalent_spectrum(
+                        &data,
+                        (v, d),
+                        &weights,
+                        cost,
+                        crate::plan::ALIGN,
+                    )
+                    .map_err(|e| fail(e.to_string()))?,
+                );
+            }
+        }
         let mut ranks: Vec<Option<usize>> = vec![None; unique.len()];
         let mut fixed = params_before;
         let mut planned: Vec<usize> = Vec::new();
@@ -454,6 +500,9 @@ impl<'a> Engine<'a> {
             fixed += cost;
         }
         let mut target_params = None;
+        // What the plan leaves of the target (ranks are multiples of 8): a hot table, whose
+        // size is not bound to whole rank steps, may use it.
+        let mut slack = 0u64;
         if !planned.is_empty() {
             let t = target.ok_or_else(|| RewriteError::Argument {
                 rule: "lowrank".into(),
@@ -468,7 +517,7 @@ impl<'a> Engine<'a> {
                     crate::plan::PlanSite {
                         k,
                         n,
-                        spectrum: spectra[i].clone(),
+                        spectrum: plan_spectra[i].clone(),
                         // A matrix computed by the rule (a slice of a fused weight) is
                         // factorized together with its siblings: it cannot go dense alone.
                         can_stay_dense: unique[i].key.starts_with('v'),
@@ -480,8 +529,69 @@ impl<'a> Engine<'a> {
                 .collect();
             let got = crate::plan::plan(&sites, fixed, goal, params_before, strategy)
                 .map_err(|e| RewriteError::Budget(e.to_string()))?;
+            let planned_total = fixed
+                + sites
+                    .iter()
+                    .zip(&got)
+                    .map(|(s, r)| r.map_or(s.dense(), |r| s.at(r)))
+                    .sum::<u64>();
+            slack = goal.saturating_sub(planned_total);
             for (&i, r) in planned.iter().zip(got) {
                 ranks[i] = r;
+            }
+        }
+        // Token tables that every reader asks for in the hot form: the hot rows and cold rank
+        // that approximate the table best within what its planned rank would store.
+        let mut hot_forms: Vec<(usize, crate::compute::hot::HotChoice)> = Vec::new();
+        if let Some(wo) = &whiten {
+            for (i, r) in unique.iter().enumerate() {
+                let (Some(rank), true) = (ranks[i], r.hot) else {
+                    continue;
+                };
+                let Some(super::eval::SiteStats::Counts(c)) = site_stats(r) else {
+                    continue;
+                };
+                let (v, d) = dims(r);
+                let fail = |detail: String| RewriteError::Argument {
+                    rule: "lowrank_hot".into(),
+                    detail: format!("{}: {detail}", r.name),
+                };
+                let data = r.matrix.as_f32().ok_or_else(|| fail("not f32".into()))?;
+                let weights = wo.row_weights(c, v).map_err(fail)?;
+                let budget = crate::plan::PlanSite {
+                    k: v,
+                    n: d,
+                    spectrum: None,
+                    can_stay_dense: true,
+                    compact: r.compact,
+                    group: None,
+                    weight: None,
+                }
+                .at(rank)
+                    + if r.spec == RankSpec::Plan { slack } else { 0 };
+                let choice = crate::compute::hot::choose(
+                    &data,
+                    (v, d),
+                    &weights,
+                    budget,
+                    rank,
+                    crate::plan::ALIGN,
+                )
+                .map_err(|e| fail(e.to_string()))?;
+                if let Some(choice) = choice {
+                    let used =
+                        crate::compute::hot::hot_params(v, d, choice.rows.len(), choice.rank);
+                    slack = budget.saturating_sub(used).min(slack);
+                    tracing::debug!(
+                        "plan: {} keeps {} rows exactly, the rest at rank {} (weighted error {:.4e} against {:.4e} plain at rank {rank})",
+                        r.name,
+                        choice.rows.len(),
+                        choice.rank,
+                        choice.error,
+                        choice.plain_error
+                    );
+                    hot_forms.push((i, choice));
+                }
             }
         }
         // Factorize every site, same shape and rank together.
@@ -621,6 +731,33 @@ impl<'a> Engine<'a> {
                 whitened.len(),
                 tw.elapsed().as_secs_f64()
             );
+            for (i, choice) in &hot_forms {
+                let r = &unique[*i];
+                let fail = |detail: String| RewriteError::Argument {
+                    rule: "lowrank_hot".into(),
+                    detail,
+                };
+                let data = r
+                    .matrix
+                    .as_f32()
+                    .ok_or_else(|| fail(format!("{} is not f32", r.name)))?;
+                let Some(super::eval::SiteStats::Counts(c)) = site_stats(r) else {
+                    continue;
+                };
+                let (v, note) = super::eval::hot_factors(
+                    self.memo.backend.as_ref(),
+                    &self.memo.svd,
+                    wo,
+                    &r.matrix,
+                    &data,
+                    &r.name,
+                    r.tap.as_deref().unwrap_or_default(),
+                    c,
+                    choice,
+                )
+                .map_err(fail)?;
+                self.memo.insert_hot(&r.key, v, note);
+            }
         }
         let sites = unique
             .iter()

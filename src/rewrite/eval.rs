@@ -50,6 +50,9 @@ pub struct Request {
     pub tap: Option<String>,
     /// Stored in the compact form (`lowrank_compact`): `r·(K + N − r) + N` parameters.
     pub compact: bool,
+    /// Asked for by `lowrank_hot`: a token table that may keep its most-read rows exactly
+    /// (see [`crate::compute::hot`]) when every site reading it asks for that.
+    pub hot: bool,
 }
 
 /// How calibration data steers `lowrank(W, rank, whiten = x)`.
@@ -59,6 +62,10 @@ pub struct WhitenOptions {
     pub calib: Arc<crate::eval::calib::Calibration>,
     /// Gram damping `λ` (relative to the mean diagonal).
     pub damp: f64,
+    /// Token tables: every row's count is raised by `token_damp` times the mean count (a
+    /// uniform prior mixed into the calibration text's token frequencies), so that rows the
+    /// text never read keep part of their weight.
+    pub token_damp: f64,
 }
 
 /// The statistics one whitened site uses.
@@ -82,6 +89,22 @@ impl WhitenOptions {
         (g.dim == k).then_some(SiteStats::Full(g))
     }
 
+    /// The weight of each of a `k`-row token table's rows: its count plus `token_damp` times
+    /// the mean count (missing counts are 0), divided by `1 + token_damp` — a mixture of the
+    /// data's token frequencies and a uniform prior with the data's total weight, so that a
+    /// table's whitened energies stay in the units of the other sites' (the tokens run).
+    pub fn row_weights(&self, c: &[f64], k: usize) -> Result<Vec<f64>, String> {
+        let mean = c.iter().sum::<f64>() / k as f64;
+        if mean.is_nan() || mean <= 0.0 {
+            return Err("no token of the calibration data reads this table".into());
+        }
+        let lambda = self.token_damp.max(1e-10);
+        let prior = lambda * mean;
+        Ok((0..k)
+            .map(|i| (c.get(i).copied().unwrap_or(0.0) + prior) / (1.0 + lambda))
+            .collect())
+    }
+
     /// Whitens `w` (`k × n`, f32) for `stats`: the target `M` whose truncated SVD is the best
     /// rank-`r` site (see [`crate::compute::whiten`]), and how to map its left factor back.
     pub fn target(
@@ -93,15 +116,7 @@ impl WhitenOptions {
         use crate::compute::whiten::Whitening;
         match stats {
             SiteStats::Counts(c) => {
-                let mean = c.iter().sum::<f64>() / k as f64;
-                if mean.is_nan() || mean <= 0.0 {
-                    return Err("no token of the calibration data reads this table".into());
-                }
-                let scale: Vec<f64> = (0..k)
-                    .map(|i| {
-                        (c.get(i).copied().unwrap_or(0.0) + self.damp.max(1e-10) * mean).sqrt()
-                    })
-                    .collect();
+                let scale: Vec<f64> = self.row_weights(c, k)?.into_iter().map(f64::sqrt).collect();
                 let m = w
                     .chunks(n)
                     .zip(&scale)
@@ -163,13 +178,16 @@ pub struct Note {
     /// Set when the factorization was whitened by calibration data: the value whose
     /// activations it preserves. `rel_error` is then the site's relative *output* error on the
     /// calibration data, ‖X·(W − Ŵ)‖/‖X·W‖ (for a token table: the error of its rows weighted
-    /// by how often they were read), not a weight-space error.
+    /// by how often they were read, plus the token damping's prior), not a weight-space error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub whitened: Option<String>,
     /// With `whitened`: "whitened" (the input's Gram) or "token counts" (a table read by a
     /// Gather, rows weighted by how often the data read them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// `lowrank_hot`: how many rows of the token table are stored exactly (the rest at `rank`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_rows: Option<usize>,
 }
 
 /// Kernel state for a whole pipeline: the memo (results per kernel and arguments: a constant
@@ -224,6 +242,11 @@ impl Memo {
         self.map.get(key).map(|(v, _)| v)
     }
 
+    /// Store the hot form of a token table (see [`hot_key`]) for `lowrank_hot`.
+    pub fn insert_hot(&mut self, matrix_key: &str, form: Val, note: Note) {
+        self.map.insert(hot_key(matrix_key), (form, Some(note)));
+    }
+
     /// Store a precomputed result (batched factorization) under the key `lowrank` would use.
     pub fn insert_lowrank(
         &mut self,
@@ -236,6 +259,11 @@ impl Memo {
         self.map
             .insert(lowrank_key(matrix_key, rank, tap), (factors, Some(note)));
     }
+}
+
+/// The memo key of the hot form `lowrank_hot` reads (the engine computes it while planning).
+pub fn hot_key(matrix_key: &str) -> String {
+    format!("hot({matrix_key})")
 }
 
 /// The memo key of `lowrank(matrix, rank)`; whitened by `tap`'s activations when given.
@@ -278,7 +306,13 @@ pub fn whitened_factors(
     let a = back.apply(ta.data(), r);
     let rel_error = match stats {
         SiteStats::Full(g) => output_error(&g.data, None, data, &a, b.data(), (k, n, r)),
-        SiteStats::Counts(c) => counts_error(c, data, &a, b.data(), (k, n, r)),
+        SiteStats::Counts(c) => counts_error(
+            &whiten.row_weights(c, k).map_err(|e| fail(&e))?,
+            data,
+            &a,
+            b.data(),
+            (k, n, r),
+        ),
     };
     let mut at = Tensor::from_f32(vec![k as i64, r as i64], &a);
     let mut bt = Tensor::from_f32(vec![r as i64, n as i64], b.data());
@@ -305,9 +339,153 @@ pub fn whitened_factors(
             }
             .into(),
         ),
+        hot_rows: None,
     };
     Ok((
         Val::Tuple(vec![Val::Tensor(Arc::new(at)), Val::Tensor(Arc::new(bt))]),
+        note,
+    ))
+}
+
+/// The hot form of the token table `w` (`V × D`, f32 `data`) for `choice` (see
+/// [`crate::compute::hot`]): the chosen rows exactly, the others factorized at `choice.rank`
+/// with rows weighted as [`WhitenOptions::row_weights`] weights them, as the 5-tuple
+/// `lowrank_hot` returns, and the note (its `rel_error` is the count-weighted error over all
+/// rows, the hot ones contributing none).
+#[allow(clippy::too_many_arguments)]
+pub fn hot_factors(
+    backend: &dyn crate::compute::Backend,
+    svd: &crate::compute::SvdOptions,
+    whiten: &WhitenOptions,
+    w: &Tensor,
+    data: &[f32],
+    name: &str,
+    tap: &str,
+    counts: &[f64],
+    choice: &crate::compute::hot::HotChoice,
+) -> Result<(Val, Note), String> {
+    let (v, d) = (w.dims[0] as usize, w.dims[1] as usize);
+    let fail = |e: &dyn std::fmt::Display| format!("{name} (hot rows, counts of '{tap}'): {e}");
+    let weights = whiten.row_weights(counts, v).map_err(|e| fail(&e))?;
+    let k = choice.rows.len();
+    let mut hot_slot = vec![k; v];
+    for (s, &t) in choice.rows.iter().enumerate() {
+        if t >= v {
+            return Err(fail(&format!("row {t} is outside the table")));
+        }
+        hot_slot[t] = s;
+    }
+    let cold: Vec<usize> = (0..v).filter(|&t| hot_slot[t] == k).collect();
+    let nc = cold.len();
+    let r = choice.rank.min(nc).min(d);
+    if r == 0 {
+        return Err(fail(&"no cold rows to factorize"));
+    }
+    let scale: Vec<f64> = cold.iter().map(|&t| weights[t].sqrt()).collect();
+    let target: Vec<f32> = cold
+        .iter()
+        .zip(&scale)
+        .flat_map(|(&t, &s)| {
+            data[t * d..(t + 1) * d]
+                .iter()
+                .map(move |&x| (x as f64 * s) as f32)
+        })
+        .collect();
+    let mref = crate::compute::MatrixRef::new(nc, d, &target).map_err(|e| fail(&e))?;
+    let f = backend
+        .lowrank(&[mref], r, svd)
+        .map_err(|e| fail(&e))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail(&"no result"))?;
+    let (ta, b) = f.balanced();
+    let r = f.rank();
+    // T: the cold rows' left factor, unwhitened, and a zero row for the hot tokens.
+    let mut t_rows: Vec<f32> = ta
+        .data()
+        .chunks(r.max(1))
+        .zip(&scale)
+        .flat_map(|(row, &s)| row.iter().map(move |&x| (x as f64 / s) as f32))
+        .collect();
+    t_rows.resize((nc + 1) * r, 0.0);
+    let mut h_rows: Vec<f32> = choice
+        .rows
+        .iter()
+        .flat_map(|&t| data[t * d..(t + 1) * d].iter().copied())
+        .collect();
+    h_rows.resize((k + 1) * d, 0.0);
+    let mut cold_slot = vec![nc; v];
+    for (c, &t) in cold.iter().enumerate() {
+        cold_slot[t] = c;
+    }
+    let int_map = |m: &[usize]| {
+        let b: Vec<u8> = m.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect();
+        Tensor::from_raw(DType::I32, vec![v as i64], bytes::Bytes::from(b))
+    };
+    // Weighted error over every row (hot rows are exact), with the weights the factorization
+    // minimised.
+    let cold_weights: Vec<f64> = cold.iter().map(|&t| weights[t]).collect();
+    let cold_data: Vec<f32> = cold
+        .iter()
+        .flat_map(|&t| data[t * d..(t + 1) * d].iter().copied())
+        .collect();
+    let norm2 = |rows: &mut dyn Iterator<Item = usize>| -> f64 {
+        rows.map(|t| {
+            weights[t]
+                * data[t * d..(t + 1) * d]
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()
+        })
+        .sum()
+    };
+    let (den_cold, den_all) = (norm2(&mut cold.iter().copied()), norm2(&mut (0..v)));
+    let rel_cold = counts_error(
+        &cold_weights,
+        &cold_data,
+        &t_rows[..nc * r],
+        b.data(),
+        (nc, d, r),
+    );
+    let rel_error = if den_all > 0.0 {
+        rel_cold * (den_cold / den_all).sqrt()
+    } else {
+        0.0
+    };
+    let base = stored_base(name);
+    let mut hm = int_map(&hot_slot);
+    let mut ht = Tensor::from_f32(vec![k as i64 + 1, d as i64], &h_rows);
+    let mut cm = int_map(&cold_slot);
+    let mut tt = Tensor::from_f32(vec![nc as i64 + 1, r as i64], &t_rows);
+    let mut pt = Tensor::from_f32(vec![r as i64, d as i64], b.data());
+    hm.name = format!("{base}.hot_index");
+    ht.name = format!("{base}.hot_rows");
+    cm.name = format!("{base}.cold_index");
+    tt.name = format!("{base}.lowrank_a");
+    pt.name = format!("{base}.lowrank_b");
+    let note = Note {
+        kernel: "lowrank_hot".into(),
+        constant: name.to_string(),
+        shape: vec![v as i64, d as i64],
+        rank: Some(r),
+        sparsity: None,
+        rel_error,
+        params_before: (v * d) as u64,
+        params_after: crate::compute::hot::hot_params(v, d, k, r),
+        shared: false,
+        storage: None,
+        bytes_saved: None,
+        whitened: Some(tap.to_string()),
+        method: Some("token counts".into()),
+        hot_rows: Some(k),
+    };
+    Ok((
+        Val::Tuple(
+            [hm, ht, cm, tt, pt]
+                .into_iter()
+                .map(|t| Val::Tensor(Arc::new(t)))
+                .collect(),
+        ),
         note,
     ))
 }
@@ -349,6 +527,7 @@ pub fn factor_tensors(
         bytes_saved: None,
         whitened: None,
         method: None,
+        hot_rows: None,
     };
     (
         Val::Tuple(vec![Val::Tensor(Arc::new(ta)), Val::Tensor(Arc::new(tb))]),
@@ -357,7 +536,8 @@ pub fn factor_tensors(
 }
 
 /// `sqrt(Σᵢ cᵢ‖Wᵢ − (A·B)ᵢ‖² / Σᵢ cᵢ‖Wᵢ‖²)`: the relative error of the rows a Gather reads,
-/// weighted by how often the calibration data read them.
+/// weighted by `c` (how often the calibration data read them, smoothed:
+/// [`WhitenOptions::row_weights`]).
 fn counts_error(
     c: &[f64],
     w: &[f32],
@@ -927,7 +1107,7 @@ impl Eval<'_> {
                 }
                 Ok(Val::Energy(p))
             }
-            "lowrank" | "lowrank_compact" => {
+            "lowrank" | "lowrank_compact" | "lowrank_hot" => {
                 let x = need(0, "w")?;
                 let spec = match need(1, "rank")? {
                     Val::Plan => RankSpec::Plan,
@@ -951,6 +1131,8 @@ impl Eval<'_> {
                 };
                 if func == "lowrank_compact" {
                     self.lowrank_compact(&x, spec, tap)
+                } else if func == "lowrank_hot" {
+                    self.lowrank_hot(&x, spec, tap)
                 } else {
                     self.lowrank(&x, spec, tap, false).map(|(v, _)| v)
                 }
@@ -1120,6 +1302,58 @@ impl Eval<'_> {
         Ok(v)
     }
 
+    /// `lowrank` of a token table in the hot form `(hot, H, cold, T, P)` (see
+    /// [`crate::compute::hot`]) that the engine chose while planning. Fails (the rule does not
+    /// fire) where the plan keeps the plain form: without token counts from `--calib`, or where
+    /// hot rows would not approximate the table better within its budget.
+    fn lowrank_hot(&mut self, x: &Val, spec: RankSpec, tap: Option<String>) -> R<Val> {
+        if self.memo.survey.is_some() {
+            let (ab, _) = self.lowrank(x, spec, tap, false)?;
+            if let Some(Request { hot, .. }) = self.memo.survey.as_mut().and_then(|r| r.last_mut())
+            {
+                *hot = true;
+            }
+            // Placeholders of the right kinds (8 hot rows).
+            let (t, b) = match &ab {
+                Val::Tuple(v) => match (v.first(), v.get(1)) {
+                    (Some(Val::Tensor(a)), Some(Val::Tensor(b))) => (a.clone(), b.clone()),
+                    _ => return Err("lowrank_hot: no placeholder factors".into()),
+                },
+                _ => return Err("lowrank_hot: no placeholder factors".into()),
+            };
+            let (v, r, d) = (t.dims[0], t.dims[1], b.dims[1]);
+            let k = 8.min(v);
+            let map = || {
+                Tensor::from_raw(
+                    DType::I32,
+                    vec![v],
+                    bytes::Bytes::from(vec![0u8; 4 * v as usize]),
+                )
+            };
+            let h = Tensor::from_f32(vec![k + 1, d], &vec![0.0; ((k + 1) * d) as usize]);
+            let c = Tensor::from_f32(vec![v - k + 1, r], &vec![0.0; ((v - k + 1) * r) as usize]);
+            return Ok(Val::Tuple(vec![
+                Val::Tensor(Arc::new(map())),
+                Val::Tensor(Arc::new(h)),
+                Val::Tensor(Arc::new(map())),
+                Val::Tensor(Arc::new(c)),
+                Val::Tensor(b),
+            ]));
+        }
+        let mkey = self.key(x);
+        let key = hot_key(&mkey);
+        if !self.memo.map.contains_key(&key) {
+            return Err(format!(
+                "the plan keeps {} in the plain form (hot rows need token counts from --calib, \
+                 and are used only where they approximate the table better)",
+                self.describe(x)
+            ));
+        }
+        self.memo_noted(key, |_| {
+            Err("unreachable: the hot form is in the memo".into())
+        })
+    }
+
     /// The factors `(A, B)` and their memo key.
     fn lowrank(
         &mut self,
@@ -1150,6 +1384,7 @@ impl Eval<'_> {
                 spec,
                 tap,
                 compact,
+                hot: false,
             });
             self.memo.surveyed = true;
             let r = k.min(n).min(crate::plan::ALIGN as i64);

@@ -123,6 +123,7 @@ pub fn mask(
         bytes_saved: Some(saving.unwrap_or(0)),
         whitened: None,
         method: None,
+        hot_rows: None,
     };
     Ok((t, note))
 }
@@ -237,6 +238,7 @@ pub fn neurons(block: &Block<'_>, sparsity: f64, name: &str) -> Result<(Tensor, 
         bytes_saved: None,
         whitened: None,
         method: None,
+        hot_rows: None,
     };
     Ok((t, note))
 }
