@@ -55,7 +55,8 @@ pub struct SiteSensitivity {
     pub rank: usize,
     /// Places its error enters the model (2 for a table that is also the LM head).
     pub readers: usize,
-    /// `‖δ‖²`: the site's output error at the probe rank, summed over the measured tokens.
+    /// `‖δ‖²`: the site's output error at the probe rank, summed over the measured tokens (for a
+    /// table, at its Gather only: the units of its count-weighted spectrum).
     pub energy: f64,
     /// What that error did to the model's output (see the module docs).
     pub divergence: f64,
@@ -471,6 +472,11 @@ pub fn measure(
                 t
             });
             let (mut energy, mut divergence) = (0.0f64, 0.0f64);
+            // The energy is measured in the units of the site's whitened spectrum: a table's
+            // spectrum weighs its rows by how often they are read, so only its Gather counts
+            // (a tied LM head's error is a consequence of the same change, and its divergence
+            // is included, but its logits' error is not what the spectrum measures).
+            let has_rows = rs.iter().any(|x| x.read == Read::Rows);
             for (si, f) in feeds.iter().enumerate() {
                 // Inputs of the readers as the perturbed model computes them (second pass).
                 let mut moved: Option<Vec<(Vec<usize>, Vec<f32>)>> = None;
@@ -508,7 +514,7 @@ pub fn measure(
                             Read::RightT => k,
                             _ => n,
                         };
-                        if last {
+                        if last && (!has_rows || rd.read == Read::Rows) {
                             energy += delta
                                 .chunks_exact(cols)
                                 .enumerate()
@@ -725,6 +731,32 @@ mod tests {
                 got.divergence
             );
         }
+        // The tied table's energy is its Gather's error alone, Σ over the tokens read of
+        // ‖(A·B − W)[id]‖² (the units of its count-weighted spectrum), not the LM head's.
+        let t = &sites[1];
+        let (k, n) = (t.matrix.dims[0] as usize, t.matrix.dims[1] as usize);
+        let w = t.matrix.as_f32().unwrap();
+        let ab = matmul(
+            &t.factors.0.as_f32().unwrap(),
+            &t.factors.1.as_f32().unwrap(),
+            (k, t.rank, n),
+        );
+        let rows: f64 = seqs
+            .ids
+            .iter()
+            .flatten()
+            .map(|&id| {
+                let i = id as usize;
+                (0..n)
+                    .map(|j| ((ab[i * n + j] - w[i * n + j]) as f64).powi(2))
+                    .sum::<f64>()
+            })
+            .sum();
+        let got = rep.sites[1].energy;
+        assert!(
+            (got - rows).abs() <= 1e-4 * rows,
+            "table energy {got} vs Gather rows {rows}"
+        );
 
         // A constant read by something else (a norm's Mul) is skipped, with the reason.
         let rep = measure(&path, &m, &sites[2..], &opts, None).unwrap();
