@@ -252,6 +252,15 @@ struct CalibArgs {
 }
 
 impl CalibArgs {
+    /// `--calib-token-damp`, or the default for the kind of model the calibration read.
+    fn token_damp(&self, c: &hcc::eval::calib::Calibration) -> f64 {
+        self.calib_token_damp.unwrap_or(if c.encoder {
+            ENCODER_TOKEN_DAMP
+        } else {
+            CAUSAL_TOKEN_DAMP
+        })
+    }
+
     fn options(&self) -> Option<hcc::eval::calib::CalibOptions> {
         let data = self.calib.clone()?;
         let mut o = hcc::eval::calib::CalibOptions::new(data, self.tokenizer.clone());
@@ -543,11 +552,7 @@ fn run(cli: Cli) -> Result<()> {
                     engine.set_whitening(hcc::rewrite::eval::WhitenOptions {
                         calib: c.clone(),
                         damp: calib.calib_damp,
-                        token_damp: calib.calib_token_damp.unwrap_or(if c.encoder {
-                            ENCODER_TOKEN_DAMP
-                        } else {
-                            CAUSAL_TOKEN_DAMP
-                        }),
+                        token_damp: calib.token_damp(c),
                     });
                 }
             };
@@ -768,11 +773,7 @@ fn run(cli: Cli) -> Result<()> {
                     tokens: c.tokens,
                     activations: taps.len(),
                     damp: calib.calib_damp,
-                    token_damp: calib.calib_token_damp.unwrap_or(if c.encoder {
-                        ENCODER_TOKEN_DAMP
-                    } else {
-                        CAUSAL_TOKEN_DAMP
-                    }),
+                    token_damp: calib.token_damp(c),
                     counted_tokens: c.counted,
                     seconds: c.seconds,
                     cached: c.cached,

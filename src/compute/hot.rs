@@ -82,6 +82,58 @@ fn rows_that_fit(v: usize, d: usize, r: usize, budget: u64) -> usize {
     (((budget - fixed) / (d - r) as u64) as usize).min(v.saturating_sub(r + 1))
 }
 
+/// `data` must hold a non-empty `v × d` table.
+fn check(data: &[f32], v: usize, d: usize) -> Result<(), ComputeError> {
+    if data.len() != v * d || v == 0 || d == 0 {
+        return Err(ComputeError::DataLength {
+            rows: v,
+            cols: d,
+            len: data.len(),
+            expected: v.saturating_mul(d),
+        });
+    }
+    Ok(())
+}
+
+/// The weighted Gram of a table's cold rows while the hot rows shrink: built for the rows cold
+/// at the most hot rows, then rows are added back (never subtracted, so no cancellation).
+struct ColdGram<'a> {
+    data: &'a [f32],
+    d: usize,
+    weights: &'a [f64],
+    /// Rows in hot order.
+    idx: &'a [usize],
+    /// Hot rows the Gram currently leaves out.
+    hot: usize,
+    g: Vec<f64>,
+}
+
+impl<'a> ColdGram<'a> {
+    fn new(data: &'a [f32], d: usize, weights: &'a [f64], idx: &'a [usize], hot: usize) -> Self {
+        let g = weighted_gram(data, d, weights, &idx[hot..]);
+        ColdGram {
+            data,
+            d,
+            weights,
+            idx,
+            hot,
+            g,
+        }
+    }
+
+    /// The Gram with only the first `hot` rows left out (`hot` no more than before).
+    fn shrink_to(&mut self, hot: usize) -> &[f64] {
+        if hot < self.hot {
+            let add = weighted_gram(self.data, self.d, self.weights, &self.idx[hot..self.hot]);
+            for (a, b) in self.g.iter_mut().zip(add) {
+                *a += b;
+            }
+            self.hot = hot;
+        }
+        &self.g
+    }
+}
+
 /// How many hot rows, and at what cold rank, approximate the `v × d` table `data` (row-major)
 /// best within `budget` stored parameters, for row weights `weights` (smoothed token counts;
 /// missing entries count 0): for every cold rank `r` (multiples of `align`), as many hot rows as
@@ -97,14 +149,7 @@ pub fn choose(
     plain_rank: usize,
     align: usize,
 ) -> Result<Option<HotChoice>, ComputeError> {
-    if data.len() != v * d || v == 0 || d == 0 {
-        return Err(ComputeError::DataLength {
-            rows: v,
-            cols: d,
-            len: data.len(),
-            expected: v.saturating_mul(d),
-        });
-    }
+    check(data, v, d)?;
     let align = align.max(1);
     let idx = order(weights, v);
     // (rank, hot rows) with the rows falling as the rank grows.
@@ -116,28 +161,14 @@ pub fn choose(
         .collect();
     let tail = |ev: &[f64], r: usize| ev.iter().skip(r).sum::<f64>();
     let mut best: Option<(usize, usize, f64)> = None;
-    // Cold Grams from the coldest end: start with the rows cold at the most hot rows, add rows
-    // back as they shrink (no subtraction, so no cancellation).
-    let mut upper = pairs.first().map_or(0, |&(_, k)| k);
-    let mut g = weighted_gram(data, d, weights, &idx[upper..]);
+    let mut cold = ColdGram::new(data, d, weights, &idx, pairs.first().map_or(0, |&(_, k)| k));
     for &(r, k) in &pairs {
-        if k < upper {
-            let add = weighted_gram(data, d, weights, &idx[k..upper]);
-            for (a, b) in g.iter_mut().zip(add) {
-                *a += b;
-            }
-            upper = k;
-        }
-        let err = tail(&eigenvalues(&g, d)?, r);
+        let err = tail(&eigenvalues(cold.shrink_to(k), d)?, r);
         if best.is_none_or(|(_, _, e)| err < e) {
             best = Some((k, r, err));
         }
     }
-    let add = weighted_gram(data, d, weights, &idx[..upper]);
-    for (a, b) in g.iter_mut().zip(add) {
-        *a += b;
-    }
-    let plain_error = tail(&eigenvalues(&g, d)?, plain_rank);
+    let plain_error = tail(&eigenvalues(cold.shrink_to(0), d)?, plain_rank);
     Ok(best
         .filter(|&(_, _, e)| e < plain_error)
         .map(|(k, rank, error)| HotChoice {
@@ -162,14 +193,7 @@ pub fn equivalent_spectrum(
     plain_cost: impl Fn(usize) -> u64,
     align: usize,
 ) -> Result<Vec<f32>, ComputeError> {
-    if data.len() != v * d || v == 0 || d == 0 {
-        return Err(ComputeError::DataLength {
-            rows: v,
-            cols: d,
-            len: data.len(),
-            expected: v.saturating_mul(d),
-        });
-    }
+    check(data, v, d)?;
     let align = align.max(1);
     let short = v.min(d);
     let idx = order(weights, v);
@@ -188,25 +212,13 @@ pub fn equivalent_spectrum(
         }
         Ok(t)
     };
-    // Cold tails per grid K, from the coldest end (rows added back, never subtracted).
+    // Cold tails per grid K, from the coldest end.
     let mut per_k: Vec<(usize, Vec<f64>)> = Vec::with_capacity(grid.len());
-    let mut upper = grid.last().copied().unwrap_or(0);
-    let mut g = weighted_gram(data, d, weights, &idx[upper..]);
+    let mut cold = ColdGram::new(data, d, weights, &idx, grid.last().copied().unwrap_or(0));
     for &k in grid.iter().rev() {
-        if k < upper {
-            let add = weighted_gram(data, d, weights, &idx[k..upper]);
-            for (a, b) in g.iter_mut().zip(add) {
-                *a += b;
-            }
-            upper = k;
-        }
-        per_k.push((k, tails(&g)?));
+        per_k.push((k, tails(cold.shrink_to(k))?));
     }
-    let add = weighted_gram(data, d, weights, &idx[..upper]);
-    for (a, b) in g.iter_mut().zip(add) {
-        *a += b;
-    }
-    let plain = tails(&g)?;
+    let plain = tails(cold.shrink_to(0))?;
     let mut error: Vec<f64> = (0..=short)
         .map(|r| {
             let budget = plain_cost(r);

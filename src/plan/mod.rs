@@ -85,6 +85,19 @@ pub struct PlanSite {
 }
 
 impl PlanSite {
+    /// A `k × n` site for its sizes alone (no spectrum, group or weight; may stay dense).
+    pub fn sized(k: usize, n: usize, compact: bool) -> PlanSite {
+        PlanSite {
+            k,
+            n,
+            spectrum: None,
+            can_stay_dense: true,
+            compact,
+            group: None,
+            weight: None,
+        }
+    }
+
     /// Parameters stored dense.
     pub fn dense(&self) -> u64 {
         (self.k * self.n) as u64

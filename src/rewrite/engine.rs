@@ -425,32 +425,16 @@ impl<'a> Engine<'a> {
         let mut plan_spectra = spectra.clone();
         if let Some(wo) = &whiten {
             for (i, r) in unique.iter().enumerate() {
-                if !(r.hot && spectra[i].is_some()) {
+                if spectra[i].is_none() {
                     continue;
                 }
-                let Some(super::eval::SiteStats::Counts(c)) = site_stats(r) else {
+                let Some(table) = hot_table(r, site_stats(r), wo) else {
                     continue;
                 };
-                let (v, d) = dims(r);
-                let fail = |detail: String| RewriteError::Argument {
-                    rule: "lowrank_hot".into(),
-                    detail: format!("{}: {detail}", r.name),
-                };
-                let data = r.matrix.as_f32().ok_or_else(|| fail("not f32".into()))?;
-                let weights = wo.row_weights(c, v).map_err(fail)?;
+                let ((v, d), data, weights) = table?;
+                let fail = |detail: String| hot_err(r, detail);
                 let compact = r.compact;
-                let cost = |rank: usize| {
-                    crate::plan::PlanSite {
-                        k: v,
-                        n: d,
-                        spectrum: None,
-                        can_stay_dense: true,
-                        compact,
-                        group: None,
-                        weight: None,
-                    }
-                    .at(rank)
-                };
+                let cost = |rank: usize| crate::plan::PlanSite::sized(v, d, compact).at(rank);
                 plan_spectra[i] = Some(
                     crate::compute::hot::equivalent_spectrum(
                         &data,
@@ -468,15 +452,7 @@ impl<'a> Engine<'a> {
         let mut planned: Vec<usize> = Vec::new();
         for (i, r) in unique.iter().enumerate() {
             let (k, n) = dims(r);
-            let site = crate::plan::PlanSite {
-                k,
-                n,
-                spectrum: None,
-                can_stay_dense: true,
-                compact: r.compact,
-                group: None,
-                weight: None,
-            };
+            let site = crate::plan::PlanSite::sized(k, n, r.compact);
             fixed = fixed.saturating_sub(site.dense());
             match r.spec {
                 RankSpec::Fixed(rank) => ranks[i] = Some(rank.min(k.min(n))),
@@ -545,29 +521,15 @@ impl<'a> Engine<'a> {
         let mut hot_forms: Vec<(usize, crate::compute::hot::HotChoice)> = Vec::new();
         if let Some(wo) = &whiten {
             for (i, r) in unique.iter().enumerate() {
-                let (Some(rank), true) = (ranks[i], r.hot) else {
+                let Some(rank) = ranks[i] else {
                     continue;
                 };
-                let Some(super::eval::SiteStats::Counts(c)) = site_stats(r) else {
+                let Some(table) = hot_table(r, site_stats(r), wo) else {
                     continue;
                 };
-                let (v, d) = dims(r);
-                let fail = |detail: String| RewriteError::Argument {
-                    rule: "lowrank_hot".into(),
-                    detail: format!("{}: {detail}", r.name),
-                };
-                let data = r.matrix.as_f32().ok_or_else(|| fail("not f32".into()))?;
-                let weights = wo.row_weights(c, v).map_err(fail)?;
-                let budget = crate::plan::PlanSite {
-                    k: v,
-                    n: d,
-                    spectrum: None,
-                    can_stay_dense: true,
-                    compact: r.compact,
-                    group: None,
-                    weight: None,
-                }
-                .at(rank)
+                let ((v, d), data, weights) = table?;
+                let fail = |detail: String| hot_err(r, detail);
+                let budget = crate::plan::PlanSite::sized(v, d, r.compact).at(rank)
                     + if r.spec == RankSpec::Plan { slack } else { 0 };
                 let choice = crate::compute::hot::choose(
                     &data,
@@ -1359,4 +1321,35 @@ impl RuleSource for crate::dsl::Program {
     fn text(&self, e: &Expr) -> String {
         self.sources.text(e.span).to_string()
     }
+}
+
+/// An error of the hot form of the table `r`.
+fn hot_err(r: &super::eval::Request, detail: String) -> RewriteError {
+    RewriteError::Argument {
+        rule: "lowrank_hot".into(),
+        detail: format!("{}: {detail}", r.name),
+    }
+}
+
+/// A token table that may take the hot form: every request for it came from `lowrank_hot`
+/// (`r.hot`) and its statistics are token counts. Its `(V, D)`, data and row weights; `None`
+/// where it may not.
+#[allow(clippy::type_complexity)]
+fn hot_table<'r>(
+    r: &'r super::eval::Request,
+    stats: Option<super::eval::SiteStats<'_>>,
+    whiten: &super::eval::WhitenOptions,
+) -> Option<Result<((usize, usize), std::borrow::Cow<'r, [f32]>, Vec<f64>), RewriteError>> {
+    let (true, Some(super::eval::SiteStats::Counts(c))) = (r.hot, stats) else {
+        return None;
+    };
+    let (v, d) = (r.matrix.dims[0] as usize, r.matrix.dims[1] as usize);
+    Some((|| {
+        let data = r
+            .matrix
+            .as_f32()
+            .ok_or_else(|| hot_err(r, "not f32".into()))?;
+        let weights = whiten.row_weights(c, v).map_err(|e| hot_err(r, e))?;
+        Ok(((v, d), data, weights))
+    })())
 }
