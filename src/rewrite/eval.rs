@@ -115,21 +115,26 @@ impl WhitenOptions {
     ) -> Result<(Vec<f32>, Unwhiten), String> {
         use crate::compute::whiten::Whitening;
         match stats {
-            SiteStats::Counts(c) => {
-                let scale: Vec<f64> = self.row_weights(c, k)?.into_iter().map(f64::sqrt).collect();
-                let m = w
-                    .chunks(n)
-                    .zip(&scale)
-                    .flat_map(|(row, &s)| row.iter().map(move |&x| (x as f64 * s) as f32))
-                    .collect();
-                Ok((m, Unwhiten::Rows(scale)))
-            }
+            SiteStats::Counts(c) => Ok(weighted_rows(w, n, &self.row_weights(c, k)?)),
             SiteStats::Full(g) => {
                 let wh = Whitening::new(&g.data, k, self.damp).map_err(|e| e.to_string())?;
                 Ok((wh.target(w, n), Unwhiten::Full(wh)))
             }
         }
     }
+}
+
+/// The target of a table whose rows are weighted by `weights` (`w` is `weights.len() × n`,
+/// row-major): every row scaled by the square root of its weight, and how to undo it on the
+/// left factor.
+fn weighted_rows(w: &[f32], n: usize, weights: &[f64]) -> (Vec<f32>, Unwhiten) {
+    let scale: Vec<f64> = weights.iter().map(|&x| x.sqrt()).collect();
+    let m = w
+        .chunks(n)
+        .zip(&scale)
+        .flat_map(|(row, &s)| row.iter().map(move |&x| (x as f64 * s) as f32))
+        .collect();
+    (m, Unwhiten::Rows(scale))
 }
 
 /// How a whitened target's left factor maps back to the weight's.
@@ -188,6 +193,36 @@ pub struct Note {
     /// `lowrank_hot`: how many rows of the token table are stored exactly (the rest at `rank`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hot_rows: Option<usize>,
+}
+
+impl Note {
+    /// The note of a factorization of the `k × n` constant `name` at `rank`, storing
+    /// `params_after` parameters (not whitened, not shared, no special storage).
+    pub fn factored(
+        kernel: &str,
+        name: &str,
+        (k, n): (usize, usize),
+        rank: usize,
+        rel_error: f64,
+        params_after: u64,
+    ) -> Note {
+        Note {
+            kernel: kernel.into(),
+            constant: name.to_string(),
+            shape: vec![k as i64, n as i64],
+            rank: Some(rank),
+            sparsity: None,
+            rel_error,
+            params_before: (k * n) as u64,
+            params_after,
+            shared: false,
+            storage: None,
+            bytes_saved: None,
+            whitened: None,
+            method: None,
+            hot_rows: None,
+        }
+    }
 }
 
 /// Kernel state for a whole pipeline: the memo (results per kernel and arguments: a constant
@@ -320,17 +355,6 @@ pub fn whitened_factors(
     at.name = format!("{base}.lowrank_a");
     bt.name = format!("{base}.lowrank_b");
     let note = Note {
-        kernel: "lowrank".into(),
-        constant: name.to_string(),
-        shape: vec![k as i64, n as i64],
-        rank: Some(r),
-        sparsity: None,
-        rel_error,
-        params_before: (k * n) as u64,
-        params_after: (r * (k + n)) as u64,
-        shared: false,
-        storage: None,
-        bytes_saved: None,
         whitened: Some(tap.to_string()),
         method: Some(
             match stats {
@@ -339,7 +363,7 @@ pub fn whitened_factors(
             }
             .into(),
         ),
-        hot_rows: None,
+        ..Note::factored("lowrank", name, (k, n), r, rel_error, (r * (k + n)) as u64)
     };
     Ok((
         Val::Tuple(vec![Val::Tensor(Arc::new(at)), Val::Tensor(Arc::new(bt))]),
@@ -381,16 +405,12 @@ pub fn hot_factors(
     if r == 0 {
         return Err(fail(&"no cold rows to factorize"));
     }
-    let scale: Vec<f64> = cold.iter().map(|&t| weights[t].sqrt()).collect();
-    let target: Vec<f32> = cold
+    let cold_weights: Vec<f64> = cold.iter().map(|&t| weights[t]).collect();
+    let cold_data: Vec<f32> = cold
         .iter()
-        .zip(&scale)
-        .flat_map(|(&t, &s)| {
-            data[t * d..(t + 1) * d]
-                .iter()
-                .map(move |&x| (x as f64 * s) as f32)
-        })
+        .flat_map(|&t| data[t * d..(t + 1) * d].iter().copied())
         .collect();
+    let (target, back) = weighted_rows(&cold_data, d, &cold_weights);
     let mref = crate::compute::MatrixRef::new(nc, d, &target).map_err(|e| fail(&e))?;
     let f = backend
         .lowrank(&[mref], r, svd)
@@ -401,12 +421,7 @@ pub fn hot_factors(
     let (ta, b) = f.balanced();
     let r = f.rank();
     // T: the cold rows' left factor, unwhitened, and a zero row for the hot tokens.
-    let mut t_rows: Vec<f32> = ta
-        .data()
-        .chunks(r.max(1))
-        .zip(&scale)
-        .flat_map(|(row, &s)| row.iter().map(move |&x| (x as f64 / s) as f32))
-        .collect();
+    let mut t_rows = back.apply(ta.data(), r);
     t_rows.resize((nc + 1) * r, 0.0);
     let mut h_rows: Vec<f32> = choice
         .rows
@@ -424,11 +439,6 @@ pub fn hot_factors(
     };
     // Weighted error over every row (hot rows are exact), with the weights the factorization
     // minimised.
-    let cold_weights: Vec<f64> = cold.iter().map(|&t| weights[t]).collect();
-    let cold_data: Vec<f32> = cold
-        .iter()
-        .flat_map(|&t| data[t * d..(t + 1) * d].iter().copied())
-        .collect();
     let norm2 = |rows: &mut dyn Iterator<Item = usize>| -> f64 {
         rows.map(|t| {
             weights[t]
@@ -464,20 +474,17 @@ pub fn hot_factors(
     tt.name = format!("{base}.lowrank_a");
     pt.name = format!("{base}.lowrank_b");
     let note = Note {
-        kernel: "lowrank_hot".into(),
-        constant: name.to_string(),
-        shape: vec![v as i64, d as i64],
-        rank: Some(r),
-        sparsity: None,
-        rel_error,
-        params_before: (v * d) as u64,
-        params_after: crate::compute::hot::hot_params(v, d, k, r),
-        shared: false,
-        storage: None,
-        bytes_saved: None,
         whitened: Some(tap.to_string()),
         method: Some("token counts".into()),
         hot_rows: Some(k),
+        ..Note::factored(
+            "lowrank_hot",
+            name,
+            (v, d),
+            r,
+            rel_error,
+            crate::compute::hot::hot_params(v, d, k, r),
+        )
     };
     Ok((
         Val::Tuple(
@@ -513,22 +520,14 @@ pub fn factor_tensors(
     let base = stored_base(name);
     ta.name = format!("{base}.lowrank_a");
     tb.name = format!("{base}.lowrank_b");
-    let note = Note {
-        kernel: "lowrank".into(),
-        constant: name.to_string(),
-        shape: vec![k, n],
-        rank: Some(r),
-        sparsity: None,
+    let note = Note::factored(
+        "lowrank",
+        name,
+        (k as usize, n as usize),
+        r,
         rel_error,
-        params_before: (k * n) as u64,
-        params_after: (r as i64 * (k + n)) as u64,
-        shared: false,
-        storage: None,
-        bytes_saved: None,
-        whitened: None,
-        method: None,
-        hot_rows: None,
-    };
+        (r as i64 * (k + n)) as u64,
+    );
     (
         Val::Tuple(vec![Val::Tensor(Arc::new(ta)), Val::Tensor(Arc::new(tb))]),
         note,
