@@ -124,6 +124,8 @@ pub fn mask(
         whitened: None,
         method: None,
         hot_rows: None,
+        pq_width: None,
+        centroids: None,
     };
     Ok((t, note))
 }
@@ -239,8 +241,50 @@ pub fn neurons(block: &Block<'_>, sparsity: f64, name: &str) -> Result<(Tensor, 
         whitened: None,
         method: None,
         hot_rows: None,
+        pq_width: None,
+        centroids: None,
     };
     Ok((t, note))
+}
+
+/// The most nonzeros a float constant of `numel` elements of `es` bytes may have for COO
+/// storage to be smaller ([`sparse_saving`]): `nnz·(es + INDEX_BYTES) < numel·es`.
+fn max_sparse_nnz(numel: usize, es: usize) -> usize {
+    let dense = numel as u64 * es as u64;
+    (dense.saturating_sub(1) / (es as u64 + INDEX_BYTES)) as usize
+}
+
+/// Whether the little-endian float `c` (2, 4 or 8 bytes) is ±0.0.
+fn float_is_zero(c: &[u8]) -> bool {
+    match c.split_last() {
+        Some((&last, rest)) => last & 0x7f == 0 && rest.iter().all(|&b| b == 0),
+        None => true,
+    }
+}
+
+/// The number of nonzero floats (±0.0 are zeros) in `raw` (elements of `es` bytes), or `None`
+/// as soon as it exceeds `limit`. Counts a word at a time, in blocks, so that a dense constant
+/// costs a fraction of one pass over its bytes.
+fn count_nonzero_upto(raw: &[u8], es: usize, limit: usize) -> Option<usize> {
+    const BLOCK: usize = 1 << 14;
+    let mut nnz = 0usize;
+    for block in raw.chunks(BLOCK * es) {
+        nnz += match es {
+            2 => block
+                .chunks_exact(2)
+                .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7fff != 0)
+                .count(),
+            4 => block
+                .chunks_exact(4)
+                .filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff != 0)
+                .count(),
+            _ => block.chunks_exact(es).filter(|c| !float_is_zero(c)).count(),
+        };
+        if nnz > limit {
+            return None;
+        }
+    }
+    Some(nnz)
 }
 
 /// A constant [`pack_sparse`] converted.
@@ -275,22 +319,18 @@ pub fn pack_sparse(g: &mut Graph) -> Vec<Packed> {
             continue;
         }
         let Some(raw) = t.raw() else { continue };
-        let zero = vec![0u8; es];
-        let is_zero = |c: &[u8]| match t.dtype {
-            // ±0.0 are both zeros.
-            DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
-                c[..es - 1] == zero[..es - 1] && c[es - 1] & 0x7f == 0
-            }
-            _ => c == zero.as_slice(),
+        // Dense constants (all of them in a pipeline without masks) are ruled out after the
+        // first third or so of their bytes: the count stops once sparse storage cannot win.
+        let Some(nnz) = count_nonzero_upto(raw, es, max_sparse_nnz(t.num_elements(), es)) else {
+            continue;
         };
-        let nnz = raw.chunks_exact(es).filter(|c| !is_zero(c)).count();
         let Some(saved) = sparse_saving(t.dtype, t.num_elements(), nnz) else {
             continue;
         };
         let mut values = Vec::with_capacity(nnz * es);
         let mut indices = Vec::with_capacity(nnz);
         for (i, c) in raw.chunks_exact(es).enumerate() {
-            if !is_zero(c) {
+            if !float_is_zero(c) {
                 values.extend_from_slice(c);
                 indices.push(i as i64);
             }
