@@ -543,6 +543,7 @@ fn run(cli: Cli) -> Result<()> {
             // uniform candidate's, when auto compiles one first).
             let mut measured: Option<hcc::eval::sensitivity::SensitivityReport> = None;
             // Backend, progress and calibration of every engine that plans.
+            let pq_cache = std::sync::Arc::new(hcc::rewrite::eval::PqCache::default());
             let configure = |engine: &mut hcc::rewrite::Engine| {
                 engine.set_backend(selected.backend.clone());
                 if let Some(sink) = progress.sink() {
@@ -553,6 +554,7 @@ fn run(cli: Cli) -> Result<()> {
                         calib: c.clone(),
                         damp: calib.calib_damp,
                         token_damp: calib.token_damp(c),
+                        pq_cache: pq_cache.clone(),
                     });
                 }
             };

@@ -137,10 +137,10 @@ impl<'a> ColdGram<'a> {
 /// How many hot rows, and at what cold rank, approximate the `v × d` table `data` (row-major)
 /// best within `budget` stored parameters, for row weights `weights` (smoothed token counts;
 /// missing entries count 0): for every cold rank `r` (multiples of `align`), as many hot rows as
-/// then fit, and of those the pair whose cold rows leave the smallest weighted tail. `None` when
-/// no hot form within the budget beats the plain weighted factorization at `plain_rank`, which
-/// the budget was planned for. The errors are those of exact truncations (the randomized SVD
-/// comes within a percent of them).
+/// then fit, and of those the pair whose cold rows leave the smallest weighted tail — `None`
+/// when no hot form within the budget beats the plain weighted factorization at `plain_rank`,
+/// which the budget was planned for — and that plain form's weighted error. The errors are
+/// those of exact truncations (the randomized SVD comes within a percent of them).
 pub fn choose(
     data: &[f32],
     (v, d): (usize, usize),
@@ -148,7 +148,7 @@ pub fn choose(
     budget: u64,
     plain_rank: usize,
     align: usize,
-) -> Result<Option<HotChoice>, ComputeError> {
+) -> Result<(Option<HotChoice>, f64), ComputeError> {
     check(data, v, d)?;
     let align = align.max(1);
     let idx = order(weights, v);
@@ -169,14 +169,15 @@ pub fn choose(
         }
     }
     let plain_error = tail(&eigenvalues(cold.shrink_to(0), d)?, plain_rank);
-    Ok(best
+    let hot = best
         .filter(|&(_, _, e)| e < plain_error)
         .map(|(k, rank, error)| HotChoice {
             rows: idx[..k].to_vec(),
             rank,
             error,
             plain_error,
-        }))
+        });
+    Ok((hot, plain_error))
 }
 
 /// The table's error curve with hot rows, as the spectrum a plain factorization would need to
@@ -185,13 +186,15 @@ pub fn choose(
 /// rows `K` on a geometric grid of multiples of 64), written as singular values `σ` with
 /// `Σ_{j ≥ r} σⱼ² = error(r)`. A planner that weighs a plain site by its spectrum then weighs the
 /// table by what the hot form gives for the same parameters; [`choose`] picks the form for the
-/// rank it plans. Length `min(v, d)`; not necessarily descending.
+/// rank it plans. `other` adds the `(parameters, weighted error)` points of further forms (the
+/// quantized ones of [`super::pq`]). Length `min(v, d)`; not necessarily descending.
 pub fn equivalent_spectrum(
     data: &[f32],
     (v, d): (usize, usize),
     weights: &[f64],
     plain_cost: impl Fn(usize) -> u64,
     align: usize,
+    other: &[(u64, f64)],
 ) -> Result<Vec<f32>, ComputeError> {
     check(data, v, d)?;
     let align = align.max(1);
@@ -232,6 +235,11 @@ pub fn equivalent_spectrum(
                     best = best.min(t[rr]);
                 }
             }
+            for &(params, err) in other {
+                if params <= budget {
+                    best = best.min(err);
+                }
+            }
             best
         })
         .collect();
@@ -270,9 +278,9 @@ mod tests {
             weights[i] = 1000.0;
         }
         let budget = (16 * (v + d)) as u64;
-        let c = choose(&data, (v, d), &weights, budget, 16, 8)
-            .unwrap()
-            .unwrap();
+        let (c, plain) = choose(&data, (v, d), &weights, budget, 16, 8).unwrap();
+        let c = c.unwrap();
+        assert_eq!(c.plain_error, plain);
         assert_eq!(&c.rows[..40], heavy.as_slice());
         assert!(c.error < 1e-6 * c.plain_error, "{c:?}");
         assert!(hot_params(v, d, c.rows.len(), c.rank) <= budget);
@@ -287,10 +295,9 @@ mod tests {
             .collect();
         let weights = vec![1.0; v];
         let budget = (32 * (v + d)) as u64;
-        assert_eq!(
-            choose(&data, (v, d), &weights, budget, 32, 8).unwrap(),
-            None
-        );
+        let (hot, plain) = choose(&data, (v, d), &weights, budget, 32, 8).unwrap();
+        assert_eq!(hot, None);
+        assert!(plain > 0.0);
     }
 
     /// Without hot rows in reach (tiny budgets) the equivalent spectrum is the weighted
@@ -306,7 +313,7 @@ mod tests {
             *w = 50.0;
         }
         let cost = |r: usize| (r * (v + d)) as u64;
-        let eq = equivalent_spectrum(&data, (v, d), &weights, cost, 8).unwrap();
+        let eq = equivalent_spectrum(&data, (v, d), &weights, cost, 8, &[]).unwrap();
         let g = weighted_gram(&data, d, &weights, &order(&weights, v));
         let ev = eigenvalues(&g, d).unwrap();
         assert_eq!(eq.len(), d);
@@ -329,5 +336,17 @@ mod tests {
         let plain16: f64 = ev[16..].iter().sum();
         let eq16: f64 = eq[16..].iter().map(|&s| (s as f64) * (s as f64)).sum();
         assert!(eq16 < plain16, "{eq16} vs {plain16}");
+        // A further form (`other`) storing rank 4's parameters at a tenth of rank 20's error
+        // is what the table reaches from rank 4 on.
+        let tail20: f64 = ev[20..].iter().sum();
+        let eq = equivalent_spectrum(&data, (v, d), &weights, cost, 8, &[(cost(4), 0.1 * tail20)])
+            .unwrap();
+        let tail = |r: usize| eq[r..].iter().map(|&s| (s as f64).powi(2)).sum::<f64>();
+        assert!(
+            (tail(4) - 0.1 * tail20).abs() <= 1e-3 * tail20,
+            "{}",
+            tail(4)
+        );
+        assert!(tail(3) > tail20);
     }
 }

@@ -22,6 +22,7 @@ mod dense;
 pub mod gpu;
 pub mod hot;
 mod mask;
+pub mod pq;
 pub mod rng;
 mod rsvd;
 pub mod select;

@@ -24,6 +24,12 @@ pub fn normal(seed: u64, col: u64, row: u64) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
+/// A uniform sample in `[0, 1)` for `(seed, a, b)`: a pure function of its arguments.
+pub fn uniform(seed: u64, a: u64, b: u64) -> f64 {
+    let h = mix(mix(seed ^ 0x5851_F42D_4C95_7F2D) ^ a.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ mix(b));
+    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// A `rows × cols` Gaussian matrix, row-major `f32`: element `(i, j)` is `normal(seed, j, i)`
 /// (filled in parallel; the values do not depend on the threads).
 pub fn gaussian_f32(seed: u64, rows: usize, cols: usize) -> Vec<f32> {

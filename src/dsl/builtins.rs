@@ -376,6 +376,23 @@ pub static BUILTINS: &[Builtin] = &[
               plain form is better or there are no token counts (`--calib`).",
     },
     Builtin {
+        name: "pq",
+        kind: BuiltinKind::Kernel,
+        params: &[
+            p("w", Ty::Const),
+            p("rank", Ty::RankSpec),
+            opt("whiten", Ty::OneOf(&[Ty::Value, Ty::None]), Default::None),
+        ],
+        ret: Ty::Tuple(&[Ty::Const, Ty::Const, Ty::Const, Ty::Const]),
+        doc: "A token table [V, D] read by `Gather(w, ids)`, product-quantized: (codes \
+              [V, M] uint8, offsets [M] int64, codebook [M·256, D/M] float, dim [1] int64) with \
+              w[t] = the codewords codebook[offsets[s] + codes[t, s]] side by side, found by \
+              k-means weighted by the calibration data's token counts. The planner weighs it \
+              against the plain and hot forms at the table's planned parameters; it fails (the \
+              rule does not fire) where another form is better or there are no token counts \
+              (`--calib`).",
+    },
+    Builtin {
         name: "mask",
         kind: BuiltinKind::Kernel,
         params: &[

@@ -121,6 +121,12 @@ pub struct SiteReport {
     /// of the other rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hot_rows: Option<usize>,
+    /// A product-quantized token table (`pq`): columns per piece, each piece one byte.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pq_width: Option<usize>,
+    /// With `pq_width`: codewords per column block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub centroids: Option<usize>,
     /// ‖W − Ŵ‖_F / ‖W‖_F; for a whitened site (`whitened` set), the relative output error on
     /// the calibration data instead, ‖X·W − X·Ŵ‖_F / ‖X·W‖_F.
     pub rel_error: f64,
@@ -189,6 +195,8 @@ impl CompileReport {
                         rank: n.rank,
                         sparsity: n.sparsity,
                         hot_rows: n.hot_rows,
+                        pq_width: n.pq_width,
+                        centroids: n.centroids,
                         rel_error: n.rel_error,
                         whitened: n.whitened.clone(),
                         refit_from: None,
@@ -397,8 +405,12 @@ impl CompileReport {
                         (false, true, false) => "  (output)",
                         _ => "",
                     },
-                    s.hot_rows
-                        .map_or(String::new(), |k| format!("  {k} rows exact"))
+                    match (s.hot_rows, s.pq_width, s.centroids) {
+                        (Some(k), _, _) => format!("  {k} rows exact"),
+                        (None, Some(w), Some(c)) =>
+                            format!("  pieces of {w} columns, {c} codewords"),
+                        _ => String::new(),
+                    }
                 );
             }
             if self.sites.iter().any(|s| s.whitened.is_some()) {

@@ -1217,6 +1217,8 @@ mod tests {
             whitened: None,
             method: None,
             hot_rows: None,
+            pq_width: None,
+            centroids: None,
         }
     }
 

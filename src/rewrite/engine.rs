@@ -356,6 +356,7 @@ impl<'a> Engine<'a> {
                 // Hot rows serve Gathers only: a table also read elsewhere (a tied LM head)
                 // stays plain.
                 u.hot &= r.hot;
+                u.pq &= r.pq;
             } else {
                 unique.push(r);
             }
@@ -435,6 +436,10 @@ impl<'a> Engine<'a> {
                 let fail = |detail: String| hot_err(r, detail);
                 let compact = r.compact;
                 let cost = |rank: usize| crate::plan::PlanSite::sized(v, d, compact).at(rank);
+                let quantized: Vec<(u64, f64)> = pq_points(r, wo, &data, (v, d), &weights)?
+                    .iter()
+                    .flat_map(|p| p.iter().map(|(params, q)| (*params, q.error)))
+                    .collect();
                 plan_spectra[i] = Some(
                     crate::compute::hot::equivalent_spectrum(
                         &data,
@@ -442,6 +447,7 @@ impl<'a> Engine<'a> {
                         &weights,
                         cost,
                         crate::plan::ALIGN,
+                        &quantized,
                     )
                     .map_err(|e| fail(e.to_string()))?,
                 );
@@ -519,6 +525,7 @@ impl<'a> Engine<'a> {
         // Token tables that every reader asks for in the hot form: the hot rows and cold rank
         // that approximate the table best within what its planned rank would store.
         let mut hot_forms: Vec<(usize, crate::compute::hot::HotChoice)> = Vec::new();
+        let mut pq_forms: Vec<(usize, crate::compute::pq::Quantized)> = Vec::new();
         if let Some(wo) = &whiten {
             for (i, r) in unique.iter().enumerate() {
                 let Some(rank) = ranks[i] else {
@@ -531,7 +538,7 @@ impl<'a> Engine<'a> {
                 let fail = |detail: String| hot_err(r, detail);
                 let budget = crate::plan::PlanSite::sized(v, d, r.compact).at(rank)
                     + if r.spec == RankSpec::Plan { slack } else { 0 };
-                let choice = crate::compute::hot::choose(
+                let (choice, plain_error) = crate::compute::hot::choose(
                     &data,
                     (v, d),
                     &weights,
@@ -540,7 +547,25 @@ impl<'a> Engine<'a> {
                     crate::plan::ALIGN,
                 )
                 .map_err(|e| fail(e.to_string()))?;
-                if let Some(choice) = choice {
+                // The quantized form where it fits and approximates the table best.
+                let best_error = choice.as_ref().map_or(plain_error, |c| c.error);
+                let quantized = pq_points(r, wo, &data, (v, d), &weights)?.and_then(|p| {
+                    p.iter()
+                        .filter(|(params, q)| *params <= budget && q.error < best_error)
+                        .min_by(|a, b| a.1.error.total_cmp(&b.1.error))
+                        .cloned()
+                });
+                if let Some((params, q)) = quantized {
+                    slack = budget.saturating_sub(params).min(slack);
+                    tracing::debug!(
+                        "plan: {} quantized in pieces of {} columns (weighted error {:.4e} against {:.4e} plain at rank {rank})",
+                        r.name,
+                        q.width,
+                        q.error,
+                        plain_error
+                    );
+                    pq_forms.push((i, q));
+                } else if let Some(choice) = choice {
                     let used =
                         crate::compute::hot::hot_params(v, d, choice.rows.len(), choice.rank);
                     slack = budget.saturating_sub(used).min(slack);
@@ -719,6 +744,22 @@ impl<'a> Engine<'a> {
                 )
                 .map_err(fail)?;
                 self.memo.insert_hot(&r.key, v, note);
+            }
+            for (i, q) in &pq_forms {
+                let r = &unique[*i];
+                let Some(table) = hot_table(r, site_stats(r), wo) else {
+                    continue;
+                };
+                let (_, data, weights) = table?;
+                let (v, note) = super::eval::pq_form(
+                    &r.matrix,
+                    &data,
+                    &r.name,
+                    r.tap.as_deref().unwrap_or_default(),
+                    &weights,
+                    q,
+                );
+                self.memo.insert_pq(&r.key, v, note);
             }
         }
         let sites = unique
@@ -1321,6 +1362,43 @@ impl RuleSource for crate::dsl::Program {
     fn text(&self, e: &Expr) -> String {
         self.sources.text(e.span).to_string()
     }
+}
+
+/// Seed of the k-means seeding of quantized token tables.
+const PQ_SEED: u64 = 0x7071_7461_626c;
+
+/// The quantized forms of the token table `r` at every width tried (see
+/// [`crate::compute::pq::equivalent_points`]), computed once per table for every engine of a
+/// compile; `None` where not every reader asked for `pq`.
+fn pq_points(
+    r: &super::eval::Request,
+    wo: &super::eval::WhitenOptions,
+    data: &[f32],
+    (v, d): (usize, usize),
+    weights: &[f64],
+) -> Result<Option<super::eval::PqPoints>, RewriteError> {
+    if !r.pq {
+        return Ok(None);
+    }
+    let key = format!("{}|{}|{v}x{d}|{}", r.key, r.name, wo.token_damp);
+    wo.pq_cache
+        .get_or_try(&key, || {
+            let t = std::time::Instant::now();
+            let p = crate::compute::pq::equivalent_points(data, (v, d), weights, PQ_SEED)
+                .map_err(|e| e.to_string())?;
+            tracing::debug!(
+                "plan: {} quantized at {} widths in {:.2} s",
+                r.name,
+                p.len(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(p)
+        })
+        .map(Some)
+        .map_err(|detail| RewriteError::Argument {
+            rule: "pq".into(),
+            detail: format!("{}: {detail}", r.name),
+        })
 }
 
 /// An error of the hot form of the table `r`.

@@ -53,6 +53,10 @@ pub struct Request {
     /// Asked for by `lowrank_hot`: a token table that may keep its most-read rows exactly
     /// (see [`crate::compute::hot`]) when every site reading it asks for that.
     pub hot: bool,
+    /// Asked for by `pq`: a token table that may be stored product-quantized (see
+    /// [`crate::compute::pq`]) when every site reading it asks for that (`hot` is then set
+    /// too: the hot and plain forms stay candidates).
+    pub pq: bool,
 }
 
 /// How calibration data steers `lowrank(W, rank, whiten = x)`.
@@ -66,6 +70,36 @@ pub struct WhitenOptions {
     /// uniform prior mixed into the calibration text's token frequencies), so that rows the
     /// text never read keep part of their weight.
     pub token_damp: f64,
+    /// Quantized forms of token tables, shared by every engine that plans with these options
+    /// (k-means is the costly part of weighing the quantized form).
+    pub pq_cache: Arc<PqCache>,
+}
+
+/// Product quantizations of token tables at every width tried (see
+/// [`crate::compute::pq::equivalent_points`]), by table and row weighting.
+#[derive(Debug, Default)]
+pub struct PqCache(std::sync::Mutex<HashMap<String, PqPoints>>);
+
+/// A table's quantized forms with the parameters each stores.
+pub type PqPoints = Arc<Vec<(u64, crate::compute::pq::Quantized)>>;
+
+impl PqCache {
+    /// The quantized forms under `key`, computed by `f` the first time.
+    pub fn get_or_try(
+        &self,
+        key: &str,
+        f: impl FnOnce() -> Result<Vec<(u64, crate::compute::pq::Quantized)>, String>,
+    ) -> Result<PqPoints, String> {
+        if let Some(p) = self.0.lock().map_err(|e| e.to_string())?.get(key) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(f()?);
+        self.0
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(key.to_string(), p.clone());
+        Ok(p)
+    }
 }
 
 /// The statistics one whitened site uses.
@@ -193,6 +227,12 @@ pub struct Note {
     /// `lowrank_hot`: how many rows of the token table are stored exactly (the rest at `rank`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hot_rows: Option<usize>,
+    /// `pq`: columns per quantized piece (each piece one byte, a codeword of its column block).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pq_width: Option<usize>,
+    /// `pq`: codewords per column block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub centroids: Option<usize>,
 }
 
 impl Note {
@@ -221,6 +261,8 @@ impl Note {
             whitened: None,
             method: None,
             hot_rows: None,
+            pq_width: None,
+            centroids: None,
         }
     }
 }
@@ -282,6 +324,11 @@ impl Memo {
         self.map.insert(hot_key(matrix_key), (form, Some(note)));
     }
 
+    /// Store the quantized form of a token table (see [`pq_key`]) for `pq`.
+    pub fn insert_pq(&mut self, matrix_key: &str, form: Val, note: Note) {
+        self.map.insert(pq_key(matrix_key), (form, Some(note)));
+    }
+
     /// Store a precomputed result (batched factorization) under the key `lowrank` would use.
     pub fn insert_lowrank(
         &mut self,
@@ -294,6 +341,11 @@ impl Memo {
         self.map
             .insert(lowrank_key(matrix_key, rank, tap), (factors, Some(note)));
     }
+}
+
+/// The memo key of the quantized form `pq` reads (the engine computes it while planning).
+pub fn pq_key(matrix_key: &str) -> String {
+    format!("pq:{matrix_key}")
 }
 
 /// The memo key of the hot form `lowrank_hot` reads (the engine computes it while planning).
@@ -369,6 +421,71 @@ pub fn whitened_factors(
         Val::Tuple(vec![Val::Tensor(Arc::new(at)), Val::Tensor(Arc::new(bt))]),
         note,
     ))
+}
+
+/// The quantized form of the token table `w` (`V × D`, f32 `data`) as the 4-tuple `pq`
+/// returns — codes `[V, M]` uint8, block offsets `[M]` int64 (`s · centroids`), codebook
+/// `[M · centroids, width]` f32 and the row width `[D]` int64, with
+/// `w[t] = concat_s codebook[offsets[s] + codes[t, s]]` — and its note (`rel_error` is the
+/// error weighted by `weights`, those k-means minimised).
+pub fn pq_form(
+    w: &Tensor,
+    data: &[f32],
+    name: &str,
+    tap: &str,
+    weights: &[f64],
+    q: &crate::compute::pq::Quantized,
+) -> (Val, Note) {
+    let (v, d) = (w.dims[0] as usize, w.dims[1] as usize);
+    let m = d / q.width.max(1);
+    let den: f64 = data
+        .chunks_exact(d.max(1))
+        .zip(weights)
+        .map(|(row, &wt)| wt * row.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .sum();
+    let rel_error = if den > 0.0 {
+        (q.error / den).sqrt()
+    } else {
+        0.0
+    };
+    let base = stored_base(name);
+    let mut codes = Tensor::from_raw(
+        DType::U8,
+        vec![v as i64, m as i64],
+        bytes::Bytes::from(q.codes.clone()),
+    );
+    let offsets: Vec<i64> = (0..m).map(|s| (s * q.centroids) as i64).collect();
+    let mut off = Tensor::from_i64(vec![m as i64], &offsets);
+    let mut book = Tensor::from_f32(vec![(m * q.centroids) as i64, q.width as i64], &q.codebook);
+    let mut dim = Tensor::from_i64(vec![1], &[d as i64]);
+    codes.name = format!("{base}.pq_codes");
+    off.name = format!("{base}.pq_offsets");
+    book.name = format!("{base}.pq_codebook");
+    dim.name = format!("{base}.pq_dim");
+    let note = Note {
+        rank: None,
+        whitened: Some(tap.to_string()),
+        method: Some("token counts".into()),
+        pq_width: Some(q.width),
+        centroids: Some(q.centroids),
+        ..Note::factored(
+            "pq",
+            name,
+            (v, d),
+            0,
+            rel_error,
+            crate::compute::pq::pq_params(v, d, q.width),
+        )
+    };
+    (
+        Val::Tuple(
+            [codes, off, book, dim]
+                .into_iter()
+                .map(|t| Val::Tensor(Arc::new(t)))
+                .collect(),
+        ),
+        note,
+    )
 }
 
 /// The hot form of the token table `w` (`V × D`, f32 `data`) for `choice` (see
@@ -1106,7 +1223,7 @@ impl Eval<'_> {
                 }
                 Ok(Val::Energy(p))
             }
-            "lowrank" | "lowrank_compact" | "lowrank_hot" => {
+            "lowrank" | "lowrank_compact" | "lowrank_hot" | "pq" => {
                 let x = need(0, "w")?;
                 let spec = match need(1, "rank")? {
                     Val::Plan => RankSpec::Plan,
@@ -1132,6 +1249,8 @@ impl Eval<'_> {
                     self.lowrank_compact(&x, spec, tap)
                 } else if func == "lowrank_hot" {
                     self.lowrank_hot(&x, spec, tap)
+                } else if func == "pq" {
+                    self.pq(&x, spec, tap)
                 } else {
                     self.lowrank(&x, spec, tap, false).map(|(v, _)| v)
                 }
@@ -1353,6 +1472,56 @@ impl Eval<'_> {
         })
     }
 
+    /// The quantized form `(codes, offsets, codebook, dim)` of a token table (see
+    /// [`crate::compute::pq`]) that the engine chose while planning. Fails (the rule does not
+    /// fire) where the plan keeps another form: without token counts from `--calib`, or where
+    /// the hot or plain form approximates the table better within its budget.
+    fn pq(&mut self, x: &Val, spec: RankSpec, tap: Option<String>) -> R<Val> {
+        if self.memo.survey.is_some() {
+            let (ab, _) = self.lowrank(x, spec, tap, false)?;
+            if let Some(r) = self.memo.survey.as_mut().and_then(|r| r.last_mut()) {
+                (r.hot, r.pq) = (true, true);
+            }
+            // Placeholders of the right kinds: one column block as wide as the table.
+            let (v, d) = match &ab {
+                Val::Tuple(f) => match (f.first(), f.get(1)) {
+                    (Some(Val::Tensor(a)), Some(Val::Tensor(b))) => (a.dims[0], b.dims[1]),
+                    _ => return Err("pq: no placeholder factors".into()),
+                },
+                _ => return Err("pq: no placeholder factors".into()),
+            };
+            let k = (crate::compute::pq::CENTROIDS as i64).min(v);
+            let codes = Tensor::from_raw(
+                DType::U8,
+                vec![v, 1],
+                bytes::Bytes::from(vec![0u8; v as usize]),
+            );
+            let book = Tensor::from_f32(vec![k, d], &vec![0.0; (k * d) as usize]);
+            return Ok(Val::Tuple(
+                [
+                    codes,
+                    Tensor::from_i64(vec![1], &[0]),
+                    book,
+                    Tensor::from_i64(vec![1], &[d]),
+                ]
+                .into_iter()
+                .map(|t| Val::Tensor(Arc::new(t)))
+                .collect(),
+            ));
+        }
+        let key = pq_key(&self.key(x));
+        if !self.memo.map.contains_key(&key) {
+            return Err(format!(
+                "the plan keeps {} in another form (quantization needs token counts from \
+                 --calib, and is used only where it approximates the table best)",
+                self.describe(x)
+            ));
+        }
+        self.memo_noted(key, |_| {
+            Err("unreachable: the quantized form is in the memo".into())
+        })
+    }
+
     /// The factors `(A, B)` and their memo key.
     fn lowrank(
         &mut self,
@@ -1384,6 +1553,7 @@ impl Eval<'_> {
                 tap,
                 compact,
                 hot: false,
+                pq: false,
             });
             self.memo.surveyed = true;
             let r = k.min(n).min(crate::plan::ALIGN as i64);
