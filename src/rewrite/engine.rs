@@ -631,6 +631,7 @@ impl<'a> Engine<'a> {
                 .par_iter()
                 .map(|&i| unique[i].matrix.as_f32())
                 .collect();
+            let tcopy = tg.elapsed().as_secs_f64();
             let mut views = Vec::new();
             for d in &datas {
                 let d = d.as_ref().ok_or_else(|| RewriteError::Argument {
@@ -668,7 +669,7 @@ impl<'a> Engine<'a> {
             }
             self.advance(members.len());
             tracing::debug!(
-                "plan: {} × {k}×{n} at rank {rank}: {tf:.3} s factorizing, {:.3} s in all",
+                "plan: {} × {k}×{n} at rank {rank}: {tcopy:.3} s reading, {tf:.3} s factorizing, {:.3} s in all",
                 members.len(),
                 tg.elapsed().as_secs_f64()
             );
