@@ -546,6 +546,7 @@ fn run(cli: Cli) -> Result<()> {
             let pq_cache = std::sync::Arc::new(hcc::rewrite::eval::PqCache::default());
             let configure = |engine: &mut hcc::rewrite::Engine| {
                 engine.set_backend(selected.backend.clone());
+                engine.set_pq_cache(pq_cache.clone());
                 if let Some(sink) = progress.sink() {
                     engine.set_progress(sink);
                 }
@@ -554,7 +555,6 @@ fn run(cli: Cli) -> Result<()> {
                         calib: c.clone(),
                         damp: calib.calib_damp,
                         token_damp: calib.token_damp(c),
-                        pq_cache: pq_cache.clone(),
                     });
                 }
             };

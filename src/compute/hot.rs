@@ -186,15 +186,15 @@ pub fn choose(
 /// rows `K` on a geometric grid of multiples of 64), written as singular values `σ` with
 /// `Σ_{j ≥ r} σⱼ² = error(r)`. A planner that weighs a plain site by its spectrum then weighs the
 /// table by what the hot form gives for the same parameters; [`choose`] picks the form for the
-/// rank it plans. `other` adds the `(parameters, weighted error)` points of further forms (the
-/// quantized ones of [`super::pq`]). Length `min(v, d)`; not necessarily descending.
+/// rank it plans. `other` gives the best weighted error of further forms within a parameter
+/// budget (the quantized ones of [`super::pq`]), `None` where none fits. Length `min(v, d)`; not necessarily descending.
 pub fn equivalent_spectrum(
     data: &[f32],
     (v, d): (usize, usize),
     weights: &[f64],
     plain_cost: impl Fn(usize) -> u64,
     align: usize,
-    other: &[(u64, f64)],
+    other: &dyn Fn(u64) -> Option<f64>,
 ) -> Result<Vec<f32>, ComputeError> {
     check(data, v, d)?;
     let align = align.max(1);
@@ -235,10 +235,8 @@ pub fn equivalent_spectrum(
                     best = best.min(t[rr]);
                 }
             }
-            for &(params, err) in other {
-                if params <= budget {
-                    best = best.min(err);
-                }
+            if let Some(err) = other(budget) {
+                best = best.min(err);
             }
             best
         })
@@ -250,6 +248,32 @@ pub fn equivalent_spectrum(
     Ok((0..short)
         .map(|r| ((error[r] - error[r + 1]).max(0.0)).sqrt() as f32)
         .collect())
+}
+
+/// A plain spectrum (`σ`, descending) with further forms folded in as [`equivalent_spectrum`]
+/// folds in the hot ones: at every rank `r`, the smaller of the plain tail `Σ_{j ≥ r} σⱼ²` and
+/// `other(plain_cost(r))`, made non-increasing and written back as singular values.
+pub fn spectrum_with(
+    plain: &[f32],
+    plain_cost: impl Fn(usize) -> u64,
+    other: &dyn Fn(u64) -> Option<f64>,
+) -> Vec<f32> {
+    let n = plain.len();
+    let mut error = vec![0.0f64; n + 1];
+    for r in (0..n).rev() {
+        error[r] = error[r + 1] + (plain[r] as f64).powi(2);
+    }
+    for (r, e) in error.iter_mut().enumerate() {
+        if let Some(x) = other(plain_cost(r)) {
+            *e = e.min(x);
+        }
+    }
+    for r in 1..error.len() {
+        error[r] = error[r].min(error[r - 1]);
+    }
+    (0..n)
+        .map(|r| ((error[r] - error[r + 1]).max(0.0)).sqrt() as f32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -313,7 +337,7 @@ mod tests {
             *w = 50.0;
         }
         let cost = |r: usize| (r * (v + d)) as u64;
-        let eq = equivalent_spectrum(&data, (v, d), &weights, cost, 8, &[]).unwrap();
+        let eq = equivalent_spectrum(&data, (v, d), &weights, cost, 8, &|_| None).unwrap();
         let g = weighted_gram(&data, d, &weights, &order(&weights, v));
         let ev = eigenvalues(&g, d).unwrap();
         assert_eq!(eq.len(), d);
@@ -339,8 +363,8 @@ mod tests {
         // A further form (`other`) storing rank 4's parameters at a tenth of rank 20's error
         // is what the table reaches from rank 4 on.
         let tail20: f64 = ev[20..].iter().sum();
-        let eq = equivalent_spectrum(&data, (v, d), &weights, cost, 8, &[(cost(4), 0.1 * tail20)])
-            .unwrap();
+        let other = |budget: u64| (budget >= cost(4)).then_some(0.1 * tail20);
+        let eq = equivalent_spectrum(&data, (v, d), &weights, cost, 8, &other).unwrap();
         let tail = |r: usize| eq[r..].iter().map(|&s| (s as f64).powi(2)).sum::<f64>();
         assert!(
             (tail(4) - 0.1 * tail20).abs() <= 1e-3 * tail20,
@@ -348,5 +372,15 @@ mod tests {
             tail(4)
         );
         assert!(tail(3) > tail20);
+        // The same from a plain spectrum alone.
+        let plain: Vec<f32> = ev.iter().map(|&x| x.sqrt() as f32).collect();
+        let eq = spectrum_with(&plain, cost, &other);
+        let tail = |r: usize| eq[r..].iter().map(|&s| (s as f64).powi(2)).sum::<f64>();
+        assert!(
+            (tail(4) - 0.1 * tail20).abs() <= 1e-3 * tail20,
+            "{}",
+            tail(4)
+        );
+        assert!((tail(0) - total).abs() <= 1e-3 * total);
     }
 }

@@ -30,12 +30,26 @@ pub const MAX_ITERS: usize = 16;
 /// Lloyd iterations stop once at most one point in `SETTLED` changes its codeword.
 const SETTLED: usize = 1000;
 
-/// Parameters the quantized form of a `v × d` table stores at `width`: codes `v · d / width`,
-/// the block offsets `d / width`, the codebooks `k · d` (`k = min(CENTROIDS, v)`) and the
-/// output shape's last dimension (1).
-pub fn pq_params(v: usize, d: usize, width: usize) -> u64 {
+/// Parameters the quantized form of a `v × d` table stores at `width` with `exact` rows made
+/// exact: codes `v · d / width`, the block offsets `d / width`, the codebooks `k · d`
+/// (`k = min(CENTROIDS, v)`), the output shape's last dimension (1), and the corrections —
+/// an int32 row map of `v` entries and `exact + 1` rows of `d` (the last one zero) holding
+/// `E[t] − Ê[t]` for the rows made exact.
+pub fn pq_params(v: usize, d: usize, width: usize, exact: usize) -> u64 {
     let m = d / width.max(1);
-    (v * m + m + CENTROIDS.min(v) * d + 1) as u64
+    (v * m + m + CENTROIDS.min(v) * d + 1 + v + (exact + 1) * d) as u64
+}
+
+/// How a quantized table uses a parameter budget: the rows with the largest weighted error
+/// made exact with what the codes and codebooks leave.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fit {
+    /// Rows made exact.
+    pub exact: usize,
+    /// The weighted squared error left.
+    pub error: f64,
+    /// Parameters stored ([`pq_params`]).
+    pub params: u64,
 }
 
 /// A product-quantized table.
@@ -52,9 +66,28 @@ pub struct Quantized {
     pub codes: Vec<u8>,
     /// `Σₜ wₜ ‖Eₜ − Êₜ‖²`, the weighted squared error of the whole table.
     pub error: f64,
+    /// Rows by weighted error, largest first (the lower index on ties).
+    pub worst: Vec<u32>,
+    /// `cut[j]`: the weighted error of the `j` first rows of `worst` (`v + 1` entries).
+    pub cut: Vec<f64>,
 }
 
 impl Quantized {
+    /// The best use of `budget` parameters for a `v × d` table: as many of the worst rows made
+    /// exact as fit; `None` where the codes and codebooks alone do not fit.
+    pub fn fit(&self, (v, d): (usize, usize), budget: u64) -> Option<Fit> {
+        let base = pq_params(v, d, self.width, 0);
+        if budget < base {
+            return None;
+        }
+        let exact = (((budget - base) / d.max(1) as u64) as usize).min(v);
+        Some(Fit {
+            exact,
+            error: (self.error - self.cut[exact]).max(0.0),
+            params: pq_params(v, d, self.width, exact),
+        })
+    }
+
     /// Row `t` of the quantized table (`D` floats).
     pub fn row(&self, t: usize) -> Vec<f32> {
         let blocks = self.blocks();
@@ -129,13 +162,29 @@ pub fn quantize(
         .collect();
     let mut codebook = Vec::with_capacity(blocks * k * width);
     let mut codes = vec![0u8; v * blocks];
-    let mut error = 0.0;
+    let mut row_error = vec![0.0f64; v];
     for (s, b) in done.iter().enumerate() {
         codebook.extend_from_slice(&b.centroids);
         for (t, &a) in b.assign.iter().enumerate() {
             codes[t * blocks + s] = a as u8;
         }
-        error += b.error;
+        for (e, &be) in row_error.iter_mut().zip(&b.row_error) {
+            *e += be;
+        }
+    }
+    let error = row_error.iter().sum();
+    let mut worst: Vec<u32> = (0..v as u32).collect();
+    worst.sort_by(|&a, &b| {
+        row_error[b as usize]
+            .total_cmp(&row_error[a as usize])
+            .then(a.cmp(&b))
+    });
+    let mut cut = Vec::with_capacity(v + 1);
+    cut.push(0.0);
+    let mut acc = 0.0;
+    for &t in &worst {
+        acc += row_error[t as usize];
+        cut.push(acc);
     }
     Ok(Quantized {
         width,
@@ -143,27 +192,24 @@ pub fn quantize(
         codebook,
         codes,
         error,
+        worst,
+        cut,
     })
 }
 
-/// The best weighted error of each width of [`WIDTHS`] that divides `d` and stores fewer
-/// parameters than the table, with its parameters: the points the planner weighs the
-/// quantized form by (the quantizations themselves are returned too, to be reused).
+/// The table quantized at each width of [`WIDTHS`] that divides `d` and whose codes and
+/// codebooks store fewer parameters than the table: the forms the planner weighs (through
+/// [`Quantized::fit`]) and the engine stores.
 pub fn equivalent_points(
     data: &[f32],
     (v, d): (usize, usize),
     weights: &[f64],
     seed: u64,
-) -> Result<Vec<(u64, Quantized)>, ComputeError> {
+) -> Result<Vec<Quantized>, ComputeError> {
     WIDTHS
         .iter()
-        .filter(|&&w| d % w == 0 && pq_params(v, d, w) < (v * d) as u64)
-        .map(|&w| {
-            Ok((
-                pq_params(v, d, w),
-                quantize(data, (v, d), weights, w, seed)?,
-            ))
-        })
+        .filter(|&&w| d % w == 0 && pq_params(v, d, w, 0) < (v * d) as u64)
+        .map(|&w| quantize(data, (v, d), weights, w, seed))
         .collect()
 }
 
@@ -171,7 +217,8 @@ pub fn equivalent_points(
 struct Block {
     centroids: Vec<f32>,
     assign: Vec<u16>,
-    error: f64,
+    /// Each point's weighted squared error.
+    row_error: Vec<f64>,
 }
 
 /// Weighted k-means of the `n = w.len()` points `xs` (`n × width`, row-major) into `k`
@@ -218,7 +265,7 @@ fn kmeans(xs: &[f32], width: usize, w: &[f32], k: usize, seed: u64) -> Block {
             }
         }
     }
-    let error = (0..n)
+    let row_error = (0..n)
         .map(|i| {
             let a = assign[i] as usize;
             let e: f64 = (0..width)
@@ -229,11 +276,11 @@ fn kmeans(xs: &[f32], width: usize, w: &[f32], k: usize, seed: u64) -> Block {
                 .sum();
             w[i] as f64 * e
         })
-        .sum();
+        .collect();
     Block {
         centroids: c,
         assign,
-        error,
+        row_error,
     }
 }
 
@@ -506,14 +553,33 @@ mod tests {
         let data = table(v, d);
         let w = vec![1.0; v];
         let pts = equivalent_points(&data, (v, d), &w, 3).unwrap();
-        let widths: Vec<usize> = pts.iter().map(|(_, q)| q.width).collect();
+        let widths: Vec<usize> = pts.iter().map(|q| q.width).collect();
         assert_eq!(widths, vec![2, 3, 4, 6, 8]);
         for pair in pts.windows(2) {
-            assert!(pair[1].0 < pair[0].0);
-            assert!(pair[1].1.error > pair[0].1.error);
+            assert!(pair[1].error > pair[0].error);
         }
-        assert_eq!(pts[2].0, pq_params(v, d, 4));
-        assert_eq!(pq_params(v, d, 4), (v * 6 + 6 + 256 * d + 1) as u64);
+        assert_eq!(
+            pq_params(v, d, 4, 10),
+            (v * 6 + 6 + 256 * d + 1 + v + 11 * d) as u64
+        );
+        // A budget fills with exact rows, the worst first.
+        let q = &pts[2];
+        let base = pq_params(v, d, 4, 0);
+        assert_eq!(q.fit((v, d), base - 1), None);
+        let f = q.fit((v, d), base + 10 * d as u64 + 5).unwrap();
+        assert_eq!((f.exact, f.params), (10, pq_params(v, d, 4, 10)));
+        let worst10: f64 = q.worst[..10]
+            .iter()
+            .map(|&t| {
+                data[t as usize * d..(t as usize + 1) * d]
+                    .iter()
+                    .zip(q.row(t as usize))
+                    .map(|(&a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+            })
+            .sum();
+        assert!((q.error - f.error - worst10).abs() <= 1e-6 * q.error);
+        assert!(q.fit((v, d), u64::MAX).unwrap().error <= 1e-9 * q.error);
     }
 
     #[test]

@@ -383,14 +383,15 @@ pub static BUILTINS: &[Builtin] = &[
             p("rank", Ty::RankSpec),
             opt("whiten", Ty::OneOf(&[Ty::Value, Ty::None]), Default::None),
         ],
-        ret: Ty::Tuple(&[Ty::Const, Ty::Const, Ty::Const, Ty::Const]),
+        ret: Ty::Tuple(&[Ty::Const, Ty::Const, Ty::Const, Ty::Const, Ty::Const, Ty::Const]),
         doc: "A token table [V, D] read by `Gather(w, ids)`, product-quantized: (codes \
-              [V, M] uint8, offsets [M] int64, codebook [M·256, D/M] float, dim [1] int64) with \
-              w[t] = the codewords codebook[offsets[s] + codes[t, s]] side by side, found by \
-              k-means weighted by the calibration data's token counts. The planner weighs it \
-              against the plain and hot forms at the table's planned parameters; it fails (the \
-              rule does not fire) where another form is better or there are no token counts \
-              (`--calib`).",
+              [V, M] uint8, offsets [M] int64, codebook [M·256, D/M] float, dim [1] int64, \
+              map [V] int32, X [K + 1, D] float) with w[t] = the codewords codebook[offsets[s] + \
+              codes[t, s]] side by side + X[map[t]], found by k-means weighted by the \
+              calibration data's token counts (uniform without `--calib`); X corrects the K rows \
+              with the largest weighted error exactly (its last row is zero). The planner \
+              weighs it against the plain and hot forms at the table's planned parameters; it \
+              fails (the rule does not fire) where another form is better.",
     },
     Builtin {
         name: "mask",

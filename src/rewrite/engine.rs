@@ -421,37 +421,44 @@ impl<'a> Engine<'a> {
             })?;
         let dims =
             |r: &super::eval::Request| (r.matrix.dims[0] as usize, r.matrix.dims[1] as usize);
-        // The planner weighs a table that may take the hot form by what that form reaches for
-        // the parameters of each plain rank (the reported spectra stay the table's own).
+        // The planner weighs a table that may take the hot or quantized form by what those
+        // forms reach for the parameters of each plain rank (the reported spectra stay the
+        // table's own).
         let mut plan_spectra = spectra.clone();
-        if let Some(wo) = &whiten {
-            for (i, r) in unique.iter().enumerate() {
-                if spectra[i].is_none() {
-                    continue;
-                }
-                let Some(table) = hot_table(r, site_stats(r), wo) else {
-                    continue;
-                };
-                let ((v, d), data, weights) = table?;
-                let fail = |detail: String| hot_err(r, detail);
-                let compact = r.compact;
-                let cost = |rank: usize| crate::plan::PlanSite::sized(v, d, compact).at(rank);
-                let quantized: Vec<(u64, f64)> = pq_points(r, wo, &data, (v, d), &weights)?
+        for (i, r) in unique.iter().enumerate() {
+            let Some(plain) = spectra[i].as_deref() else {
+                continue;
+            };
+            let Some(table) = table_forms(r, site_stats(r), whiten.as_ref()) else {
+                continue;
+            };
+            let t = table?;
+            let (v, d) = t.dims;
+            let fail = |detail: String| hot_err(r, detail);
+            let compact = r.compact;
+            let cost = |rank: usize| crate::plan::PlanSite::sized(v, d, compact).at(rank);
+            let quantized = self.pq_points(r, &t)?;
+            let best_pq = |budget: u64| -> Option<f64> {
+                quantized
                     .iter()
-                    .flat_map(|p| p.iter().map(|(params, q)| (*params, q.error)))
-                    .collect();
-                plan_spectra[i] = Some(
-                    crate::compute::hot::equivalent_spectrum(
-                        &data,
-                        (v, d),
-                        &weights,
-                        cost,
-                        crate::plan::ALIGN,
-                        &quantized,
-                    )
-                    .map_err(|e| fail(e.to_string()))?,
-                );
-            }
+                    .flat_map(|p| p.iter())
+                    .filter_map(|q| q.fit((v, d), budget))
+                    .map(|f| f.error)
+                    .min_by(f64::total_cmp)
+            };
+            plan_spectra[i] = Some(if t.counted {
+                crate::compute::hot::equivalent_spectrum(
+                    &t.data,
+                    (v, d),
+                    &t.weights,
+                    cost,
+                    crate::plan::ALIGN,
+                    &best_pq,
+                )
+                .map_err(|e| fail(e.to_string()))?
+            } else {
+                crate::compute::hot::spectrum_with(plain, cost, &best_pq)
+            });
         }
         let mut ranks: Vec<Option<usize>> = vec![None; unique.len()];
         let mut fixed = params_before;
@@ -485,6 +492,9 @@ impl<'a> Engine<'a> {
         // What the plan leaves of the target (ranks are multiples of 8): a hot table, whose
         // size is not bound to whole rank steps, may use it.
         let mut slack = 0u64;
+        // The planner's sites (in `planned` order), for a second pass once tables have chosen
+        // their forms.
+        let mut plan_sites: Vec<crate::plan::PlanSite> = Vec::new();
         if !planned.is_empty() {
             let t = target.ok_or_else(|| RewriteError::Argument {
                 rule: "lowrank".into(),
@@ -521,63 +531,128 @@ impl<'a> Engine<'a> {
             for (&i, r) in planned.iter().zip(got) {
                 ranks[i] = r;
             }
+            plan_sites = sites;
         }
         // Token tables that every reader asks for in the hot form: the hot rows and cold rank
         // that approximate the table best within what its planned rank would store.
         let mut hot_forms: Vec<(usize, crate::compute::hot::HotChoice)> = Vec::new();
-        let mut pq_forms: Vec<(usize, crate::compute::pq::Quantized)> = Vec::new();
-        if let Some(wo) = &whiten {
-            for (i, r) in unique.iter().enumerate() {
-                let Some(rank) = ranks[i] else {
-                    continue;
-                };
-                let Some(table) = hot_table(r, site_stats(r), wo) else {
-                    continue;
-                };
-                let ((v, d), data, weights) = table?;
-                let fail = |detail: String| hot_err(r, detail);
-                let budget = crate::plan::PlanSite::sized(v, d, r.compact).at(rank)
-                    + if r.spec == RankSpec::Plan { slack } else { 0 };
-                let (choice, plain_error) = crate::compute::hot::choose(
-                    &data,
+        let mut pq_forms: Vec<(
+            usize,
+            crate::compute::pq::Quantized,
+            crate::compute::pq::Fit,
+        )> = Vec::new();
+        for (i, r) in unique.iter().enumerate() {
+            let Some(rank) = ranks[i] else {
+                continue;
+            };
+            let Some(table) = table_forms(r, site_stats(r), whiten.as_ref()) else {
+                continue;
+            };
+            let t = table?;
+            let (v, d) = t.dims;
+            let fail = |detail: String| hot_err(r, detail);
+            let budget = crate::plan::PlanSite::sized(v, d, r.compact).at(rank)
+                + if r.spec == RankSpec::Plan { slack } else { 0 };
+            let (choice, plain_error) = if t.counted {
+                crate::compute::hot::choose(
+                    &t.data,
                     (v, d),
-                    &weights,
+                    &t.weights,
                     budget,
                     rank,
                     crate::plan::ALIGN,
                 )
-                .map_err(|e| fail(e.to_string()))?;
-                // The quantized form where it fits and approximates the table best.
-                let best_error = choice.as_ref().map_or(plain_error, |c| c.error);
-                let quantized = pq_points(r, wo, &data, (v, d), &weights)?.and_then(|p| {
-                    p.iter()
-                        .filter(|(params, q)| *params <= budget && q.error < best_error)
-                        .min_by(|a, b| a.1.error.total_cmp(&b.1.error))
-                        .cloned()
-                });
-                if let Some((params, q)) = quantized {
-                    slack = budget.saturating_sub(params).min(slack);
+                .map_err(|e| fail(e.to_string()))?
+            } else {
+                // Without counts: the plain form's error from the table's own spectrum.
+                let plain = match spectra[i].as_deref() {
+                    Some(sp) => sp.to_vec(),
+                    None => {
+                        let w = crate::compute::MatrixRef::new(v, d, &t.data)
+                            .map_err(|e| fail(e.to_string()))?;
+                        backend.full_spectrum(w).map_err(|e| fail(e.to_string()))?
+                    }
+                };
+                let tail: f64 = plain.iter().skip(rank).map(|&x| (x as f64).powi(2)).sum();
+                (None, tail)
+            };
+            // The quantized form where it fits and approximates the table best.
+            let best_error = choice.as_ref().map_or(plain_error, |c| c.error);
+            let quantized = self.pq_points(r, &t)?.and_then(|p| {
+                p.iter()
+                    .filter_map(|q| q.fit((v, d), budget).map(|f| (q, f)))
+                    .filter(|(_, f)| f.error < best_error)
+                    .min_by(|a, b| a.1.error.total_cmp(&b.1.error))
+                    .map(|(q, f)| (q.clone(), f))
+            });
+            if let Some((q, f)) = quantized {
+                slack = budget.saturating_sub(f.params).min(slack);
+                tracing::debug!(
+                    "plan: {} quantized in pieces of {} columns, {} rows exact (weighted error {:.4e} against {:.4e} plain at rank {rank})",
+                    r.name,
+                    q.width,
+                    f.exact,
+                    f.error,
+                    plain_error
+                );
+                pq_forms.push((i, q, f));
+            } else if let Some(choice) = choice {
+                let used = crate::compute::hot::hot_params(v, d, choice.rows.len(), choice.rank);
+                slack = budget.saturating_sub(used).min(slack);
+                tracing::debug!(
+                    "plan: {} keeps {} rows exactly, the rest at rank {} (weighted error {:.4e} against {:.4e} plain at rank {rank})",
+                    r.name,
+                    choice.rows.len(),
+                    choice.rank,
+                    choice.error,
+                    choice.plain_error
+                );
+                hot_forms.push((i, choice));
+            }
+        }
+        // A quantized table usually stores less than its planned rank would (its sizes are
+        // discrete): the other planned sites are planned again around what the tables now
+        // store, so that the compile meets its target rather than overshooting it.
+        if let (Some(goal), false) = (target_params, pq_forms.is_empty()) {
+            let stored = |i: usize| -> Option<u64> {
+                let (v, d) = dims(&unique[i]);
+                pq_forms
+                    .iter()
+                    .find(|(j, _, _)| *j == i)
+                    .map(|(_, _, f)| f.params)
+                    .or_else(|| {
+                        hot_forms.iter().find(|(j, _)| *j == i).map(|(_, c)| {
+                            crate::compute::hot::hot_params(v, d, c.rows.len(), c.rank)
+                        })
+                    })
+            };
+            let mut fixed2 = fixed;
+            let mut rest: Vec<(usize, crate::plan::PlanSite)> = Vec::new();
+            for (&i, site) in planned.iter().zip(&plan_sites) {
+                match stored(i) {
+                    Some(p) => fixed2 += p,
+                    None => rest.push((i, site.clone())),
+                }
+            }
+            if !rest.is_empty() {
+                let sites: Vec<crate::plan::PlanSite> =
+                    rest.iter().map(|(_, s)| s.clone()).collect();
+                if let Ok(got) = crate::plan::plan(&sites, fixed2, goal, params_before, strategy) {
+                    let before: u64 = rest
+                        .iter()
+                        .map(|(i, s)| ranks[*i].map_or(s.dense(), |r| s.at(r)))
+                        .sum();
+                    let after: u64 = sites
+                        .iter()
+                        .zip(&got)
+                        .map(|(s, r)| r.map_or(s.dense(), |r| s.at(r)))
+                        .sum();
                     tracing::debug!(
-                        "plan: {} quantized in pieces of {} columns (weighted error {:.4e} against {:.4e} plain at rank {rank})",
-                        r.name,
-                        q.width,
-                        q.error,
-                        plain_error
+                        "plan: again around the tables' forms: the other sites store {after} parameters instead of {before}"
                     );
-                    pq_forms.push((i, q));
-                } else if let Some(choice) = choice {
-                    let used =
-                        crate::compute::hot::hot_params(v, d, choice.rows.len(), choice.rank);
-                    slack = budget.saturating_sub(used).min(slack);
-                    tracing::debug!(
-                        "plan: {} keeps {} rows exactly, the rest at rank {} (weighted error {:.4e} against {:.4e} plain at rank {rank})",
-                        r.name,
-                        choice.rows.len(),
-                        choice.rank,
-                        choice.error,
-                        choice.plain_error
-                    );
-                    hot_forms.push((i, choice));
+                    for ((i, _), r) in rest.iter().zip(got) {
+                        ranks[*i] = r;
+                    }
                 }
             }
         }
@@ -746,22 +821,24 @@ impl<'a> Engine<'a> {
                 .map_err(fail)?;
                 self.memo.insert_hot(&r.key, v, note);
             }
-            for (i, q) in &pq_forms {
-                let r = &unique[*i];
-                let Some(table) = hot_table(r, site_stats(r), wo) else {
-                    continue;
-                };
-                let (_, data, weights) = table?;
-                let (v, note) = super::eval::pq_form(
-                    &r.matrix,
-                    &data,
-                    &r.name,
-                    r.tap.as_deref().unwrap_or_default(),
-                    &weights,
-                    q,
-                );
-                self.memo.insert_pq(&r.key, v, note);
-            }
+        }
+        for (i, q, f) in &pq_forms {
+            let r = &unique[*i];
+            let Some(table) = table_forms(r, site_stats(r), whiten.as_ref()) else {
+                continue;
+            };
+            let t = table?;
+            let tap = t.counted.then(|| r.tap.clone().unwrap_or_default());
+            let (v, note) = super::eval::pq_form(
+                &r.matrix,
+                &t.data,
+                &r.name,
+                tap.as_deref(),
+                &t.weights,
+                q,
+                f.exact,
+            );
+            self.memo.insert_pq(&r.key, v, note);
         }
         let sites = unique
             .iter()
@@ -1365,41 +1442,95 @@ impl RuleSource for crate::dsl::Program {
     }
 }
 
+impl Engine<'_> {
+    /// The quantized forms of the token table `r` at every width tried (see
+    /// [`crate::compute::pq::equivalent_points`]), computed once per table and weighting for
+    /// every engine sharing the cache ([`Engine::set_pq_cache`]); `None` where not every
+    /// reader asked for `pq`.
+    fn pq_points(
+        &self,
+        r: &super::eval::Request,
+        t: &TableForms<'_>,
+    ) -> Result<Option<super::eval::PqPoints>, RewriteError> {
+        if !r.pq {
+            return Ok(None);
+        }
+        let (v, d) = t.dims;
+        let weighting = match (t.counted, &self.memo.whiten) {
+            (true, Some(wo)) => format!("counts λ={}", wo.token_damp),
+            _ => "uniform".into(),
+        };
+        let key = format!("{}|{}|{v}x{d}|{weighting}", r.key, r.name);
+        self.memo
+            .pq_cache
+            .get_or_try(&key, || {
+                let t0 = std::time::Instant::now();
+                let p = crate::compute::pq::equivalent_points(&t.data, (v, d), &t.weights, PQ_SEED)
+                    .map_err(|e| e.to_string())?;
+                tracing::debug!(
+                    "plan: {} quantized at {} widths in {:.2} s",
+                    r.name,
+                    p.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+                Ok(p)
+            })
+            .map(Some)
+            .map_err(|detail| RewriteError::Argument {
+                rule: "pq".into(),
+                detail: format!("{}: {detail}", r.name),
+            })
+    }
+
+    /// Share quantized token tables with other engines of the same compile (auto's
+    /// candidates): k-means runs once per table.
+    pub fn set_pq_cache(&mut self, cache: std::sync::Arc<super::eval::PqCache>) {
+        self.memo.pq_cache = cache;
+    }
+}
+
 /// Seed of the k-means seeding of quantized token tables.
 const PQ_SEED: u64 = 0x7071_7461_626c;
 
-/// The quantized forms of the token table `r` at every width tried (see
-/// [`crate::compute::pq::equivalent_points`]), computed once per table for every engine of a
-/// compile; `None` where not every reader asked for `pq`.
-fn pq_points(
-    r: &super::eval::Request,
-    wo: &super::eval::WhitenOptions,
-    data: &[f32],
-    (v, d): (usize, usize),
-    weights: &[f64],
-) -> Result<Option<super::eval::PqPoints>, RewriteError> {
-    if !r.pq {
-        return Ok(None);
+/// A token table that may take the hot or quantized form, with its row weights: token counts
+/// (`counted`, see [`hot_table`]) or, for the quantized form without counts, every row alike.
+struct TableForms<'r> {
+    dims: (usize, usize),
+    data: std::borrow::Cow<'r, [f32]>,
+    weights: Vec<f64>,
+    counted: bool,
+}
+
+/// [`TableForms`] of `r`: the counted form where [`hot_table`] gives one, else uniform weights
+/// where every reader asked for `pq`; `None` where neither applies.
+fn table_forms<'r>(
+    r: &'r super::eval::Request,
+    stats: Option<super::eval::SiteStats<'_>>,
+    whiten: Option<&super::eval::WhitenOptions>,
+) -> Option<Result<TableForms<'r>, RewriteError>> {
+    if let Some(t) = whiten.and_then(|wo| hot_table(r, stats, wo)) {
+        return Some(t.map(|(dims, data, weights)| TableForms {
+            dims,
+            data,
+            weights,
+            counted: true,
+        }));
     }
-    let key = format!("{}|{}|{v}x{d}|{}", r.key, r.name, wo.token_damp);
-    wo.pq_cache
-        .get_or_try(&key, || {
-            let t = std::time::Instant::now();
-            let p = crate::compute::pq::equivalent_points(data, (v, d), weights, PQ_SEED)
-                .map_err(|e| e.to_string())?;
-            tracing::debug!(
-                "plan: {} quantized at {} widths in {:.2} s",
-                r.name,
-                p.len(),
-                t.elapsed().as_secs_f64()
-            );
-            Ok(p)
-        })
-        .map(Some)
-        .map_err(|detail| RewriteError::Argument {
-            rule: "pq".into(),
-            detail: format!("{}: {detail}", r.name),
-        })
+    if !r.pq {
+        return None;
+    }
+    let (v, d) = (r.matrix.dims[0] as usize, r.matrix.dims[1] as usize);
+    Some(
+        r.matrix
+            .as_f32()
+            .ok_or_else(|| hot_err(r, "not f32".into()))
+            .map(|data| TableForms {
+                dims: (v, d),
+                data,
+                weights: vec![1.0; v],
+                counted: false,
+            }),
+    )
 }
 
 /// An error of the hot form of the table `r`.

@@ -70,25 +70,23 @@ pub struct WhitenOptions {
     /// uniform prior mixed into the calibration text's token frequencies), so that rows the
     /// text never read keep part of their weight.
     pub token_damp: f64,
-    /// Quantized forms of token tables, shared by every engine that plans with these options
-    /// (k-means is the costly part of weighing the quantized form).
-    pub pq_cache: Arc<PqCache>,
 }
 
 /// Product quantizations of token tables at every width tried (see
-/// [`crate::compute::pq::equivalent_points`]), by table and row weighting.
+/// [`crate::compute::pq::equivalent_points`]), by table and row weighting: k-means is the
+/// costly part of weighing the quantized form, and auto's engines share one cache.
 #[derive(Debug, Default)]
 pub struct PqCache(std::sync::Mutex<HashMap<String, PqPoints>>);
 
 /// A table's quantized forms with the parameters each stores.
-pub type PqPoints = Arc<Vec<(u64, crate::compute::pq::Quantized)>>;
+pub type PqPoints = Arc<Vec<crate::compute::pq::Quantized>>;
 
 impl PqCache {
     /// The quantized forms under `key`, computed by `f` the first time.
     pub fn get_or_try(
         &self,
         key: &str,
-        f: impl FnOnce() -> Result<Vec<(u64, crate::compute::pq::Quantized)>, String>,
+        f: impl FnOnce() -> Result<Vec<crate::compute::pq::Quantized>, String>,
     ) -> Result<PqPoints, String> {
         if let Some(p) = self.0.lock().map_err(|e| e.to_string())?.get(key) {
             return Ok(p.clone());
@@ -291,6 +289,8 @@ pub struct Memo {
     /// The tap each planned matrix is whitened by (`None`: plain), by matrix key: one
     /// factorization per matrix, whichever site reads it.
     pub taps: HashMap<String, Option<String>>,
+    /// Quantized token tables computed while planning (see [`PqCache`]).
+    pub pq_cache: Arc<PqCache>,
 }
 
 impl Default for Memo {
@@ -308,6 +308,7 @@ impl Default for Memo {
             original_values: u32::MAX,
             whiten: None,
             taps: HashMap::new(),
+            pq_cache: Arc::new(PqCache::default()),
         }
     }
 }
@@ -423,31 +424,32 @@ pub fn whitened_factors(
     ))
 }
 
-/// The quantized form of the token table `w` (`V × D`, f32 `data`) as the 4-tuple `pq`
-/// returns — codes `[V, M]` uint8, block offsets `[M]` int64 (`s · centroids`), codebook
-/// `[M · centroids, width]` f32 and the row width `[D]` int64, with
-/// `w[t] = concat_s codebook[offsets[s] + codes[t, s]]` — and its note (`rel_error` is the
-/// error weighted by `weights`, those k-means minimised).
+/// The quantized form of the token table `w` (`V × D`, f32 `data`) with its `exact` worst
+/// rows corrected, as the 6-tuple `pq` returns — codes `[V, M]` uint8, block offsets `[M]`
+/// int64 (`s · centroids`), codebook `[M · centroids, width]` f32, the row width `[D]` int64,
+/// the correction map `[V]` int32 and the corrections `[exact + 1, D]` f32 (the last row
+/// zero), with `w[t] = concat_s codebook[offsets[s] + codes[t, s]] + corr[map[t]]` exact for
+/// the corrected rows — and its note (`rel_error` weighted by `weights`, those k-means
+/// minimised; `tap` names the counts when they came from calibration data).
 pub fn pq_form(
     w: &Tensor,
     data: &[f32],
     name: &str,
-    tap: &str,
+    tap: Option<&str>,
     weights: &[f64],
     q: &crate::compute::pq::Quantized,
+    exact: usize,
 ) -> (Val, Note) {
     let (v, d) = (w.dims[0] as usize, w.dims[1] as usize);
     let m = d / q.width.max(1);
+    let exact = exact.min(v);
     let den: f64 = data
         .chunks_exact(d.max(1))
         .zip(weights)
         .map(|(row, &wt)| wt * row.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
         .sum();
-    let rel_error = if den > 0.0 {
-        (q.error / den).sqrt()
-    } else {
-        0.0
-    };
+    let left = (q.error - q.cut[exact]).max(0.0);
+    let rel_error = if den > 0.0 { (left / den).sqrt() } else { 0.0 };
     let base = stored_base(name);
     let mut codes = Tensor::from_raw(
         DType::U8,
@@ -458,28 +460,54 @@ pub fn pq_form(
     let mut off = Tensor::from_i64(vec![m as i64], &offsets);
     let mut book = Tensor::from_f32(vec![(m * q.centroids) as i64, q.width as i64], &q.codebook);
     let mut dim = Tensor::from_i64(vec![1], &[d as i64]);
+    // Corrections: E[t] − Ê[t] for the worst rows, a zero row for the others.
+    let mut slot = vec![exact as i32; v];
+    let mut corr = vec![0.0f32; (exact + 1) * d];
+    for (j, &t) in q.worst[..exact].iter().enumerate() {
+        let t = t as usize;
+        slot[t] = j as i32;
+        for (c, (&x, y)) in corr[j * d..(j + 1) * d]
+            .iter_mut()
+            .zip(data[t * d..(t + 1) * d].iter().zip(q.row(t)))
+        {
+            *c = x - y;
+        }
+    }
+    let mut map = Tensor::from_raw(
+        DType::I32,
+        vec![v as i64],
+        bytes::Bytes::from(
+            slot.iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ),
+    );
+    let mut rows = Tensor::from_f32(vec![exact as i64 + 1, d as i64], &corr);
     codes.name = format!("{base}.pq_codes");
     off.name = format!("{base}.pq_offsets");
     book.name = format!("{base}.pq_codebook");
     dim.name = format!("{base}.pq_dim");
+    map.name = format!("{base}.pq_exact_index");
+    rows.name = format!("{base}.pq_exact_rows");
     let note = Note {
         rank: None,
-        whitened: Some(tap.to_string()),
-        method: Some("token counts".into()),
+        whitened: tap.map(str::to_string),
+        method: tap.map(|_| "token counts".into()),
         pq_width: Some(q.width),
         centroids: Some(q.centroids),
+        hot_rows: Some(exact),
         ..Note::factored(
             "pq",
             name,
             (v, d),
             0,
             rel_error,
-            crate::compute::pq::pq_params(v, d, q.width),
+            crate::compute::pq::pq_params(v, d, q.width, exact),
         )
     };
     (
         Val::Tuple(
-            [codes, off, book, dim]
+            [codes, off, book, dim, map, rows]
                 .into_iter()
                 .map(|t| Val::Tensor(Arc::new(t)))
                 .collect(),
@@ -1472,10 +1500,10 @@ impl Eval<'_> {
         })
     }
 
-    /// The quantized form `(codes, offsets, codebook, dim)` of a token table (see
-    /// [`crate::compute::pq`]) that the engine chose while planning. Fails (the rule does not
-    /// fire) where the plan keeps another form: without token counts from `--calib`, or where
-    /// the hot or plain form approximates the table better within its budget.
+    /// The quantized form `(codes, offsets, codebook, dim, map, corrections)` of a token table
+    /// (see [`pq_form`]) that the engine chose while planning. Fails (the rule does not fire)
+    /// where the plan keeps another form: where the hot or plain form approximates the table
+    /// better within its budget.
     fn pq(&mut self, x: &Val, spec: RankSpec, tap: Option<String>) -> R<Val> {
         if self.memo.survey.is_some() {
             let (ab, _) = self.lowrank(x, spec, tap, false)?;
@@ -1497,12 +1525,19 @@ impl Eval<'_> {
                 bytes::Bytes::from(vec![0u8; v as usize]),
             );
             let book = Tensor::from_f32(vec![k, d], &vec![0.0; (k * d) as usize]);
+            let map = Tensor::from_raw(
+                DType::I32,
+                vec![v],
+                bytes::Bytes::from(vec![0u8; 4 * v as usize]),
+            );
             return Ok(Val::Tuple(
                 [
                     codes,
                     Tensor::from_i64(vec![1], &[0]),
                     book,
                     Tensor::from_i64(vec![1], &[d]),
+                    map,
+                    Tensor::from_f32(vec![1, d], &vec![0.0; d as usize]),
                 ]
                 .into_iter()
                 .map(|t| Val::Tensor(Arc::new(t)))
@@ -1512,8 +1547,8 @@ impl Eval<'_> {
         let key = pq_key(&self.key(x));
         if !self.memo.map.contains_key(&key) {
             return Err(format!(
-                "the plan keeps {} in another form (quantization needs token counts from \
-                 --calib, and is used only where it approximates the table best)",
+                "the plan keeps {} in another form (quantization is used only where it \
+                 approximates the table best within its budget)",
                 self.describe(x)
             ));
         }
