@@ -529,15 +529,23 @@ fn run(cli: Cli) -> Result<()> {
                 .as_ref()
                 .filter(|o| o.tokenizer.is_some() && o.data.extension().is_none_or(|e| e != "npy"));
             use hcc::plan::Strategy as S;
-            let candidates: Vec<S> = match strategy {
-                StrategyChoice::Fixed(s) => vec![s],
+            // Each candidate: a strategy, and whether quantizable token tables are cut first
+            // (their exchange rates scaled by TABLES_FIRST; only where the model has such
+            // tables).
+            let candidates: Vec<(S, bool)> = match strategy {
+                StrategyChoice::Fixed(s) => vec![(s, false)],
                 // Uniform first: its factorizations are the sensitivity probe.
-                StrategyChoice::Auto if calibration.is_some() && calib_text.is_some() => {
-                    vec![S::Uniform, S::Sensitivity, S::Block, S::Global]
-                }
-                StrategyChoice::Auto if calibration.is_some() => vec![S::Sensitivity],
-                StrategyChoice::Auto => vec![S::Global],
+                StrategyChoice::Auto if calibration.is_some() && calib_text.is_some() => vec![
+                    (S::Uniform, false),
+                    (S::Sensitivity, false),
+                    (S::Sensitivity, true),
+                    (S::Block, false),
+                    (S::Global, false),
+                ],
+                StrategyChoice::Auto if calibration.is_some() => vec![(S::Sensitivity, false)],
+                StrategyChoice::Auto => vec![(S::Global, false)],
             };
+            let mut quantizable: Vec<String> = Vec::new();
             // The `sensitivity` strategy weighs every site by what its error costs the model's
             // output, measured with the sites of the uniform plan at the same budget (the
             // uniform candidate's, when auto compiles one first).
@@ -562,8 +570,11 @@ fn run(cli: Cli) -> Result<()> {
             let mut trials: Vec<hcc::report::compile::StrategyTrial> = Vec::new();
             // The original's side of the scoring runs once for all candidates.
             let original_runs = std::sync::Arc::new(hcc::eval::OriginalRuns::default());
-            let mut best: Option<(f64, hcc::ir::Model, _, _, _)> = None;
-            for (i, &s) in candidates.iter().enumerate() {
+            let mut best: Option<(f64, hcc::ir::Model, _, _, _, usize)> = None;
+            for (i, &(s, tables_first)) in candidates.iter().enumerate() {
+                if tables_first && quantizable.is_empty() {
+                    continue;
+                }
                 if s == S::Sensitivity && calib.sensitivity_windows == 0 {
                     bail!("--sensitivity-windows must be at least 1");
                 }
@@ -614,11 +625,22 @@ fn run(cli: Cli) -> Result<()> {
                 let mut engine = hcc::rewrite::Engine::new(&mut mi, &program);
                 configure(&mut engine);
                 if let (S::Sensitivity, Some(w)) = (s, &measured) {
-                    engine.set_sensitivity(w.weights());
+                    let mut weights = w.weights();
+                    if tables_first {
+                        for name in &quantizable {
+                            if let Some(x) = weights.get_mut(name) {
+                                *x *= TABLES_FIRST;
+                            }
+                        }
+                    }
+                    engine.set_sensitivity(weights);
                 }
                 let plan = engine.plan_pipeline(pipe, target, s)?;
-                if s == S::Uniform && candidates.contains(&S::Sensitivity) {
+                if s == S::Uniform && candidates.contains(&(S::Sensitivity, false)) {
                     uniform_sites = Some(engine.factorizations());
+                }
+                if i == 0 {
+                    quantizable = engine.quantizable_tables();
                 }
                 progress.step(&format!("pipeline '{}'", pipe.name.name));
                 let stages = engine.run_pipeline(pipe)?;
@@ -626,7 +648,7 @@ fn run(cli: Cli) -> Result<()> {
                 drop(engine);
 
                 let (Some(opts), true) = (calib_text, candidates.len() > 1) else {
-                    best = Some((0.0, mi, plan, stages, refit_sites));
+                    best = Some((0.0, mi, plan, stages, refit_sites, trials.len()));
                     break;
                 };
                 // Score on the calibration text (SCORE_WINDOWS windows, or 16 lines per window).
@@ -673,19 +695,24 @@ fn run(cli: Cli) -> Result<()> {
                     (None, Some(c)) => ("sentence-embedding cosine", c, 1.0 - c),
                     _ => bail!("no score for the {s:?} plan"),
                 };
-                tracing::info!("strategy {s:?}: {metric} {value:.4} on the calibration text");
+                let what = if tables_first { " (tables first)" } else { "" };
+                tracing::info!("strategy {s:?}{what}: {metric} {value:.4} on the calibration text");
                 trials.push(hcc::report::compile::StrategyTrial {
-                    strategy: s.name().into(),
+                    strategy: if tables_first {
+                        format!("{} (tables first)", s.name())
+                    } else {
+                        s.name().into()
+                    },
                     metric: metric.into(),
                     value,
                     chosen: false,
                     held_out,
                 });
                 if best.as_ref().is_none_or(|b| score < b.0) {
-                    best = Some((score, mi, plan, stages, refit_sites));
+                    best = Some((score, mi, plan, stages, refit_sites, trials.len() - 1));
                 }
             }
-            let Some((_, best_model, plan, stages, refit_sites)) = best else {
+            let Some((_, best_model, plan, stages, refit_sites, chosen_trial)) = best else {
                 bail!("no strategy to plan with");
             };
             m = best_model;
@@ -722,10 +749,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 refit = Some(r);
             }
-            if let Some(t) = trials
-                .iter_mut()
-                .find(|t| t.strategy == plan.strategy.name())
-            {
+            if let Some(t) = trials.get_mut(chosen_trial) {
                 t.chosen = true;
             }
             progress.step("writing the model");
@@ -935,6 +959,12 @@ enum StrategyChoice {
 /// every plan on. Two windows of 512 tokens flipped SmolLM2's choice at 1.5x against what 8, 16
 /// and the held-out Macbeth agree on (docs/QUALITY.md).
 const SCORE_WINDOWS: usize = 8;
+
+/// How much cheaper `auto`'s "tables first" candidate makes the error of a quantizable token
+/// table (its measured exchange rate times this): the planner then takes the savings from the
+/// tables before any linear layer. Measured on all-MiniLM (docs/QUALITY.md): the sensitivity
+/// rates favour cutting linear layers more than their held-out effect warrants.
+const TABLES_FIRST: f64 = 1e-3;
 
 fn parse_strategy(s: &str) -> Result<StrategyChoice, String> {
     match s {

@@ -326,9 +326,21 @@ fn minilm_token_table_is_weighted_by_token_counts() {
         .expect("the table is compressed");
     assert_eq!(table["whitened"], "input_ids", "{table}");
     common::judge("judge_check.py", &[out.as_os_str()]);
-    // `--strategy auto` scored the plans on lines after those the statistics came from.
+    // `--strategy auto` scored the plans on lines after those the statistics came from: the
+    // four strategies, and sensitivity with the quantizable token table cut first.
     let trials = r["strategy_trials"].as_array().expect("strategy trials");
-    assert_eq!(trials.len(), 4, "{trials:?}");
+    assert_eq!(trials.len(), 5, "{trials:?}");
+    assert!(
+        trials
+            .iter()
+            .any(|t| t["strategy"] == "sensitivity (tables first)"),
+        "{trials:?}"
+    );
+    assert_eq!(
+        trials.iter().filter(|t| t["chosen"] == true).count(),
+        1,
+        "{trials:?}"
+    );
     assert!(trials.iter().all(|t| t["held_out"] == true), "{trials:?}");
 
     // A text the calibration reads whole: the plans are scored on its first lines instead.
@@ -357,7 +369,7 @@ fn minilm_token_table_is_weighted_by_token_counts() {
     let r2 = compile(&model, &out2, &short_args);
     assert_eq!(r2["calibration"]["sequences"], 6, "{}", r2["calibration"]);
     let trials = r2["strategy_trials"].as_array().expect("strategy trials");
-    assert_eq!(trials.len(), 4, "{trials:?}");
+    assert_eq!(trials.len(), 5, "{trials:?}");
     assert!(trials.iter().all(|t| t["held_out"] == false), "{trials:?}");
 
     // The sensitivity of an encoder: 1 − cosine of the pooled sentence embeddings, the token

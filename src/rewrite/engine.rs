@@ -541,6 +541,8 @@ impl<'a> Engine<'a> {
             crate::compute::pq::Quantized,
             crate::compute::pq::Fit,
         )> = Vec::new();
+        // Tables whose quantized form exceeds their planned budget (see below).
+        let mut rounded_up: Vec<usize> = Vec::new();
         for (i, r) in unique.iter().enumerate() {
             let Some(rank) = ranks[i] else {
                 continue;
@@ -578,13 +580,33 @@ impl<'a> Engine<'a> {
             };
             // The quantized form where it fits and approximates the table best.
             let best_error = choice.as_ref().map_or(plain_error, |c| c.error);
-            let quantized = self.pq_points(r, &t)?.and_then(|p| {
+            let points = self.pq_points(r, &t)?;
+            let mut quantized = points.as_ref().and_then(|p| {
                 p.iter()
                     .filter_map(|q| q.fit((v, d), budget).map(|f| (q, f)))
                     .filter(|(_, f)| f.error < best_error)
                     .min_by(|a, b| a.1.error.total_cmp(&b.1.error))
                     .map(|(q, f)| (q.clone(), f))
             });
+            // A plan that stopped short of the smallest quantized form (the planner sees the
+            // convex hull of the table's forms, so it may end between two of them): round up
+            // to the cheapest quantized form that beats what the budget holds, if the other
+            // sites can give the difference (planned again below).
+            if quantized.is_none() && r.spec == RankSpec::Plan && target_params.is_some() {
+                quantized = points.as_ref().and_then(|p| {
+                    p.iter()
+                        .filter_map(|q| {
+                            let base = crate::compute::pq::pq_params(v, d, q.width, 0);
+                            q.fit((v, d), base).map(|f| (q, f))
+                        })
+                        .filter(|(_, f)| f.error < best_error)
+                        .min_by_key(|(_, f)| f.params)
+                        .map(|(q, f)| (q.clone(), f))
+                });
+                if quantized.is_some() {
+                    rounded_up.push(i);
+                }
+            }
             if let Some((q, f)) = quantized {
                 slack = budget.saturating_sub(f.params).min(slack);
                 tracing::debug!(
@@ -634,10 +656,9 @@ impl<'a> Engine<'a> {
                     None => rest.push((i, site.clone())),
                 }
             }
-            if !rest.is_empty() {
-                let sites: Vec<crate::plan::PlanSite> =
-                    rest.iter().map(|(_, s)| s.clone()).collect();
-                if let Ok(got) = crate::plan::plan(&sites, fixed2, goal, params_before, strategy) {
+            let sites: Vec<crate::plan::PlanSite> = rest.iter().map(|(_, s)| s.clone()).collect();
+            match crate::plan::plan(&sites, fixed2, goal, params_before, strategy) {
+                Ok(got) => {
                     let before: u64 = rest
                         .iter()
                         .map(|(i, s)| ranks[*i].map_or(s.dense(), |r| s.at(r)))
@@ -653,6 +674,15 @@ impl<'a> Engine<'a> {
                     for ((i, _), r) in rest.iter().zip(got) {
                         ranks[*i] = r;
                     }
+                }
+                Err(_) => {
+                    // The others cannot make room for the rounded-up tables: those keep the
+                    // form their planned rank holds, and the first plan stands.
+                    tracing::debug!(
+                        "plan: the other sites cannot make room for {} quantized table(s)",
+                        rounded_up.len()
+                    );
+                    pq_forms.retain(|(i, _, _)| !rounded_up.contains(i));
                 }
             }
         }
@@ -1266,6 +1296,24 @@ impl<'a> Engine<'a> {
             }
             _ => None,
         }
+    }
+
+    /// The token tables of the last survey that may take the quantized form (every request
+    /// for them came from `pq`), by name.
+    pub fn quantizable_tables(&self) -> Vec<String> {
+        let Some((_, reqs)) = &self.surveyed else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for r in reqs {
+            if r.pq
+                && reqs.iter().filter(|x| x.key == r.key).all(|x| x.pq)
+                && !out.contains(&r.name)
+            {
+                out.push(r.name.clone());
+            }
+        }
+        out
     }
 
     /// Every matrix the last [`Engine::plan_pipeline`] gave a rank, with its factors (also the
