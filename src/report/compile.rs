@@ -405,10 +405,12 @@ impl CompileReport {
                         (false, true, false) => "  (output)",
                         _ => "",
                     },
-                    match (s.hot_rows, s.pq_width, s.centroids) {
-                        (Some(k), _, _) => format!("  {k} rows exact"),
-                        (None, Some(w), Some(c)) =>
-                            format!("  pieces of {w} columns, {c} codewords"),
+                    match (s.pq_width, s.centroids, s.hot_rows) {
+                        (Some(w), Some(c), k) => format!(
+                            "  pieces of {w} columns, {c} codewords, {} rows exact",
+                            k.unwrap_or(0)
+                        ),
+                        (_, _, Some(k)) => format!("  {k} rows exact"),
                         _ => String::new(),
                     }
                 );
