@@ -117,8 +117,8 @@ pub struct SiteReport {
     pub rank: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<f64>,
-    /// A token table in the hot form (`lowrank_hot`): rows stored exactly; `rank` is the rank
-    /// of the other rows.
+    /// A token table in the hot form (`lowrank_hot`): rows stored exactly, `rank` being the
+    /// rank of the other rows; or a quantized table (`pq`): rows corrected exactly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hot_rows: Option<usize>,
     /// A product-quantized token table (`pq`): columns per piece, each piece one byte.

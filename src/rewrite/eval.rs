@@ -222,7 +222,8 @@ pub struct Note {
     /// Gather, rows weighted by how often the data read them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// `lowrank_hot`: how many rows of the token table are stored exactly (the rest at `rank`).
+    /// `lowrank_hot`: how many rows of the token table are stored exactly (the rest at
+    /// `rank`); `pq`: how many rows are corrected exactly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hot_rows: Option<usize>,
     /// `pq`: columns per quantized piece (each piece one byte, a codeword of its column block).
