@@ -75,12 +75,15 @@ pub struct Quantized {
 impl Quantized {
     /// The best use of `budget` parameters for a `v × d` table: as many of the worst rows made
     /// exact as fit; `None` where the codes and codebooks alone do not fit.
+    /// The form stays smaller than the table itself (what the rule requires).
     pub fn fit(&self, (v, d): (usize, usize), budget: u64) -> Option<Fit> {
         let base = pq_params(v, d, self.width, 0);
-        if budget < base {
+        let dense = (v * d) as u64;
+        if budget < base || base >= dense {
             return None;
         }
-        let exact = (((budget - base) / d.max(1) as u64) as usize).min(v);
+        let room = budget.min(dense - 1) - base;
+        let exact = ((room / d.max(1) as u64) as usize).min(v);
         Some(Fit {
             exact,
             error: (self.error - self.cut[exact]).max(0.0),
@@ -410,9 +413,11 @@ fn assign_all(
     assign_body(xs, width, c, k, assign, dist)
 }
 
+/// # Safety
+/// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn assign_avx512(
+unsafe fn assign_avx512(
     xs: &[f32],
     width: usize,
     c: &[f32],
@@ -423,9 +428,11 @@ fn assign_avx512(
     assign_body(xs, width, c, k, assign, dist)
 }
 
+/// # Safety
+/// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn assign_avx2(
+unsafe fn assign_avx2(
     xs: &[f32],
     width: usize,
     c: &[f32],
@@ -436,8 +443,9 @@ fn assign_avx2(
     assign_body(xs, width, c, k, assign, dist)
 }
 
-/// [`assign_all`]'s arithmetic, inlined into each CPU-specific version. No fused
-/// multiply-adds (not enabled in any version), so every version rounds alike.
+/// [`assign_all`]'s arithmetic, inlined into each CPU-specific version. Rust never fuses a
+/// multiply and an add on its own (whatever the target features), so every version rounds
+/// alike.
 #[inline(always)]
 fn assign_body(
     xs: &[f32],
@@ -579,7 +587,10 @@ mod tests {
             })
             .sum();
         assert!((q.error - f.error - worst10).abs() <= 1e-6 * q.error);
-        assert!(q.fit((v, d), u64::MAX).unwrap().error <= 1e-9 * q.error);
+        // However large the budget, the form stays smaller than the table.
+        let most = q.fit((v, d), u64::MAX).unwrap();
+        assert!(most.params < (v * d) as u64, "{most:?}");
+        assert!(most.error < f.error);
     }
 
     #[test]
