@@ -9,8 +9,9 @@ out), seeded by --seed (default 0):
   - symbolic dims: "batch"-like names or position 0 -> --batch (default 2), others -> --seq
     (default 16); fixed dims are kept;
   - the token-id input (int, named input_ids, else the first int input that is not a mask,
-    token type or position input): uniform in [0, vocab), where vocab is the first dim of the
-    first Gather table fed from it (followed through Cast/Identity/Reshape/(Un)Squeeze/Flatten,
+    token type or position input): uniform in [0, vocab), where vocab is the gathered dim (along
+    the Gather's axis, 0 by default) of the first Gather table fed from it (followed through
+    Cast/Identity/Reshape/(Un)Squeeze/Flatten,
     the table an initializer or Constant, possibly behind Identity/Cast), or --vocab;
   - *mask* inputs: ones; token_type / segment inputs: zeros; position inputs: arange(seq);
     other int inputs: zeros; bool inputs: true;
@@ -84,7 +85,7 @@ def ids_input(inputs):
 
 
 def find_vocab(model, ids_name):
-    """First dim of the first Gather table that the token ids index."""
+    """The gathered dim (axis, default 0) of the first Gather table that the token ids index."""
     g = model.graph
     init = {t.name: t for t in g.initializer}
     producer = {}
@@ -118,8 +119,9 @@ def find_vocab(model, ids_name):
             for n, k in consumers.get(v, []):
                 if n.op_type == "Gather" and k == 1:
                     dims = table_dims(n.input[0])
-                    if dims:
-                        return dims[0]
+                    axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                    if dims and -len(dims) <= axis < len(dims):
+                        return dims[axis]
                 if n.op_type in ALIAS_OPS and k == 0:
                     for o in n.output:
                         if o not in seen:
