@@ -288,6 +288,47 @@ fn token_id_files_calibrate_and_bad_data_is_a_clean_error() {
     assert!(!bad_out.exists(), "no output after a failed calibration");
 }
 
+/// The arguments of the MiniLM token-table tests: `extra`, then 1.5x calibrated on 8 lines of
+/// 64 tokens of text-calib.txt (uniform plan, no refit) with token damping `damp`.
+fn table_args(extra: &[&OsStr], damp: &str) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = extra.iter().map(|x| x.to_os_string()).collect();
+    a.extend(["--ratio".into(), "1.5".into(), "--calib".into()]);
+    a.push(common::model("text-calib.txt").into_os_string());
+    a.push("--tokenizer".into());
+    a.push(common::model("bert-uncased-tokenizer.json").into_os_string());
+    a.extend(
+        [
+            "--seq-len",
+            "64",
+            "--max-chunks",
+            "8",
+            "--no-calib-cache",
+            "--no-sequential",
+            "--strategy",
+            "uniform",
+            "--calib-token-damp",
+            damp,
+        ]
+        .iter()
+        .map(|x| x.into()),
+    );
+    a
+}
+
+/// all-MiniLM's token counts on the text [`table_args`] calibrates with, through the public API.
+fn table_counts() -> Vec<f64> {
+    let model = common::model("all-minilm-l6-v2-f32.onnx");
+    let calib = common::model("text-calib.txt");
+    let tok = common::model("bert-uncased-tokenizer.json");
+    let mut o = hcc::eval::calib::CalibOptions::new(&calib, Some(tok));
+    o.seq_len = 64;
+    o.max_chunks = 8;
+    hcc::eval::calib::collect(&model, &["input_ids".to_string()], &o, None)
+        .unwrap()
+        .counts["input_ids"]
+        .clone()
+}
+
 /// An encoder's token table read by a Gather is weighted by how often the calibration text
 /// reads each row (the Gram of one-hot rows is diagonal); `--strategy auto` scores its plans
 /// on lines the statistics did not see, or on the first ones when the text has no more.
@@ -406,8 +447,6 @@ fn minilm_token_table_is_weighted_by_token_counts() {
 fn minilm_hot_rows_are_exact_and_the_report_error_is_the_stored_one() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::model("all-minilm-l6-v2-f32.onnx");
-    let calib = common::model("text-calib.txt");
-    let tok = common::model("bert-uncased-tokenizer.json");
     let out = dir.path().join("h.onnx");
     // The default pipeline without embedding_pq (which would take the table at this ratio).
     let pipe = dir.path().join("hot.hcp");
@@ -420,26 +459,7 @@ fn minilm_hot_rows_are_exact_and_the_report_error_is_the_stored_one() {
     let r = compile(
         &model,
         &out,
-        &[
-            os("-p"),
-            pipe.as_os_str(),
-            os("--ratio"),
-            os("1.5"),
-            os("--calib"),
-            calib.as_os_str(),
-            os("--tokenizer"),
-            tok.as_os_str(),
-            os("--seq-len"),
-            os("64"),
-            os("--max-chunks"),
-            os("8"),
-            os("--no-calib-cache"),
-            os("--no-sequential"),
-            os("--strategy"),
-            os("uniform"),
-            os("--calib-token-damp"),
-            os("0.2"),
-        ],
+        &refs(&table_args(&[os("-p"), pipe.as_os_str()], "0.2")),
     );
     let site = r["sites"]
         .as_array()
@@ -505,20 +525,7 @@ fn minilm_hot_rows_are_exact_and_the_report_error_is_the_stored_one() {
     );
     // Zero rows for the tokens without a hot (or cold) row.
     assert!(h[k * d..].iter().chain(&t[nc * rank..]).all(|&x| x == 0.0));
-    let counts = hcc::eval::calib::collect(
-        &model,
-        &["input_ids".to_string()],
-        &{
-            let mut o = hcc::eval::calib::CalibOptions::new(&calib, Some(tok.clone()));
-            o.seq_len = 64;
-            o.max_chunks = 8;
-            o
-        },
-        None,
-    )
-    .unwrap()
-    .counts["input_ids"]
-        .clone();
+    let counts = table_counts();
     let mean = counts.iter().sum::<f64>() / v as f64;
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for tok_id in 0..v {
@@ -603,31 +610,8 @@ fn minilm_hot_rows_are_exact_and_the_report_error_is_the_stored_one() {
 fn minilm_quantized_table_is_stored_as_reported() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::model("all-minilm-l6-v2-f32.onnx");
-    let calib = common::model("text-calib.txt");
-    let tok = common::model("bert-uncased-tokenizer.json");
     let out = dir.path().join("q.onnx");
-    let r = compile(
-        &model,
-        &out,
-        &[
-            os("--ratio"),
-            os("1.5"),
-            os("--calib"),
-            calib.as_os_str(),
-            os("--tokenizer"),
-            tok.as_os_str(),
-            os("--seq-len"),
-            os("64"),
-            os("--max-chunks"),
-            os("8"),
-            os("--no-calib-cache"),
-            os("--no-sequential"),
-            os("--strategy"),
-            os("uniform"),
-            os("--calib-token-damp"),
-            os("0.5"),
-        ],
-    );
+    let r = compile(&model, &out, &refs(&table_args(&[], "0.5")));
     let site = r["sites"]
         .as_array()
         .unwrap()
@@ -698,20 +682,7 @@ fn minilm_quantized_table_is_stored_as_reported() {
         x[exact * d..].iter().all(|&e| e == 0.0),
         "the last correction row is zero"
     );
-    let counts = hcc::eval::calib::collect(
-        &model,
-        &["input_ids".to_string()],
-        &{
-            let mut o = hcc::eval::calib::CalibOptions::new(&calib, Some(tok.clone()));
-            o.seq_len = 64;
-            o.max_chunks = 8;
-            o
-        },
-        None,
-    )
-    .unwrap()
-    .counts["input_ids"]
-        .clone();
+    let counts = table_counts();
     let mean = counts.iter().sum::<f64>() / v as f64;
     let row_error = |t: usize| -> (f64, f64) {
         let (mut e, mut n) = (0.0, 0.0);

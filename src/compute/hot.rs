@@ -83,7 +83,7 @@ fn rows_that_fit(v: usize, d: usize, r: usize, budget: u64) -> usize {
 }
 
 /// `data` must hold a non-empty `v × d` table.
-fn check(data: &[f32], v: usize, d: usize) -> Result<(), ComputeError> {
+pub(crate) fn check(data: &[f32], v: usize, d: usize) -> Result<(), ComputeError> {
     if data.len() != v * d || v == 0 || d == 0 {
         return Err(ComputeError::DataLength {
             rows: v,

@@ -119,14 +119,7 @@ pub fn quantize(
     width: usize,
     seed: u64,
 ) -> Result<Quantized, ComputeError> {
-    if data.len() != v * d || v == 0 || d == 0 {
-        return Err(ComputeError::DataLength {
-            rows: v,
-            cols: d,
-            len: data.len(),
-            expected: v.saturating_mul(d),
-        });
-    }
+    super::hot::check(data, v, d)?;
     if width == 0 || d % width != 0 || weights.len() != v {
         return Err(ComputeError::Numerical {
             index: 0,
