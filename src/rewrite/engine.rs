@@ -424,20 +424,24 @@ impl<'a> Engine<'a> {
         // The planner weighs a table that may take the hot or quantized form by what those
         // forms reach for the parameters of each plain rank (the reported spectra stay the
         // table's own).
+        // Token tables that may take the hot or quantized form, with their row weights (once).
+        let tables: Vec<Option<TableForms<'_>>> = unique
+            .iter()
+            .map(|r| table_forms(r, site_stats(r), whiten.as_ref()).transpose())
+            .collect::<Result<_, _>>()?;
         let mut plan_spectra = spectra.clone();
         for (i, r) in unique.iter().enumerate() {
             let Some(plain) = spectra[i].as_deref() else {
                 continue;
             };
-            let Some(table) = table_forms(r, site_stats(r), whiten.as_ref()) else {
+            let Some(t) = &tables[i] else {
                 continue;
             };
-            let t = table?;
             let (v, d) = t.dims;
             let fail = |detail: String| hot_err(r, detail);
             let compact = r.compact;
             let cost = |rank: usize| crate::plan::PlanSite::sized(v, d, compact).at(rank);
-            let quantized = self.pq_points(r, &t)?;
+            let quantized = self.pq_points(r, t)?;
             let best_pq = |budget: u64| -> Option<f64> {
                 quantized
                     .iter()
@@ -547,10 +551,9 @@ impl<'a> Engine<'a> {
             let Some(rank) = ranks[i] else {
                 continue;
             };
-            let Some(table) = table_forms(r, site_stats(r), whiten.as_ref()) else {
+            let Some(t) = &tables[i] else {
                 continue;
             };
-            let t = table?;
             let (v, d) = t.dims;
             let fail = |detail: String| hot_err(r, detail);
             let budget = crate::plan::PlanSite::sized(v, d, r.compact).at(rank)
@@ -580,7 +583,7 @@ impl<'a> Engine<'a> {
             };
             // The quantized form where it fits and approximates the table best.
             let best_error = choice.as_ref().map_or(plain_error, |c| c.error);
-            let points = self.pq_points(r, &t)?;
+            let points = self.pq_points(r, t)?;
             let mut quantized = points.as_ref().and_then(|p| {
                 p.iter()
                     .filter_map(|q| q.fit((v, d), budget).map(|f| (q, f)))
@@ -854,10 +857,9 @@ impl<'a> Engine<'a> {
         }
         for (i, q, f) in &pq_forms {
             let r = &unique[*i];
-            let Some(table) = table_forms(r, site_stats(r), whiten.as_ref()) else {
+            let Some(t) = &tables[*i] else {
                 continue;
             };
-            let t = table?;
             let tap = t.counted.then(|| r.tap.clone().unwrap_or_default());
             let (v, note) = super::eval::pq_form(
                 &r.matrix,
