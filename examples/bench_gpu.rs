@@ -192,6 +192,9 @@ fn main() -> anyhow::Result<()> {
 
     let gemm = bench_gemms(&gpu, &out, &d, reps)?;
     let (rsvd, totals) = bench_rsvd(&gpu, &out, &d, args.cpu, args.small)?;
+    if let Some(report) = gpu.profile_report() {
+        eprintln!("\n## GPU profile (HCC_GPU_PROFILE=1)\n\n{report}");
+    }
 
     if args.json {
         let report = json!({
@@ -318,6 +321,8 @@ struct Batch {
 struct Run {
     median_s: f64,
     runs: Vec<f64>,
+    /// Median of each run's time less its uploads of the weight matrices.
+    resident_s: f64,
     mean_error: f64,
 }
 
@@ -327,6 +332,7 @@ fn run_batch(
     sq_norms: &[f64],
     rank: usize,
     opts: &SvdOptions,
+    uploads: &dyn Fn() -> f64,
 ) -> anyhow::Result<Run> {
     // Warm-up; its factors give the errors (every run gives the same bits).
     let factors = backend.lowrank(batch, rank, opts)?;
@@ -340,16 +346,24 @@ fn run_batch(
         .sum::<f64>()
         / factors.len() as f64;
     let mut runs = Vec::with_capacity(RSVD_RUNS);
+    let mut resident = Vec::with_capacity(RSVD_RUNS);
     for _ in 0..RSVD_RUNS {
+        let up = uploads();
         let t = Instant::now();
         let f = backend.lowrank(batch, rank, opts)?;
-        runs.push(t.elapsed().as_secs_f64());
+        let s = t.elapsed().as_secs_f64();
+        runs.push(s);
+        resident.push(s - (uploads() - up));
         drop(f);
     }
-    let mut sorted = runs.clone();
-    sorted.sort_by(f64::total_cmp);
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     Ok(Run {
-        median_s: sorted[sorted.len() / 2],
+        median_s: median(&runs),
+        resident_s: median(&resident),
         runs,
         mean_error,
     })
@@ -414,14 +428,15 @@ fn bench_rsvd(
          exact below {}), median of {RSVD_RUNS} after 1 warm-up; error = mean √(1 − Σs²/‖W‖²)\n",
         opts.oversample, opts.depth, opts.exact_below
     ));
-    out.line("| rank | shape | count | route | GPU s | CPU s | CPU/GPU | GPU error | CPU error | Δ error |");
-    out.line("|---|---|---|---|---|---|---|---|---|---|");
+    out.line("| rank | shape | count | route | GPU s | GPU s without uploads | CPU s | CPU/GPU | GPU error | CPU error | Δ error |");
+    out.line("|---|---|---|---|---|---|---|---|---|---|---|");
     let cpu = Cpu::new();
     let mut rows = Vec::new();
     let mut totals = Vec::new();
     for rank in [64, 256] {
         let rank = if small { rank / 8 } else { rank };
         let (mut gpu_total, mut cpu_total, mut count_total) = (0.0, 0.0, 0usize);
+        let mut resident_total = 0.0;
         let (mut gpu_err_sum, mut cpu_err_sum) = (0.0, 0.0);
         for b in &data {
             let (r, c) = (b.rows, b.cols);
@@ -431,14 +446,17 @@ fn bench_rsvd(
                 .map(|m| MatrixRef::new(r, c, m))
                 .collect::<Result<Vec<_>, _>>()?;
             let route = route_name(opts.lowrank_route((r, c), rank));
-            let g = run_batch(gpu, &batch, &b.sq_norms, rank, &opts)?;
+            let g = run_batch(gpu, &batch, &b.sq_norms, rank, &opts, &|| {
+                gpu.upload_seconds()
+            })?;
             let cp = if with_cpu {
-                Some(run_batch(&cpu, &batch, &b.sq_norms, rank, &opts)?)
+                Some(run_batch(&cpu, &batch, &b.sq_norms, rank, &opts, &|| 0.0)?)
             } else {
                 None
             };
             let n = batch.len();
             gpu_total += g.median_s;
+            resident_total += g.resident_s;
             gpu_err_sum += g.mean_error * n as f64;
             count_total += n;
             if let Some(cp) = &cp {
@@ -446,8 +464,9 @@ fn bench_rsvd(
                 cpu_err_sum += cp.mean_error * n as f64;
             }
             out.line(&format!(
-                "| {rank} | {r}×{c} | {n} | {route} | {:.3} | {} | {} | {:.6} | {} | {} |",
+                "| {rank} | {r}×{c} | {n} | {route} | {:.3} | {:.3} | {} | {} | {:.6} | {} | {} |",
                 g.median_s,
+                g.resident_s,
                 cp.as_ref()
                     .map_or("–".into(), |cp| format!("{:.3}", cp.median_s)),
                 cp.as_ref().map_or("–".into(), |cp| format!(
@@ -462,7 +481,7 @@ fn bench_rsvd(
                     g.mean_error - cp.mean_error
                 )),
             ));
-            let side = |x: &Run| json!({"median_s": x.median_s, "runs_s": x.runs, "mean_rel_error": x.mean_error});
+            let side = |x: &Run| json!({"median_s": x.median_s, "without_uploads_s": x.resident_s, "runs_s": x.runs, "mean_rel_error": x.mean_error});
             rows.push(json!({
                 "rank": rank,
                 "rows": r,
@@ -476,7 +495,7 @@ fn bench_rsvd(
         let gpu_err = gpu_err_sum / count_total as f64;
         let cpu_err = cpu_err_sum / count_total as f64;
         out.line(&format!(
-            "| {rank} | **total** | {count_total} | | **{gpu_total:.3}** | {} | {} | {gpu_err:.6} | {} | {} |",
+            "| {rank} | **total** | {count_total} | | **{gpu_total:.3}** | **{resident_total:.3}** | {} | {} | {gpu_err:.6} | {} | {} |",
             if with_cpu { format!("**{cpu_total:.3}**") } else { "–".into() },
             if with_cpu { format!("{:.2}", cpu_total / gpu_total) } else { "–".into() },
             if with_cpu { format!("{cpu_err:.6}") } else { "–".into() },
@@ -486,6 +505,7 @@ fn bench_rsvd(
             "rank": rank,
             "count": count_total,
             "gpu_s": gpu_total,
+            "gpu_without_uploads_s": resident_total,
             "cpu_s": with_cpu.then_some(cpu_total),
             "gpu_mean_rel_error": gpu_err,
             "cpu_mean_rel_error": with_cpu.then_some(cpu_err),

@@ -3,7 +3,7 @@
 //! The large products (`W·X`, `Wᵀ·X`, `Qᵀ·W`, `Q·U_B`) run in `f32`; everything that decides
 //! orthogonality (Gram matrices, Cholesky, `Y·R⁻¹`) and the small SVD of `B` run in `f64`.
 
-use faer::MatRef;
+use faer::{MatRef, Par};
 use rayon::prelude::*;
 
 use super::check::{check_batch, check_rank, numerical, use_exact};
@@ -614,8 +614,43 @@ pub(crate) fn top_eigen(g: &[f64], s_dim: usize, rank: usize) -> Result<TopEigen
     let eig = gm
         .self_adjoint_eigen(faer::Side::Lower)
         .map_err(|e| format!("eigendecomposition: {e:?}"))?;
-    let vecs = eig.U();
-    let vals = eig.S();
+    top_of(eig.U(), eig.S().column_vector(), s_dim, rank)
+}
+
+/// [`top_eigen`] on one thread (for callers that run one per matrix in parallel, where
+/// faer's own threads would only contend).
+pub(crate) fn top_eigen_seq(g: &[f64], s_dim: usize, rank: usize) -> Result<TopEigen, String> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd;
+    let gm = faer::Mat::<f64>::from_fn(s_dim, s_dim, |i, j| g[i * s_dim + j]);
+    let mut u = faer::Mat::<f64>::zeros(s_dim, s_dim);
+    let mut s = faer::diag::Diag::<f64>::zeros(s_dim);
+    let req = evd::self_adjoint_evd_scratch::<f64>(
+        s_dim,
+        evd::ComputeEigenvectors::Yes,
+        Par::Seq,
+        Default::default(),
+    );
+    let mut buf = MemBuffer::try_new(req).map_err(|e| format!("eigendecomposition: {e:?}"))?;
+    evd::self_adjoint_evd(
+        gm.as_ref(),
+        s.as_mut(),
+        Some(u.as_mut()),
+        Par::Seq,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|e| format!("eigendecomposition: {e:?}"))?;
+    top_of(u.as_ref(), s.column_vector(), s_dim, rank)
+}
+
+/// The top `rank` pairs of an ascending eigendecomposition (`vecs`, `vals`) of a Gram matrix.
+fn top_of(
+    vecs: MatRef<'_, f64>,
+    vals: faer::ColRef<'_, f64>,
+    s_dim: usize,
+    rank: usize,
+) -> Result<TopEigen, String> {
     let r = rank.min(s_dim);
     // Eigenvalues ascend: take the last r, largest first.
     let idx: Vec<usize> = (0..r).map(|l| s_dim - 1 - l).collect();

@@ -15,8 +15,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
-use wgpu::util::DeviceExt;
-
 use super::gemm::GemmTiles;
 use crate::compute::ComputeError;
 
@@ -31,15 +29,19 @@ pub(super) const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl"
 const HISTOGRAM_WGSL: &str = include_str!("../../../shaders/histogram.wgsl");
 const NM_MASK_WGSL: &str = include_str!("../../../shaders/nm_mask.wgsl");
 const NORMS_WGSL: &str = include_str!("../../../shaders/norms.wgsl");
+pub(super) const CHOL_WGSL: &str = include_str!("../../../shaders/chol.wgsl");
+const GRAM2_WGSL: &str = include_str!("../../../shaders/gram2.wgsl");
 
 /// Every shader file, by name (for the naga validation tests).
 #[cfg(test)]
-pub(super) const SHADERS: [(&str, &str); 5] = [
+pub(super) const SHADERS: [(&str, &str); 7] = [
     ("gemm.wgsl", GEMM_WGSL),
     ("reduce.wgsl", REDUCE_WGSL),
     ("histogram.wgsl", HISTOGRAM_WGSL),
     ("nm_mask.wgsl", NM_MASK_WGSL),
     ("norms.wgsl", NORMS_WGSL),
+    ("chol.wgsl", CHOL_WGSL),
+    ("gram2.wgsl", GRAM2_WGSL),
 ];
 
 /// Default memory budget on a software (CPU) adapter such as lavapipe.
@@ -144,6 +146,12 @@ pub(super) enum Kernel {
     NmMask,
     RowSq,
     ColSq,
+    /// One Cholesky-QR step per matrix (shaders/chol.wgsl), Grams in `f64` where `f64`.
+    Chol {
+        f64: bool,
+    },
+    /// Gram matrices accumulated in double-`f32` (shaders/gram2.wgsl).
+    Gram2,
 }
 
 /// The device and everything created on it.
@@ -163,6 +171,8 @@ pub(super) struct Ctx {
     /// Whether the device has `TIMESTAMP_QUERY` (GPU times in [`super::Gpu::bench_gemm`]).
     pub(super) timestamps: bool,
     pub(super) tiles: GemmTiles,
+    /// Largest Gram side of the on-device Cholesky (`shaders/chol.wgsl`; 0: none fits).
+    pub(super) chol_kmax: u32,
     /// Largest workgroup count per dispatch dimension.
     pub(super) max_groups: u32,
     pub(super) checks: wgpu::ShaderRuntimeChecks,
@@ -171,6 +181,15 @@ pub(super) struct Ctx {
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
     op: Mutex<()>,
+    /// Nanoseconds spent uploading weight matrices for factorizations (host copies into
+    /// staging memory and their submission), for benchmarks that compare against tools whose
+    /// matrices already live on the device.
+    pub(super) upload_nanos: std::sync::atomic::AtomicU64,
+    /// With `HCC_GPU_PROFILE=1` on an adapter with timestamps: GPU time per kernel.
+    pub(super) profile: Option<Mutex<Profile>>,
+    /// Matrices the randomized SVD redid on its careful path (tests check which path ran).
+    #[cfg(test)]
+    pub(super) careful: std::sync::atomic::AtomicU64,
     /// Dispatches per kernel (tests check that work really ran on the device).
     #[cfg(test)]
     pub(super) dispatches: Mutex<HashMap<Kernel, u64>>,
@@ -332,12 +351,17 @@ impl Ctx {
             f64,
             timestamps,
             tiles,
+            chol_kmax: super::gemm::chol_kmax(f64, limits.max_compute_workgroup_storage_size),
             max_groups: limits.max_compute_workgroups_per_dimension.max(1),
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             lost,
             uncaptured,
             op: Mutex::new(()),
+            upload_nanos: std::sync::atomic::AtomicU64::new(0),
+            profile: (timestamps && env("HCC_GPU_PROFILE")).then(|| Mutex::new(Profile::default())),
+            #[cfg(test)]
+            careful: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             dispatches: Mutex::new(HashMap::new()),
         })
@@ -547,6 +571,8 @@ impl Ctx {
             "histogram" => HISTOGRAM_WGSL.to_string(),
             "nm_mask" => NM_MASK_WGSL.to_string(),
             "norms" => NORMS_WGSL.to_string(),
+            "chol" => super::gemm::chol_source(f64, self.chol_kmax)?,
+            "gram2" => GRAM2_WGSL.to_string(),
             _ => return Err(device_err(format!("unknown shader {file}"))),
         };
         let module = self.checked(&format!("compiling {file}.wgsl"), || {
@@ -600,6 +626,8 @@ impl Ctx {
             Kernel::NmMask => ("nm_mask", false, "main", vec![]),
             Kernel::RowSq => ("norms", false, "row_sq", vec![]),
             Kernel::ColSq => ("norms", false, "col_sq", vec![]),
+            Kernel::Chol { f64 } => ("chol", f64, "main", vec![]),
+            Kernel::Gram2 => ("gram2", false, "main", vec![]),
         };
         let module = self.module(file, f64)?;
         let pipeline = self.checked(&format!("creating the {k:?} pipeline"), || {
@@ -637,6 +665,21 @@ impl Ctx {
         }
         Ok((x as u32, y as u32))
     }
+}
+
+/// GPU time of every profiled pass (`HCC_GPU_PROFILE=1`), by kernel.
+#[derive(Debug, Default)]
+pub(super) struct Profile {
+    /// Per kernel and workgroup grid (`Debug` forms): passes and seconds between their
+    /// timestamps.
+    pub(super) kernels: HashMap<String, (u64, f64)>,
+    /// Seconds between one pass's end and the next one's start, summed.
+    pub(super) gaps: f64,
+    /// Seconds from the first pass's start to the last one's end, summed over submissions.
+    pub(super) span: f64,
+    /// Wall seconds of submit + wait, summed.
+    pub(super) wall: f64,
+    pub(super) submissions: u64,
 }
 
 /// Timestamp queries for the compute passes of a [`Session`] (with `TIMESTAMP_QUERY`): pass
@@ -722,7 +765,24 @@ pub(super) struct Session<'c> {
     stamps: Option<&'c Stamps>,
     /// Dispatches recorded since the last submission (for the trace log).
     recorded: usize,
+    /// The dispatches' parameters, one [`PARAM_SLOT`]-byte slot each, written into `arena`
+    /// when the session is submitted (so that a dispatch costs no buffer of its own).
+    params: Vec<u32>,
+    arena: Vec<wgpu::Buffer>,
+    /// With `HCC_GPU_PROFILE=1`: timestamps around every pass and each pass's kernel.
+    profile: Option<(Stamps, Vec<String>)>,
+    /// Scratch space for split-K partial products, reused by every GEMM of the session (a
+    /// fresh buffer per GEMM cost more host time than the GEMM itself on some drivers).
+    scratch: Option<wgpu::Buffer>,
 }
+
+/// Bytes per dispatch in a session's parameter arena (the largest uniform offset alignment
+/// an adapter may ask for).
+const PARAM_SLOT: usize = 256;
+/// Slots per arena buffer.
+const ARENA_SLOTS: usize = 256;
+/// Passes a profiled session times per submission.
+const PROFILED_PASSES: u32 = 2048;
 
 impl<'c> Session<'c> {
     pub(super) fn new(ctx: &'c Ctx) -> Self {
@@ -731,6 +791,23 @@ impl<'c> Session<'c> {
             enc: None,
             stamps: None,
             recorded: 0,
+            params: Vec::new(),
+            arena: Vec::new(),
+            profile: None,
+            scratch: None,
+        }
+    }
+
+    /// The session's scratch buffer, at least `bytes` long (a larger one replaces it where
+    /// needed; commands already recorded keep the old one alive). Its contents are undefined.
+    pub(super) fn scratch(&mut self, bytes: u64) -> GpuResult<wgpu::Buffer> {
+        match &self.scratch {
+            Some(b) if b.size() >= bytes => Ok(b.clone()),
+            _ => {
+                let b = self.ctx.buffer(bytes, "split-K partial products")?;
+                self.scratch = Some(b.clone());
+                Ok(b)
+            }
         }
     }
 
@@ -783,17 +860,33 @@ impl<'c> Session<'c> {
                 .entry(kernel)
                 .or_default() += 1;
         }
-        let uniform = self
-            .ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        // This dispatch's parameter slot (a new arena buffer every ARENA_SLOTS dispatches).
+        let slot = self.params.len() / (PARAM_SLOT / 4);
+        if params.len() * 4 > PARAM_SLOT {
+            return Err(device_err(format!("{kernel:?}: too many parameters")));
+        }
+        if slot / ARENA_SLOTS >= self.arena.len() {
+            let buf = self.ctx.checked("parameter arena", || {
+                self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: (PARAM_SLOT * ARENA_SLOTS) as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })?;
+            self.arena.push(buf);
+        }
+        let start = self.params.len();
+        self.params.extend_from_slice(params);
+        self.params.resize(start + PARAM_SLOT / 4, 0);
+        let size = ((params.len() * 4).max(16).next_multiple_of(16)) as u64;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.arena[slot / ARENA_SLOTS],
+                offset: ((slot % ARENA_SLOTS) * PARAM_SLOT) as u64,
+                size: wgpu::BufferSize::new(size),
+            }),
         }];
         for (i, b) in buffers.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
@@ -810,8 +903,24 @@ impl<'c> Session<'c> {
                 entries: &entries,
             });
         self.recorded += 1;
-        let timestamp_writes = self.stamps.and_then(Stamps::next);
-        let enc = self.enc();
+        if self.profile.is_none() && self.stamps.is_none() && self.ctx.profile.is_some() {
+            self.profile = Some((Stamps::new(self.ctx, PROFILED_PASSES)?, Vec::new()));
+        }
+        let timestamp_writes = match (&self.stamps, &mut self.profile) {
+            (Some(st), _) => st.next(),
+            (None, Some((st, kernels))) => {
+                let w = st.next();
+                if w.is_some() {
+                    kernels.push(format!("{kernel:?} {groups:?}"));
+                }
+                w
+            }
+            _ => None,
+        };
+        let device = &self.ctx.device;
+        let enc = self.enc.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hcc") })
+        });
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
             timestamp_writes,
@@ -835,8 +944,36 @@ impl<'c> Session<'c> {
     /// [`Session::flush`], returning the wall time in seconds from the submission to the end
     /// of the wait (0 when nothing was recorded; finishing the encoder is not counted).
     pub(super) fn flush_timed(&mut self) -> GpuResult<f64> {
-        let Some(enc) = self.enc.take() else {
+        let Some(mut enc) = self.enc.take() else {
             return Ok(0.0);
+        };
+        for (i, chunk) in self.params.chunks(PARAM_SLOT / 4 * ARENA_SLOTS).enumerate() {
+            self.ctx
+                .queue
+                .write_buffer(&self.arena[i], 0, bytemuck::cast_slice(chunk));
+        }
+        self.params.clear();
+        let profiled = match &self.profile {
+            Some((st, kernels)) if !kernels.is_empty() => {
+                let used = st.used().0;
+                let bytes = used as u64 * 8;
+                let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("timestamp resolve"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("timestamp staging"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                enc.resolve_query_set(&st.set, 0..used, &resolve, 0);
+                enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, Some(bytes));
+                Some(staging)
+            }
+            _ => None,
         };
         let commands = enc.finish();
         let t0 = std::time::Instant::now();
@@ -849,11 +986,48 @@ impl<'c> Session<'c> {
             })
             .map_err(|e| device_err(format!("waiting for the device: {e}")))?;
         let t = t0.elapsed().as_secs_f64();
+
         tracing::trace!(
             "gpu submit: {} dispatches, submit + wait {:.4} s",
             std::mem::take(&mut self.recorded),
             t
         );
+        if let (Some(staging), Some((st, kernels))) = (profiled, &mut self.profile) {
+            let slice = staging.slice(..);
+            slice.map_async(wgpu::MapMode::Read, |_| {});
+            self.ctx
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| device_err(format!("reading timestamps: {e}")))?;
+            let ticks: Vec<u64> = {
+                let view = slice
+                    .get_mapped_range()
+                    .map_err(|e| device_err(format!("reading timestamps: {e}")))?;
+                bytemuck::pod_collect_to_vec(&view[..])
+            };
+            staging.unmap();
+            if let Some(prof) = &self.ctx.profile {
+                let period = self.ctx.queue.get_timestamp_period() as f64 * 1e-9;
+                let mut p = prof.lock().unwrap_or_else(PoisonError::into_inner);
+                p.submissions += 1;
+                p.wall += t;
+                for (i, k) in kernels.iter().enumerate() {
+                    let (a, b) = (ticks[2 * i], ticks[2 * i + 1]);
+                    let e = p.kernels.entry(k.clone()).or_default();
+                    e.0 += 1;
+                    e.1 += b.saturating_sub(a) as f64 * period;
+                    if i > 0 {
+                        p.gaps += a.saturating_sub(ticks[2 * i - 1]) as f64 * period;
+                    }
+                }
+                if let (Some(first), Some(last)) = (ticks.first(), ticks.get(2 * kernels.len() - 1))
+                {
+                    p.span += last.saturating_sub(*first) as f64 * period;
+                }
+            }
+            st.reset();
+            kernels.clear();
+        }
         Ok(t)
     }
 
@@ -863,6 +1037,20 @@ impl<'c> Session<'c> {
         &mut self,
         reads: &[(&wgpu::Buffer, u64, u64)],
     ) -> GpuResult<Vec<Vec<T>>> {
+        let mut out: Vec<Vec<T>> = vec![Vec::new(); reads.len()];
+        self.read_with::<T>(reads, |i, data| {
+            out[i] = bytemuck::pod_collect_to_vec::<u8, T>(data);
+        })?;
+        Ok(out)
+    }
+
+    /// [`Session::read_many`] handing each read's bytes (`count · size_of::<T>()`, straight from
+    /// the mapped staging memory) to `take(i, bytes)` instead of copying them into a vector.
+    pub(super) fn read_with<T: bytemuck::Pod>(
+        &mut self,
+        reads: &[(&wgpu::Buffer, u64, u64)],
+        mut take: impl FnMut(usize, &[u8]),
+    ) -> GpuResult<()> {
         let el = std::mem::size_of::<T>() as u64;
         let mut staging = Vec::with_capacity(reads.len());
         for &(buf, first, count) in reads {
@@ -904,24 +1092,22 @@ impl<'c> Session<'c> {
         for (_, r) in rx.try_iter() {
             r.map_err(|e| device_err(format!("mapping a download: {e}")))?;
         }
-        let mut out = Vec::with_capacity(reads.len());
-        for s in staging {
+        for (i, s) in staging.into_iter().enumerate() {
             match s {
-                None => out.push(Vec::new()),
+                None => take(i, &[]),
                 Some((s, bytes)) => {
-                    let v = {
+                    {
                         let view = s
                             .slice(..)
                             .get_mapped_range()
                             .map_err(|e| device_err(format!("reading a download: {e}")))?;
-                        bytemuck::pod_collect_to_vec::<u8, T>(&view[..bytes as usize])
-                    };
+                        take(i, &view[..bytes as usize]);
+                    }
                     s.unmap();
-                    out.push(v);
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// [`Session::read_many`] for one buffer.

@@ -167,6 +167,26 @@ pub(super) fn reduce_source(f64: bool) -> GpuResult<String> {
     acc_type(REDUCE_WGSL, f64)
 }
 
+/// chol.wgsl with the Gram type and the largest Gram side `kmax` substituted.
+pub(super) fn chol_source(f64: bool, kmax: u32) -> GpuResult<String> {
+    let s = replace_line(
+        super::device::CHOL_WGSL,
+        "const KMAX: u32 =",
+        &format!("const KMAX: u32 = {kmax}u;"),
+    )?;
+    acc_type(&s, f64)
+}
+
+/// The largest Gram side chol.wgsl handles in `max_workgroup_bytes` of workgroup memory
+/// (its two `k × k` arrays of `f32` or `f64` and three 256-entry reductions), at most 64.
+pub(super) fn chol_kmax(f64: bool, max_workgroup_bytes: u32) -> u32 {
+    let el = if f64 { 8 } else { 4 };
+    [64u32, 48, 32, 16]
+        .into_iter()
+        .find(|&k| 2 * k * k * el + 3 * 256 * 4 + 64 <= max_workgroup_bytes)
+        .unwrap_or(0)
+}
+
 /// An input operand: element `(r, c)` of matrix `z` of the stored (untransposed) matrix is at
 /// `off + z · stride + r · ld + c`; `stride` 0 shares one matrix across the batch.
 #[derive(Clone, Copy)]
@@ -201,6 +221,8 @@ pub(super) struct Gemm<'a> {
     pub(super) accumulate: bool,
     pub(super) subtract: bool,
     pub(super) f64: bool,
+    /// Whether split-K may be used (see [`Gemm::unsplit`]).
+    pub(super) split: bool,
 }
 
 impl<'a> Operand<'a> {
@@ -259,6 +281,7 @@ impl<'a> Gemm<'a> {
             accumulate: false,
             subtract: false,
             f64: false,
+            split: true,
         }
     }
 
@@ -305,6 +328,15 @@ impl<'a> Gemm<'a> {
             2
         } else {
             self.accumulate as u32
+        }
+    }
+
+    /// No split-K, where `yes`: for tiny outputs over a short depth, one dispatch whose
+    /// workgroups run the whole depth costs less than a second dispatch for the reduction.
+    pub(super) fn unsplit(self, yes: bool) -> Self {
+        Gemm {
+            split: !yes,
+            ..self
         }
     }
 
@@ -372,7 +404,15 @@ pub(super) fn record(s: &mut Session<'_>, g: &Gemm<'_>) -> GpuResult<()> {
 fn record_batches(s: &mut Session<'_>, g: &Gemm<'_>) -> GpuResult<()> {
     let ctx = s.ctx;
     let acc_bytes = if g.f64 { 8 } else { 4 };
-    let (splits, chunk) = split_plan(ctx, g.m, g.n, g.k, acc_bytes);
+    let (splits, chunk) = if g.split {
+        split_plan(ctx, g.m, g.n, g.k, acc_bytes)
+    } else {
+        (
+            1,
+            g.k.next_multiple_of(ctx.tiles.bk as u64)
+                .max(ctx.tiles.bk as u64),
+        )
+    };
     let mut per = ctx.max_groups as u64 / splits;
     if splits > 1 {
         per = per.min(partial_cap(ctx) / (splits * g.m * g.n * acc_bytes));
@@ -440,10 +480,7 @@ fn record_one(s: &mut Session<'_>, g: &Gemm<'_>, splits: u64, chunk: u64) -> Gpu
             groups,
         );
     }
-    let partial = ctx.buffer(
-        g.batch * splits * g.m * g.n * acc_bytes,
-        "split-K partial products",
-    )?;
+    let partial = s.scratch(g.batch * splits * g.m * g.n * acc_bytes)?;
     params[6] = u32_of(g.n, "ldc")?;
     params[14] = u32_of(g.m * g.n, "partial stride")?;
     s.dispatch(

@@ -148,6 +148,44 @@ impl Gpu {
         &self.ctx.info
     }
 
+    /// Seconds spent so far uploading weight matrices for factorizations and spectra (host
+    /// copies into staging memory and their submission), so that benchmarks can set apart
+    /// what a tool whose matrices already live on the device does not pay.
+    pub fn upload_seconds(&self) -> f64 {
+        self.ctx
+            .upload_nanos
+            .load(std::sync::atomic::Ordering::Relaxed) as f64
+            * 1e-9
+    }
+
+    /// With `HCC_GPU_PROFILE=1` on an adapter with timestamp queries: the GPU time of every
+    /// compute pass since the device was opened, by kernel, as a markdown table (with the
+    /// time between passes and the wall time of the submissions); `None` otherwise.
+    pub fn profile_report(&self) -> Option<String> {
+        let p = self.ctx.profile.as_ref()?;
+        let p = p.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rows: Vec<(&String, &(u64, f64))> = p.kernels.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let mut out =
+            String::from("| kernel | passes | GPU ms | µs per pass |\n|---|---|---|---|\n");
+        for (k, (n, t)) in rows {
+            out += &format!(
+                "| {k} | {n} | {:.2} | {:.1} |\n",
+                t * 1e3,
+                t * 1e6 / (*n).max(1) as f64
+            );
+        }
+        out += &format!(
+            "\n{} submissions: first pass start to last pass end {:.2} ms, between passes {:.2} ms, \
+             submit + wait {:.2} ms\n",
+            p.submissions,
+            p.span * 1e3,
+            p.gaps * 1e3,
+            p.wall * 1e3
+        );
+        Some(out)
+    }
+
     /// The memory budget in bytes.
     pub fn memory_budget(&self) -> u64 {
         self.ctx.budget
@@ -220,7 +258,13 @@ impl Backend for Gpu {
         rank: usize,
         opts: &SvdOptions,
     ) -> Result<Vec<Factors>, ComputeError> {
-        let shape = match check_lowrank(batch, rank, opts)? {
+        let t0 = std::time::Instant::now();
+        let route = check_lowrank(batch, rank, opts)?;
+        tracing::trace!(
+            "gpu lowrank: input checked in {:.4} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let shape = match route {
             None => return Ok(Vec::new()),
             Some(LowrankRoute::Exact) => return per_matrix(batch, |w| exact_one(w, rank)),
             Some(LowrankRoute::Gram) if self.ctx.f64 => {

@@ -20,14 +20,14 @@
 
 use rayon::prelude::*;
 
-use super::device::{device_err, Ctx, GpuResult, Session};
+use super::device::{device_err, Ctx, GpuResult, Kernel, Session};
 use super::gemm::{record, Gemm, Operand, Output};
 use crate::compute::dense::{cholesky_upper, inv_upper, to_f64};
 use crate::compute::rng::gaussian_f32;
 use crate::compute::rsvd::{
     finish, gram_factors, gram_singular_values, max_dev_from_identity, shifted_cholesky, small_svd,
-    svd_basis, top_eigen, KrylovShape, Orth, MAX_PASSES, MAX_REORTH, ONE_PASS_KAPPA, REORTH_KEEP,
-    RESTART_SEED,
+    svd_basis, top_eigen, top_eigen_seq, KrylovShape, Orth, MAX_PASSES, MAX_REORTH, ONE_PASS_KAPPA,
+    REORTH_KEEP, RESTART_SEED,
 };
 use crate::compute::{ComputeError, Factors, MatrixRef, SvdOptions};
 
@@ -42,6 +42,29 @@ const MAX_GROUP: usize = 1024;
 /// power-iteration iterate takes a single Cholesky-QR pass (the CPU's `Orth::Iterate`) with
 /// `f32` Grams; with `f64` Grams it is the CPU's `ONE_PASS_KAPPA`.
 const ONE_PASS_KAPPA_F32: f64 = 1e2;
+
+/// Cholesky-QR passes recorded for one orthonormalisation on the resident path (a pass whose
+/// matrix is already done multiplies by the identity); a matrix that needs more is flagged
+/// and redone on the careful path. The first block: two passes and a checking Gram with
+/// `f32` Grams (two with `f64`) …
+const RESIDENT_PASSES: usize = 3;
+/// … a projected iterate (κ within the single-pass bound): one pass, and one to spare …
+const ITERATE_PASSES: usize = 2;
+/// … and the same iterate projected again, nearly orthonormal: a checking Gram, or one pass
+/// and the check.
+const REPROJECTED_PASSES: usize = 2;
+/// Gram matrices of narrow sets of at most this many rows are formed without split-K.
+const UNSPLIT_GRAM_ROWS: usize = 4096;
+/// Pivots of the on-device Cholesky must exceed this fraction of the Gram's diagonal entry
+/// with `f64` Grams (the CPU's `cholesky_upper` test) …
+const PIVOT_F64: f32 = 1e-14;
+/// … and this one with `f32` Grams (16 units of `f32` roundoff: below it a pivot is noise).
+const PIVOT_F32: f32 = 16.0 * f32::EPSILON;
+/// Flags of `shaders/chol.wgsl`'s state: the shifted Cholesky failed, not orthonormal after
+/// the last recorded pass, a projected iterate lost too much of a column.
+const FLAG_FALLBACK: u32 = 1;
+const FLAG_UNFINISHED: u32 = 2;
+const FLAG_LOST: u32 = 4;
 
 /// Row blocks `(first row, rows)` of `m` rows with at most `rows` each.
 fn blocks(m: usize, rows: usize) -> Vec<(usize, usize)> {
@@ -72,15 +95,20 @@ pub(super) struct Needs {
 }
 
 /// The needs of the randomized path for `m × n` matrices and a Krylov basis of `shape`: W,
-/// the basis blocks, two work blocks and `U` on the m side; `Bᵀ` on the n side; Grams,
-/// triangular inverses and projection coefficients.
+/// the basis blocks, two work blocks and `U` on the m side; `Bᵀ` and `V` on the n side;
+/// Grams, triangular inverses, the Gram of `Bᵀ` and projection coefficients.
 pub(super) fn randomized_needs(m: usize, n: usize, shape: KrylovShape) -> Needs {
     let (m64, n64) = (m as u64, n as u64);
     let (b, k) = (shape.block as u64, shape.width() as u64);
     Needs {
         row_bytes: 4 * n64.max(k),
         side_bytes: (4 * n64 * k).max(8 * k * k),
-        per_matrix: 4 * (m64 * n64 + m64 * (2 * k + 2 * b) + n64 * k) + 16 * b * b + 8 * k * k,
+        // W, the m-side blocks and U; Bᵀ and V on the n side; projection coefficients, the
+        // Cholesky-QR buffers (f64 Grams at most), the Gram of Bᵀ (double-f32 pairs).
+        per_matrix: 4 * (m64 * n64 + m64 * (2 * k + 2 * b) + 2 * n64 * k)
+            + 28 * b * b
+            + 8 * k * k
+            + 16,
         shared: 4 * n64 * b,
     }
 }
@@ -144,6 +172,39 @@ impl Tall {
     }
 }
 
+/// Device buffers of the resident Cholesky-QR (`shaders/chol.wgsl`) for a group of `g`
+/// matrices and Grams of up to `k × k`: the Gram, the matrix each iterate is multiplied by
+/// next, and the per-matrix state (`[g][4]` `u32`, flags or-ed over the whole group's work).
+struct Resident {
+    gram: wgpu::Buffer,
+    rinv: wgpu::Buffer,
+    state: wgpu::Buffer,
+}
+
+impl Resident {
+    fn new(ctx: &Ctx, g: usize, k: usize) -> GpuResult<Self> {
+        let el = if ctx.f64 { 8 } else { 4 };
+        let kk = (g * k * k) as u64;
+        Ok(Resident {
+            gram: ctx.buffer(kk * el, "Gram matrices")?,
+            rinv: ctx.buffer(kk * 4, "triangular inverses")?,
+            state: ctx.buffer(16 * g as u64, "orthonormalisation state")?,
+        })
+    }
+}
+
+/// How a group's bases are orthonormalised: with a read back of every Gram and the
+/// decisions on the host (`None`), or entirely on the device.
+type Mode<'r> = Option<&'r Resident>;
+
+/// Appends the elements in `src` (bytes of `T`s) to `dst`: one copy where `src` is aligned.
+fn append<T: bytemuck::Pod>(dst: &mut Vec<T>, src: &[u8]) {
+    match bytemuck::try_cast_slice::<u8, T>(src) {
+        Ok(v) => dst.extend_from_slice(v),
+        Err(_) => dst.extend(bytemuck::pod_collect_to_vec::<u8, T>(src)),
+    }
+}
+
 /// One group of matrices resident on the device.
 struct Group<'c> {
     ctx: &'c Ctx,
@@ -155,6 +216,7 @@ struct Group<'c> {
 
 impl<'c> Group<'c> {
     fn upload(ctx: &'c Ctx, mats: &[MatrixRef<'_>], blocks: &[(usize, usize)]) -> GpuResult<Self> {
+        let t0 = std::time::Instant::now();
         let n = mats[0].cols();
         let w = blocks
             .iter()
@@ -166,6 +228,10 @@ impl<'c> Group<'c> {
                 ctx.upload(&parts, "weights")
             })
             .collect::<GpuResult<Vec<_>>>()?;
+        ctx.upload_nanos.fetch_add(
+            t0.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(Group {
             ctx,
             g: mats.len(),
@@ -242,8 +308,10 @@ impl<'c> Group<'c> {
     }
 
     /// `G = Σ_b t_bᵀ · t_b` into `gram` (`[g][cols][cols]`, `f64` where the device has it).
+    /// Short narrow sets take no split-K (one dispatch per block).
     fn gram(&self, s: &mut Session<'_>, t: &Tall, gram: &wgpu::Buffer) -> GpuResult<()> {
         let c = t.cols;
+        let unsplit = t.total_rows() <= UNSPLIT_GRAM_ROWS && c <= 64;
         for (b, &rows) in t.rows.iter().enumerate() {
             let op = Operand::new(&t.bufs[b], c, rows * c);
             let g = Gemm::new(
@@ -253,7 +321,7 @@ impl<'c> Group<'c> {
                 (c, c, rows),
                 self.g,
             );
-            record(s, &g.accumulate(b > 0).f64(self.ctx.f64))?;
+            record(s, &g.accumulate(b > 0).f64(self.ctx.f64).unsplit(unsplit))?;
         }
         Ok(())
     }
@@ -281,24 +349,71 @@ impl<'c> Group<'c> {
     }
 
     /// Downloads every matrix of `t` (row-major, `total_rows × cols` each).
-    fn read_all<T: bytemuck::Pod>(&self, s: &mut Session<'_>, t: &Tall) -> GpuResult<Vec<Vec<T>>> {
-        let reads: Vec<(&wgpu::Buffer, u64, u64)> = t
-            .bufs
+    fn read_all<T: bytemuck::Pod + Send>(
+        &self,
+        s: &mut Session<'_>,
+        t: &Tall,
+    ) -> GpuResult<Vec<Vec<T>>> {
+        Ok(self.read_sets::<T>(s, &[t])?.pop().unwrap_or_default())
+    }
+
+    /// [`Group::read_all`] of several sets in one submission, each matrix copied once, from
+    /// the mapped staging memory into its own vector.
+    fn read_sets<T: bytemuck::Pod + Send>(
+        &self,
+        s: &mut Session<'_>,
+        sets: &[&Tall],
+    ) -> GpuResult<Vec<Vec<Vec<T>>>> {
+        let reads: Vec<(&wgpu::Buffer, u64, u64)> = sets
             .iter()
-            .zip(&t.rows)
-            .map(|(b, &r)| (b, 0, (self.g * r * t.cols) as u64))
-            .collect();
-        let blocks = s.read_many::<T>(&reads)?;
-        Ok((0..self.g)
-            .map(|i| {
-                let mut v = Vec::with_capacity(t.total_rows() * t.cols);
-                for ((blk, off, len), data) in t.parts(i).into_iter().zip(&blocks) {
-                    debug_assert!(blk < blocks.len());
-                    v.extend_from_slice(&data[off as usize..(off + len) as usize]);
-                }
-                v
+            .flat_map(|t| {
+                t.bufs
+                    .iter()
+                    .zip(&t.rows)
+                    .map(|(b, &r)| (b, 0, (self.g * r * t.cols) as u64))
             })
-            .collect())
+            .collect();
+        // (set, block) of every read.
+        let owner: Vec<(usize, usize)> = sets
+            .iter()
+            .enumerate()
+            .flat_map(|(si, t)| (0..t.bufs.len()).map(move |b| (si, b)))
+            .collect();
+        let mut out: Vec<Vec<Vec<T>>> = sets
+            .iter()
+            .map(|t| {
+                (0..self.g)
+                    .map(|_| Vec::with_capacity(t.total_rows() * t.cols))
+                    .collect()
+            })
+            .collect();
+        let el = std::mem::size_of::<T>();
+        s.read_with::<T>(&reads, |ri, bytes| {
+            let (si, blk) = owner[ri];
+            let t = sets[si];
+            let per = t.rows[blk] * t.cols * el;
+            // Blocks arrive in order, so each matrix's rows are appended in order. Large reads
+            // are copied by several threads (scoped: no rayon inside a device section).
+            let mats = &mut out[si];
+            let chunks = bytes.chunks(per.max(1));
+            if bytes.len() >= 8 << 20 && mats.len() > 1 {
+                std::thread::scope(|scope| {
+                    for (dst, src) in mats.iter_mut().zip(chunks) {
+                        scope.spawn(move || append(dst, src));
+                    }
+                });
+            } else {
+                for (dst, src) in mats.iter_mut().zip(chunks) {
+                    append(dst, src);
+                }
+            }
+        })?;
+        for (t, mats) in sets.iter().zip(&out) {
+            if mats.iter().any(|v| v.len() != t.total_rows() * t.cols) {
+                return Err(device_err("a read back is incomplete"));
+            }
+        }
+        Ok(out)
     }
 
     /// Reads the Gram matrices (`[g][k][k]`) as `f64`.
@@ -464,116 +579,227 @@ impl<'c> Group<'c> {
         Ok(kept)
     }
 
-    /// `y −= Qⱼ·(Qⱼᵀ·y)` for every block `Qⱼ` of `basis`, all coefficients from the same `y`
-    /// (the CPU's `project_out`); `coef` holds `[block][g][b][b]`.
-    fn project_out(
+    /// [`Group::orth`] on the device: `passes` Cholesky-QR passes recorded without a read
+    /// back, each a Gram, one `shaders/chol.wgsl` step per matrix (the host's decisions, made
+    /// per matrix on the device) and the multiply; the basis ends in `cur`. A matrix that
+    /// needs what this cannot do (the SVD fallback, more passes) is flagged in `res.state`;
+    /// with `check_kept`, so is one whose input's smallest squared column norm is at most
+    /// `REORTH_KEEP` (the Krylov restart test).
+    #[allow(clippy::too_many_arguments)]
+    fn orth_resident(
         &self,
         s: &mut Session<'_>,
-        y: &Tall,
-        basis: &[Tall],
-        coef: &wgpu::Buffer,
+        cur: &mut Tall,
+        spare: &mut Tall,
+        need: Orth,
+        check_kept: bool,
+        passes: usize,
+        res: &Resident,
     ) -> GpuResult<()> {
-        let b = y.cols;
-        let bb = b * b;
-        for (j, q) in basis.iter().enumerate() {
-            for (rb, &rows) in y.rows.iter().enumerate() {
-                let g = Gemm::new(
-                    Operand::new(&q.bufs[rb], b, rows * b).t(),
-                    Operand::new(&y.bufs[rb], b, rows * b),
-                    Output::new(coef, j * self.g * bb, b, bb),
-                    (b, b, rows),
-                    self.g,
-                );
-                record(s, &g.accumulate(rb > 0))?;
-            }
-        }
-        self.subtract(s, y, basis, coef)
-    }
-
-    /// `y −= Σⱼ Qⱼ · Cⱼ` with the coefficients `Cⱼ` in `coef` (`[block][g][b][b]`).
-    fn subtract(
-        &self,
-        s: &mut Session<'_>,
-        y: &Tall,
-        basis: &[Tall],
-        coef: &wgpu::Buffer,
-    ) -> GpuResult<()> {
-        let b = y.cols;
-        let bb = b * b;
-        for (j, q) in basis.iter().enumerate() {
-            let c = Operand {
-                off: (j * self.g * bb) as u64,
-                ..Operand::new(coef, b, bb)
-            };
-            for (rb, &rows) in y.rows.iter().enumerate() {
-                let g = Gemm::new(
-                    Operand::new(&q.bufs[rb], b, rows * b),
-                    c,
-                    Output::new(&y.bufs[rb], 0, b, rows * b),
-                    (rows, b, b),
-                    self.g,
-                );
-                record(s, &g.subtract())?;
-            }
+        let f64 = self.ctx.f64;
+        let (eps, one_pass, pivot) = if f64 {
+            (f64::EPSILON as f32, ONE_PASS_KAPPA as f32, PIVOT_F64)
+        } else {
+            (f32::EPSILON, ONE_PASS_KAPPA_F32 as f32, PIVOT_F32)
+        };
+        let (gx, gy) = self.ctx.grid(self.g as u64)?;
+        for pass in 0..passes {
+            self.gram(s, cur, &res.gram)?;
+            let flags = u32::from(need == Orth::Iterate)
+                | u32::from(pass + 1 == passes) << 1
+                | u32::from(check_kept) << 2
+                | u32::from(f64) << 3;
+            let params = [
+                cur.cols as u32,
+                self.g as u32,
+                cur.total_rows() as u32,
+                pass as u32,
+                flags,
+                eps.to_bits(),
+                one_pass.to_bits(),
+                (F32_ORTH_TOL as f32).to_bits(),
+                (REORTH_KEEP as f32).to_bits(),
+                pivot.to_bits(),
+                0,
+                0,
+            ];
+            s.dispatch(
+                Kernel::Chol { f64 },
+                &params,
+                &[&res.gram, &res.rinv, &res.state],
+                (gx, gy, 1),
+            )?;
+            self.times_small(s, cur, &res.rinv, spare)?;
+            std::mem::swap(cur, spare);
         }
         Ok(())
     }
 
-    /// The block Krylov range finder (the CPU's `rsvd::krylov`): the basis blocks `Q₀ … Q_d`
-    /// (m-side, `b` columns each) of `span[W·Ω, (W·Wᵀ)·W·Ω, …]` for `omega` (`n × b`, shared),
-    /// and `Bᵀ = Wᵀ·Q` (n-side, `(d + 1)·b` columns, block `i` = `Wᵀ·Qᵢ`).
+    /// [`Group::orth`] or [`Group::orth_resident`] by `mode`.
+    fn orth_mode(
+        &self,
+        s: &mut Session<'_>,
+        cur: &mut Tall,
+        spare: &mut Tall,
+        need: Orth,
+        mode: Mode<'_>,
+    ) -> GpuResult<()> {
+        match mode {
+            Some(res) => self.orth_resident(s, cur, spare, need, false, RESIDENT_PASSES, res),
+            None => self.orth(s, cur, spare, need).map(|_| ()),
+        }
+    }
+
+    /// `y −= Q·(Qᵀ·y)` for the first `nb` blocks `Q` of the basis `q` (all coefficients from
+    /// the same `y`: the CPU's `project_out`), through `coef` (`[g][k][b]`).
+    fn project_out(
+        &self,
+        s: &mut Session<'_>,
+        y: &Tall,
+        q: &Tall,
+        nb: usize,
+        coef: &wgpu::Buffer,
+    ) -> GpuResult<()> {
+        let (b, k) = (y.cols, q.cols);
+        for (rb, &rows) in y.rows.iter().enumerate() {
+            let g = Gemm::new(
+                Operand::new(&q.bufs[rb], k, rows * k).t(),
+                Operand::new(&y.bufs[rb], b, rows * b),
+                Output::new(coef, 0, b, k * b),
+                (nb * b, b, rows),
+                self.g,
+            );
+            record(s, &g.accumulate(rb > 0))?;
+        }
+        self.subtract(s, y, q, nb, coef)
+    }
+
+    /// `y −= Q·C` with `Q` the first `nb` blocks of the basis `q` and `C` the `nb·b × b`
+    /// coefficients in `coef` (`[g][k][b]`).
+    fn subtract(
+        &self,
+        s: &mut Session<'_>,
+        y: &Tall,
+        q: &Tall,
+        nb: usize,
+        coef: &wgpu::Buffer,
+    ) -> GpuResult<()> {
+        let (b, k) = (y.cols, q.cols);
+        for (rb, &rows) in y.rows.iter().enumerate() {
+            let g = Gemm::new(
+                Operand::new(&q.bufs[rb], k, rows * k),
+                Operand::new(coef, b, k * b),
+                Output::new(&y.bufs[rb], 0, b, rows * b),
+                (rows, b, nb * b),
+                self.g,
+            );
+            record(s, &g.subtract())?;
+        }
+        Ok(())
+    }
+
+    /// Copies `cur` (`b` columns) into columns `j·b..` of the basis `q` (a product with the
+    /// `b × b` identity `ident`, shared by the group).
+    fn store(
+        &self,
+        s: &mut Session<'_>,
+        cur: &Tall,
+        q: &Tall,
+        j: usize,
+        ident: &wgpu::Buffer,
+    ) -> GpuResult<()> {
+        let (b, k) = (cur.cols, q.cols);
+        for (rb, &rows) in cur.rows.iter().enumerate() {
+            let g = Gemm::new(
+                Operand::new(&cur.bufs[rb], b, rows * b),
+                Operand::new(ident, b, 0),
+                Output::new(&q.bufs[rb], j * b, k, rows * k),
+                (rows, b, b),
+                self.g,
+            );
+            record(s, &g)?;
+        }
+        Ok(())
+    }
+
+    /// The block Krylov range finder (the CPU's `rsvd::krylov`): the basis `Q = [Q₀ … Q_d]`
+    /// (m-side, `(d + 1)·b` columns, block `i` in columns `i·b..`) of
+    /// `span[W·Ω, (W·Wᵀ)·W·Ω, …]` for `omega` (`n × b`, shared), and `Bᵀ = Wᵀ·Q` (n-side,
+    /// block `i` = `Wᵀ·Qᵢ`).
     fn krylov(
         &self,
         s: &mut Session<'_>,
         omega: &wgpu::Buffer,
         shape: KrylovShape,
-    ) -> GpuResult<(Vec<Tall>, Tall)> {
+        mode: Mode<'_>,
+    ) -> GpuResult<(Tall, Tall)> {
         let (b, width, n) = (shape.block, shape.width(), self.n);
         let bt = self.side(n, width, false)?;
-        let coef = self.ctx.buffer(
-            (shape.depth.max(1) * self.g * b * b * 4) as u64,
-            "projection coefficients",
-        )?;
+        let q = self.tall(width, false)?;
+        let coef = self
+            .ctx
+            .buffer((self.g * width * b * 4) as u64, "projection coefficients")?;
+        let mut eye = vec![0.0f32; b * b];
+        for j in 0..b {
+            eye[j * b + j] = 1.0;
+        }
+        let ident = self.ctx.upload(&[&eye[..]], "identity")?;
         let mut spare = self.tall(b, false)?;
         let mut cur = self.tall(b, false)?;
         let omega = Operand::new(omega, b, 0);
         self.w_times(s, omega, &cur)?;
-        self.orth(s, &mut cur, &mut spare, Orth::Final)?;
-        let mut blocks: Vec<Tall> = Vec::with_capacity(shape.depth + 1);
+        self.orth_mode(s, &mut cur, &mut spare, Orth::Final, mode)?;
         for i in 0..=shape.depth {
+            self.store(s, &cur, &q, i, &ident)?;
             // Zᵢ = Wᵀ·Qᵢ into columns i·b.. of Bᵀ.
             let zi = Output::new(&bt.bufs[0], i * b, width, n * width);
             self.wt_times(s, &cur, zi, false)?;
-            blocks.push(cur);
             if i == shape.depth {
                 break;
             }
-            cur = self.tall(b, false)?;
             let z = Operand {
                 off: (i * b) as u64,
                 ..Operand::new(&bt.bufs[0], width, n * width)
             };
             self.w_times(s, z, &cur)?;
             // The first projection's coefficients from the n side: Qⱼᵀ·W·Wᵀ·Qᵢ = Zⱼᵀ·Zᵢ.
-            let bb = b * b;
-            for j in 0..=i {
-                let zj = Operand {
-                    off: (j * b) as u64,
-                    ..Operand::new(&bt.bufs[0], width, n * width)
-                };
-                let g = Gemm::new(
-                    zj.t(),
-                    z,
-                    Output::new(&coef, j * self.g * bb, b, bb),
-                    (b, b, n),
-                    self.g,
-                );
-                record(s, &g)?;
+            let nb = i + 1;
+            let g = Gemm::new(
+                Operand::new(&bt.bufs[0], width, n * width).t(),
+                z,
+                Output::new(&coef, 0, b, width * b),
+                (nb * b, b, n),
+                self.g,
+            );
+            record(s, &g)?;
+            self.subtract(s, &cur, &q, nb, &coef)?;
+            match mode {
+                // One round of projection; a matrix that would need the restart is flagged.
+                Some(res) => {
+                    self.orth_resident(
+                        s,
+                        &mut cur,
+                        &mut spare,
+                        Orth::Iterate,
+                        false,
+                        ITERATE_PASSES,
+                        res,
+                    )?;
+                    self.project_out(s, &cur, &q, nb, &coef)?;
+                    self.orth_resident(
+                        s,
+                        &mut cur,
+                        &mut spare,
+                        Orth::Final,
+                        true,
+                        REPROJECTED_PASSES,
+                        res,
+                    )?;
+                }
+                None => self.orth_against(s, &mut cur, &mut spare, &q, nb, &coef, i)?,
             }
-            self.subtract(s, &cur, &blocks, &coef)?;
-            self.orth_against(s, &mut cur, &mut spare, &blocks, &coef, i)?;
         }
-        Ok((blocks, bt))
+        Ok((q, bt))
     }
 
     /// The CPU's `rsvd::orth_against` for every matrix of the group (`cur` has had its first
@@ -582,12 +808,14 @@ impl<'c> Group<'c> {
     /// column's squared length; the matrices still losing that much after two rounds continue
     /// from the CPU's Gaussian restart block (the others take the extra rounds too, which
     /// changes them only by rounding).
+    #[allow(clippy::too_many_arguments)]
     fn orth_against(
         &self,
         s: &mut Session<'_>,
         cur: &mut Tall,
         spare: &mut Tall,
-        basis: &[Tall],
+        q: &Tall,
+        nb: usize,
         coef: &wgpu::Buffer,
         i: usize,
     ) -> GpuResult<()> {
@@ -609,10 +837,10 @@ impl<'c> Group<'c> {
                         r0 += len / b.max(1);
                     }
                 }
-                self.project_out(s, cur, basis, coef)?;
+                self.project_out(s, cur, q, nb, coef)?;
                 self.orth(s, cur, spare, Orth::Final)?;
             }
-            self.project_out(s, cur, basis, coef)?;
+            self.project_out(s, cur, q, nb, coef)?;
             let kept = self.orth(s, cur, spare, Orth::Final)?;
             lost = kept.iter().map(|&k| k <= REORTH_KEEP).collect();
             if !lost.contains(&true) {
@@ -670,6 +898,11 @@ impl Got {
 
 /// The randomized SVD (or spectrum) of every matrix of `batch` (same shape, validated) from
 /// a block Krylov basis of `shape` (`opts`: the seed).
+///
+/// Each group of matrices first takes the resident path ([`resident_group`]: the whole
+/// factorization on the device, two read backs); the matrices it flags (numerically
+/// rank-deficient ones, whose bases need the Krylov restart or the SVD fallback) are redone on
+/// the careful path ([`careful_group`]: every Gram read back, the decisions on the host).
 pub(super) fn randomized(
     ctx: &Ctx,
     batch: &[MatrixRef<'_>],
@@ -677,105 +910,390 @@ pub(super) fn randomized(
     opts: &SvdOptions,
     want: Want,
 ) -> GpuResult<Vec<Got>> {
-    let (b, k) = (shape.block, shape.width());
     let (m, n) = batch[0].shape();
-    let r = match want {
-        Want::Factors(r) => r,
-        Want::Spectrum(_) => 0,
-    };
     let plan = plan(ctx, batch.len(), m, &randomized_needs(m, n, shape))?;
-    let omega = gaussian_f32(opts.seed, n, b);
+    let omega = gaussian_f32(opts.seed, n, shape.block);
     let omega_buf = ctx.run(|| ctx.upload(&[&omega[..]], "sketch"))?;
     let mut out = Vec::with_capacity(batch.len());
+    tracing::trace!("gpu rsvd {m}×{n}: sketch ready");
     for (gi, mats) in batch.chunks(plan.g).enumerate() {
         let base = gi * plan.g;
-        // Device section 1: upload, the Krylov basis and Bᵀ = Wᵀ·Q (n × k per matrix).
-        let t0 = std::time::Instant::now();
-        let (grp, q, bts) = ctx.run(|| {
-            let grp = Group::upload(ctx, mats, &plan.blocks)?;
-            let t_up = t0.elapsed().as_secs_f64();
-            let mut s = Session::new(ctx);
-            let (q, bt) = grp.krylov(&mut s, &omega_buf, shape)?;
-            let bts: Vec<f32> = s.read(&bt.bufs[0], 0, (grp.g * n * k) as u64)?;
+        let mut got = if shape.block <= ctx.chol_kmax as usize {
+            resident_group(ctx, mats, &plan.blocks, &omega_buf, shape, &want, base)?
+        } else {
+            (0..mats.len()).map(|_| None).collect()
+        };
+        let redo: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_none()).collect();
+        if !redo.is_empty() {
             tracing::debug!(
-                "gpu rsvd {}×{m}×{n} b={b} k={k}: upload {t_up:.4} s, Krylov basis and Bᵀ {:.4} s",
-                grp.g,
-                t0.elapsed().as_secs_f64() - t_up
+                "gpu rsvd {m}×{n}: {} of {} matrices redone on the careful path",
+                redo.len(),
+                mats.len()
             );
-            Ok((grp, q, bts))
-        })?;
-        let t1 = std::time::Instant::now();
-        // CPU, in parallel: the SVDs of Bᵀ.
-        let vectors = matches!(want, Want::Factors(_));
-        let svds: Vec<Result<_, ComputeError>> = (0..grp.g)
-            .into_par_iter()
-            .map(|i| {
-                let b = to_f64(&bts[i * n * k..(i + 1) * n * k]);
-                small_svd(&b, n, k, r, vectors).map_err(|reason| ComputeError::Numerical {
-                    index: base + i,
-                    reason,
-                })
-            })
-            .collect();
-        let svds = svds.into_iter().collect::<Result<Vec<_>, _>>()?;
-        tracing::debug!(
-            "gpu rsvd: CPU SVDs of Bᵀ {:.4} s",
-            t1.elapsed().as_secs_f64()
+            #[cfg(test)]
+            ctx.careful
+                .fetch_add(redo.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let sub: Vec<MatrixRef<'_>> = redo.iter().map(|&i| mats[i]).collect();
+            let index: Vec<usize> = redo.iter().map(|&i| base + i).collect();
+            let again = careful_group(ctx, &sub, &plan.blocks, &omega_buf, shape, &want, &index)?;
+            for (&i, g) in redo.iter().zip(again) {
+                got[i] = Some(g);
+            }
+        }
+        out.extend(got.into_iter().flatten());
+    }
+    Ok(out)
+}
+
+/// The rank of the factors `want` asks for (0 for a spectrum).
+fn factor_rank(want: &Want) -> usize {
+    match want {
+        Want::Factors(r) => *r,
+        Want::Spectrum(_) => 0,
+    }
+}
+
+/// The CPU's `small_svd` of every matrix's `k`-column factor `x` (`rows × k`, `f64`) in
+/// parallel; `index[i]` names matrix `i` in errors.
+fn small_svds(
+    xs: &[Vec<f64>],
+    rows: usize,
+    k: usize,
+    want: &Want,
+    index: &[usize],
+) -> GpuResult<Vec<crate::compute::dense::SvdParts>> {
+    let vectors = matches!(want, Want::Factors(_));
+    let r = factor_rank(want);
+    xs.par_iter()
+        .zip(index)
+        .map(|(x, &at)| {
+            small_svd(x, rows, k, r, vectors)
+                .map_err(|reason| ComputeError::Numerical { index: at, reason })
+        })
+        .collect()
+}
+
+/// `U_B[:, :r]` of every matrix (`k × r`, `f32`, row-major), matrices one after the other.
+fn leading_columns(mats: &[&faer::Mat<f64>], k: usize, r: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; mats.len() * k * r];
+    for (i, x) in mats.iter().enumerate() {
+        for a in 0..k {
+            for l in 0..r.min(x.ncols()) {
+                out[i * k * r + a * r + l] = x[(a, l)] as f32;
+            }
+        }
+    }
+    out
+}
+
+/// `U = Q · U_B[:, :r]` (m-side, by row blocks) for every matrix of the group, with `ub`
+/// (`[g][k][r]`) on the device, recorded into `s`.
+fn record_u(
+    grp: &Group<'_>,
+    s: &mut Session<'_>,
+    q: &Tall,
+    ub: &wgpu::Buffer,
+    k: usize,
+    r: usize,
+) -> GpuResult<Tall> {
+    let u = grp.tall(r, false)?;
+    for (rb, &rows) in q.rows.iter().enumerate() {
+        let g = Gemm::new(
+            Operand::new(&q.bufs[rb], k, rows * k),
+            Operand::new(ub, r, k * r),
+            Output::new(&u.bufs[rb], 0, r, rows * r),
+            (rows, r, k),
+            grp.g,
         );
-        let t2 = std::time::Instant::now();
-        match want {
-            Want::Spectrum(kk) => {
-                for (_, sv, _) in &svds {
-                    out.push(Got::Spectrum(
-                        sv.iter().take(kk).map(|&x| x as f32).collect(),
-                    ));
+        record(s, &g)?;
+    }
+    Ok(u)
+}
+
+/// One group on the resident path (Krylov blocks of at most `ctx.chol_kmax` columns): upload,
+/// the Krylov basis and `Bᵀ = Wᵀ·Q` with every orthonormalisation on the device
+/// ([`Group::orth_resident`]), and the Gram `B·Bᵀ` of `Bᵀ`'s columns in double-`f32`
+/// (shaders/gram2.wgsl, as accurate as the CPU's `f64` one); one read back of the Grams and the
+/// flags. On the CPU, in `f64`, the eigendecomposition of each Gram (the CPU's `small_svd`:
+/// `B·Bᵀ = E Σ² Eᵀ`); then `U = Q·E` and `V = Bᵀ·E·Σ⁻¹` on the device and a second read
+/// back. `None` for a matrix the device flagged, or whose sketch is numerically
+/// rank-deficient (a kept σ below the Gram's resolution: the careful path's dense SVD).
+fn resident_group(
+    ctx: &Ctx,
+    mats: &[MatrixRef<'_>],
+    blocks: &[(usize, usize)],
+    omega: &wgpu::Buffer,
+    shape: KrylovShape,
+    want: &Want,
+    base: usize,
+) -> GpuResult<Vec<Option<Got>>> {
+    let (m, n) = mats[0].shape();
+    let (b, k) = (shape.block, shape.width());
+    let t0 = std::time::Instant::now();
+    // Device section 1.
+    let (grp, q, bt, grams, states) = ctx.run(|| {
+        let grp = Group::upload(ctx, mats, blocks)?;
+        let t_up = t0.elapsed().as_secs_f64();
+        let res = Resident::new(ctx, grp.g, b)?;
+        let mut s = Session::new(ctx);
+        let (q, bt) = grp.krylov(&mut s, omega, shape, Some(&res))?;
+        let pairs = ctx.buffer((grp.g * k * k * 8) as u64, "Gram of Bᵀ")?;
+        let tiles = k.div_ceil(8);
+        let params = [
+            n as u32,
+            k as u32,
+            k as u32,
+            (n * k) as u32,
+            0,
+            tiles as u32,
+            0,
+            0,
+        ];
+        s.dispatch(
+            Kernel::Gram2,
+            &params,
+            &[&bt.bufs[0], &pairs],
+            ((tiles * tiles) as u32, grp.g as u32, 1),
+        )?;
+        let mut got = s.read_many::<u32>(&[
+            (&pairs, 0, (grp.g * k * k * 2) as u64),
+            (&res.state, 0, 4 * grp.g as u64),
+        ])?;
+        let states = got.pop().unwrap_or_default();
+        let raw = got.pop().unwrap_or_default();
+        tracing::debug!(
+            "gpu rsvd {}×{m}×{n} b={b} k={k} (resident): upload {t_up:.4} s, Krylov basis, Bᵀ \
+             and its Gram {:.4} s",
+            grp.g,
+            t0.elapsed().as_secs_f64() - t_up
+        );
+        Ok((grp, q, bt, raw, states))
+    })?;
+    let t1 = std::time::Instant::now();
+    let g = grp.g;
+    if states.len() < 4 * g || grams.len() < 2 * g * k * k {
+        return Err(device_err("the Krylov state was not read back"));
+    }
+    // The Grams in f64 (s + c of each pair, mirrored from the upper triangle).
+    let gram_of = |i: usize| -> Vec<f64> {
+        let mut gm = vec![0.0f64; k * k];
+        for a in 0..k {
+            for c in a..k {
+                let o = 2 * (i * k * k + a * k + c);
+                let v = f32::from_bits(grams[o]) as f64 + f32::from_bits(grams[o + 1]) as f64;
+                gm[a * k + c] = v;
+                gm[c * k + a] = v;
+            }
+        }
+        gm
+    };
+    let flagged: Vec<bool> = (0..g).map(|i| states[4 * i + 1] != 0).collect();
+    let r = factor_rank(want);
+    // CPU, in parallel: the eigendecompositions (`None`: rank-deficient, careful path).
+    enum Small {
+        Values(Vec<f32>),
+        Vectors(crate::compute::rsvd::TopEigen),
+    }
+    let smalls: Vec<Option<Small>> = (0..g)
+        .into_par_iter()
+        .map(|i| -> GpuResult<Option<Small>> {
+            if flagged[i] {
+                return Ok(None);
+            }
+            let gm = gram_of(i);
+            if !gm.iter().all(|v| v.is_finite()) {
+                return Ok(None);
+            }
+            let numerical = |reason: String| ComputeError::Numerical {
+                index: base + i,
+                reason,
+            };
+            Ok(match want {
+                Want::Spectrum(kk) => Some(Small::Values(
+                    gram_singular_values(&gm, k)
+                        .map_err(|e| numerical(e.to_string()))?
+                        .into_iter()
+                        .take(*kk)
+                        .collect(),
+                )),
+                Want::Factors(_) => {
+                    let top = top_eigen_seq(&gm, k, r).map_err(numerical)?;
+                    (!top.inv.contains(&0.0)).then_some(Small::Vectors(top))
+                }
+            })
+        })
+        .collect::<GpuResult<Vec<_>>>()?;
+    let mut out: Vec<Option<Got>> = (0..g).map(|_| None).collect();
+    let flagged_count = flagged.iter().filter(|&&f| f).count();
+    if flagged_count > 0 {
+        let count = |f: u32| (0..g).filter(|&i| states[4 * i + 1] & f != 0).count();
+        tracing::debug!(
+            "gpu rsvd {m}×{n}: flagged on the resident path: {} shifted Cholesky failed, {} not \
+             orthonormal in {RESIDENT_PASSES} passes, {} Krylov block lost (restart)",
+            count(FLAG_FALLBACK),
+            count(FLAG_UNFINISHED),
+            count(FLAG_LOST),
+        );
+    }
+    tracing::debug!(
+        "gpu rsvd: CPU eigendecompositions {:.4} s",
+        t1.elapsed().as_secs_f64()
+    );
+    if let Want::Spectrum(_) = want {
+        for (i, sm) in smalls.into_iter().enumerate() {
+            if let Some(Small::Values(v)) = sm {
+                out[i] = Some(Got::Spectrum(v));
+            }
+        }
+        return Ok(out);
+    }
+    let live: Vec<usize> = (0..g).filter(|&i| smalls[i].is_some()).collect();
+    if live.is_empty() {
+        return Ok(out);
+    }
+    let t2 = std::time::Instant::now();
+    // Per matrix of the group (zeros for the others): E and E·Σ⁻¹, k × r.
+    let mut e = vec![0.0f32; g * k * r];
+    let mut es = vec![0.0f32; g * k * r];
+    for (i, sm) in smalls.iter().enumerate() {
+        if let Some(Small::Vectors(top)) = sm {
+            for a in 0..k {
+                for l in 0..r {
+                    let v = top.e[(a, l)];
+                    e[i * k * r + a * r + l] = v as f32;
+                    es[i * k * r + a * r + l] = (v * top.inv[l]) as f32;
                 }
             }
-            Want::Factors(_) => {
-                // Bᵀ = Vb S Ubᵀ ⇔ B = Ub S Vbᵀ; U = Q · Ub[:, :r] on the device.
-                let mut ub = vec![0.0f32; grp.g * k * r];
-                for (i, (_, sv, u_b)) in svds.iter().enumerate() {
-                    let rr = r.min(sv.len());
-                    for a in 0..k {
-                        for l in 0..rr {
-                            ub[i * k * r + a * r + l] = u_b[(a, l)] as f32;
-                        }
+        }
+    }
+    // Device section 2: U = Q·E, Vᵀ = (E·Σ⁻¹)ᵀ·B (Bᵀ's buffer read transposed).
+    let (us, vts) = ctx.run(|| {
+        let e_buf = ctx.upload(&[&e[..]], "small singular vectors")?;
+        let es_buf = ctx.upload(&[&es[..]], "small singular vectors")?;
+        let mut s = Session::new(ctx);
+        let u = record_u(&grp, &mut s, &q, &e_buf, k, r)?;
+        let vt = grp.side(r, n, false)?;
+        let gv = Gemm::new(
+            Operand::new(&es_buf, r, k * r).t(),
+            Operand::new(&bt.bufs[0], k, n * k).t(),
+            Output::new(&vt.bufs[0], 0, n, r * n),
+            (r, n, k),
+            grp.g,
+        );
+        record(&mut s, &gv)?;
+        let mut got = grp.read_sets::<f32>(&mut s, &[&u, &vt])?;
+        let vts = got.pop().unwrap_or_default();
+        let us = got.pop().unwrap_or_default();
+        Ok((us, vts))
+    })?;
+    tracing::debug!(
+        "gpu rsvd: U = Q·E, Vᵀ = Σ⁻¹Eᵀ·B {:.4} s",
+        t2.elapsed().as_secs_f64()
+    );
+    if us.len() != g || vts.len() != g {
+        return Err(device_err("a factor was not read back"));
+    }
+    // CPU, in parallel: the factors with normalised signs.
+    let done: Vec<Option<Factors>> = smalls
+        .into_par_iter()
+        .zip(us)
+        .zip(vts)
+        .map(|((sm, u), vt)| {
+            let Some(Small::Vectors(top)) = sm else {
+                return None;
+            };
+            let rr = top.sig.len();
+            let u = if rr == r { u } else { trim_cols(&u, m, r, rr) };
+            let vt = if rr == r { vt } else { vt[..rr * n].to_vec() };
+            Some(finish(u, &top.sig, vt, m, n, rr))
+        })
+        .collect();
+    for (slot, f) in out.iter_mut().zip(done) {
+        if let Some(f) = f {
+            *slot = Some(Got::Factors(f));
+        }
+    }
+    tracing::trace!(
+        "gpu rsvd: factors assembled {:.4} s after the read back",
+        t2.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+/// The first `c` of the `cols` columns of a row-major `rows × cols` matrix.
+fn trim_cols(x: &[f32], rows: usize, cols: usize, c: usize) -> Vec<f32> {
+    (0..rows)
+        .flat_map(|i| x[i * cols..i * cols + c].iter().copied())
+        .collect()
+}
+
+/// One group on the careful path (every orthonormalisation's Gram read back, the decisions
+/// and the small factorizations on the host in `f64`, the CPU's restart and SVD fallback):
+/// upload, the Krylov basis and `Bᵀ`, the SVDs of `Bᵀ` on the CPU, `U = Q·U_B` on the
+/// device. `index[i]` names matrix `i` in errors.
+fn careful_group(
+    ctx: &Ctx,
+    mats: &[MatrixRef<'_>],
+    blocks: &[(usize, usize)],
+    omega: &wgpu::Buffer,
+    shape: KrylovShape,
+    want: &Want,
+    index: &[usize],
+) -> GpuResult<Vec<Got>> {
+    let (b, k) = (shape.block, shape.width());
+    let (m, n) = mats[0].shape();
+    let r = factor_rank(want);
+    // Device section 1: upload, the Krylov basis and Bᵀ = Wᵀ·Q (n × k per matrix).
+    let t0 = std::time::Instant::now();
+    let (grp, q, bts) = ctx.run(|| {
+        let grp = Group::upload(ctx, mats, blocks)?;
+        let t_up = t0.elapsed().as_secs_f64();
+        let mut s = Session::new(ctx);
+        let (q, bt) = grp.krylov(&mut s, omega, shape, None)?;
+        let bts: Vec<f32> = s.read(&bt.bufs[0], 0, (grp.g * n * k) as u64)?;
+        tracing::debug!(
+            "gpu rsvd {}×{m}×{n} b={b} k={k} (careful): upload {t_up:.4} s, Krylov basis and \
+             Bᵀ {:.4} s",
+            grp.g,
+            t0.elapsed().as_secs_f64() - t_up
+        );
+        Ok((grp, q, bts))
+    })?;
+    // CPU, in parallel: the SVDs of Bᵀ.
+    let xs: Vec<Vec<f64>> = (0..grp.g)
+        .map(|i| to_f64(&bts[i * n * k..(i + 1) * n * k]))
+        .collect();
+    let svds = small_svds(&xs, n, k, want, index)?;
+    let mut out = Vec::with_capacity(grp.g);
+    match want {
+        Want::Spectrum(kk) => {
+            for (_, sv, _) in &svds {
+                out.push(Got::Spectrum(
+                    sv.iter().take(*kk).map(|&x| x as f32).collect(),
+                ));
+            }
+        }
+        Want::Factors(_) => {
+            // Bᵀ = Vb S Ubᵀ ⇔ B = Ub S Vbᵀ; U = Q · Ub[:, :r] on the device.
+            let ubs: Vec<&faer::Mat<f64>> = svds.iter().map(|(_, _, ub)| ub).collect();
+            let ub = leading_columns(&ubs, k, r);
+            // Device section 2.
+            let us = ctx.run(|| {
+                let ub_buf = ctx.upload(&[&ub[..]], "small singular vectors")?;
+                let mut s = Session::new(ctx);
+                let u = record_u(&grp, &mut s, &q, &ub_buf, k, r)?;
+                grp.read_all::<f32>(&mut s, &u)
+            })?;
+            for (u, (vb, sv, _)) in us.into_iter().zip(&svds) {
+                let rr = r.min(sv.len());
+                let u = if rr == r { u } else { trim_cols(&u, m, r, rr) };
+                let mut vt = vec![0.0f32; rr * n];
+                for l in 0..rr {
+                    for j in 0..n {
+                        vt[l * n + j] = vb[(j, l)] as f32;
                     }
                 }
-                // Device section 2: U = Σⱼ Qⱼ · Ub[j·b.., :r].
-                let us = ctx.run(|| {
-                    let ub_buf = ctx.upload(&[&ub[..]], "small singular vectors")?;
-                    let u = grp.tall(r, false)?;
-                    let mut s = Session::new(ctx);
-                    for (j, qj) in q.iter().enumerate() {
-                        let ubj = Operand {
-                            off: (j * b * r) as u64,
-                            ..Operand::new(&ub_buf, r, k * r)
-                        };
-                        for (rb, &rows) in qj.rows.iter().enumerate() {
-                            let g = Gemm::new(
-                                Operand::new(&qj.bufs[rb], b, rows * b),
-                                ubj,
-                                Output::new(&u.bufs[rb], 0, r, rows * r),
-                                (rows, r, b),
-                                grp.g,
-                            );
-                            record(&mut s, &g.accumulate(j > 0))?;
-                        }
-                    }
-                    grp.read_all::<f32>(&mut s, &u)
-                })?;
-                tracing::debug!("gpu rsvd: U = Q·Ub {:.4} s", t2.elapsed().as_secs_f64());
-                for (u, (vb, sv, _)) in us.into_iter().zip(&svds) {
-                    let rr = r.min(sv.len());
-                    let mut vt = vec![0.0f32; rr * n];
-                    for l in 0..rr {
-                        for j in 0..n {
-                            vt[l * n + j] = vb[(j, l)] as f32;
-                        }
-                    }
-                    out.push(Got::Factors(finish(u, &sv[..rr], vt, m, n, rr)));
-                }
+                out.push(Got::Factors(finish(u, &sv[..rr], vt, m, n, rr)));
             }
         }
     }
