@@ -41,6 +41,16 @@ pub(crate) fn check_all_finite(batch: &[MatrixRef<'_>]) -> Result<(), ComputeErr
 /// Checks a batch: one shape for all, then all finite. Returns the shape (`None` for an empty
 /// batch).
 pub(crate) fn check_batch(batch: &[MatrixRef<'_>]) -> Result<Option<(usize, usize)>, ComputeError> {
+    let shape = check_shapes(batch)?;
+    check_all_finite(batch)?;
+    Ok(shape)
+}
+
+/// The shape check of [`check_batch`] alone (for a backend that checks finiteness while it
+/// reads the data anyway, and keeps [`check_batch`]'s error order).
+pub(crate) fn check_shapes(
+    batch: &[MatrixRef<'_>],
+) -> Result<Option<(usize, usize)>, ComputeError> {
     let Some(first) = batch.first() else {
         return Ok(None);
     };
@@ -55,7 +65,6 @@ pub(crate) fn check_batch(batch: &[MatrixRef<'_>]) -> Result<Option<(usize, usiz
             });
         }
     }
-    check_all_finite(batch)?;
     Ok(Some(shape))
 }
 

@@ -112,7 +112,15 @@ pub(super) fn bench_gemm(
             trans_a: ta,
             trans_b: tb,
             reps,
-            splits: split_plan(ctx, m as u64, n as u64, k as u64, 4).0,
+            splits: split_plan(
+                ctx,
+                &super::gemm::tiles_for(ctx, m as u64, n as u64).0,
+                m as u64,
+                n as u64,
+                k as u64,
+                4,
+            )
+            .0,
             seconds,
             min_seconds: wall.iter().copied().fold(f64::INFINITY, f64::min),
             tflops: flop / seconds / 1e12,

@@ -138,6 +138,8 @@ pub(super) enum Kernel {
         tb: bool,
         va: bool,
         vb: bool,
+        /// Compiled with [`Ctx::narrow`]'s tiles instead of [`Ctx::tiles`].
+        narrow: bool,
     },
     Reduce {
         f64: bool,
@@ -171,6 +173,9 @@ pub(super) struct Ctx {
     /// Whether the device has `TIMESTAMP_QUERY` (GPU times in [`super::Gpu::bench_gemm`]).
     pub(super) timestamps: bool,
     pub(super) tiles: GemmTiles,
+    /// Tiles of products with at most `bn` columns ([`GemmTiles::NARROW`]), where the adapter
+    /// takes them and [`GpuOptions::gemm_tiles`] / `HCC_GEMM_TILES` did not choose the tiles.
+    pub(super) narrow: Option<GemmTiles>,
     /// Largest Gram side of the on-device Cholesky (`shaders/chol.wgsl`; 0: none fits).
     pub(super) chol_kmax: u32,
     /// Largest workgroup count per dispatch dimension.
@@ -185,6 +190,9 @@ pub(super) struct Ctx {
     /// staging memory and their submission), for benchmarks that compare against tools whose
     /// matrices already live on the device.
     pub(super) upload_nanos: std::sync::atomic::AtomicU64,
+    /// Gaussian sketches Ω on the device by (seed, rows, columns): the same for every batch of
+    /// a shape, so uploaded once.
+    sketches: Mutex<HashMap<(u64, usize, usize), wgpu::Buffer>>,
     /// With `HCC_GPU_PROFILE=1` on an adapter with timestamps: GPU time per kernel.
     pub(super) profile: Option<Mutex<Profile>>,
     /// Matrices the randomized SVD redid on its careful path (tests check which path ran).
@@ -351,6 +359,15 @@ impl Ctx {
             f64,
             timestamps,
             tiles,
+            narrow: (opts.gemm_tiles.is_none() && std::env::var_os("HCC_GEMM_TILES").is_none())
+                .then_some(GemmTiles::NARROW)
+                .filter(|t| {
+                    t.validate(
+                        limits.max_compute_invocations_per_workgroup,
+                        limits.max_compute_workgroup_storage_size,
+                    )
+                    .is_ok()
+                }),
             chol_kmax: super::gemm::chol_kmax(f64, limits.max_compute_workgroup_storage_size),
             max_groups: limits.max_compute_workgroups_per_dimension.max(1),
             modules: Mutex::new(HashMap::new()),
@@ -359,6 +376,7 @@ impl Ctx {
             uncaptured,
             op: Mutex::new(()),
             upload_nanos: std::sync::atomic::AtomicU64::new(0),
+            sketches: Mutex::new(HashMap::new()),
             profile: (timestamps && env("HCC_GPU_PROFILE")).then(|| Mutex::new(Profile::default())),
             #[cfg(test)]
             careful: std::sync::atomic::AtomicU64::new(0),
@@ -455,30 +473,46 @@ impl Ctx {
         parts: &[&[T]],
         what: &str,
     ) -> GpuResult<wgpu::Buffer> {
-        let bytes: u64 = parts.iter().map(|p| std::mem::size_of_val(*p) as u64).sum();
+        let bytes: Vec<&[u8]> = parts.iter().map(|p| bytemuck::cast_slice(p)).collect();
+        Ok(self.upload_bytes(&bytes, what, false)?.0)
+    }
+
+    /// [`Ctx::upload`] of `f32` data that also tells whether every element is finite (checked
+    /// while copying, chunk by chunk, so the weights are read once).
+    pub(super) fn upload_finite(
+        &self,
+        parts: &[&[f32]],
+        what: &str,
+    ) -> GpuResult<(wgpu::Buffer, bool)> {
+        let bytes: Vec<&[u8]> = parts.iter().map(|p| bytemuck::cast_slice(p)).collect();
+        self.upload_bytes(&bytes, what, true)
+    }
+
+    /// The uploads; with `check`, whether no 4-byte word is a non-finite `f32`.
+    fn upload_bytes(
+        &self,
+        parts: &[&[u8]],
+        what: &str,
+        check: bool,
+    ) -> GpuResult<(wgpu::Buffer, bool)> {
+        let bytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let size = self.check_size(bytes, what, self.binding_limit)?;
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(8);
+            .min(16);
         if bytes >= PARALLEL_UPLOAD && threads > 1 {
-            let bytes_parts: Vec<&[u8]> = parts.iter().map(|p| bytemuck::cast_slice(p)).collect();
-            return self.upload_parallel(&bytes_parts, size, threads, what);
+            return self.upload_parallel(parts, size, threads, what, check);
         }
         let buf = self.storage(size, what, true)?;
-        {
+        let finite = {
             let mut view = buf
                 .slice(..)
                 .get_mapped_range_mut()
                 .map_err(|e| device_err(format!("mapping {what}: {e}")))?;
-            let mut at = 0usize;
-            for p in parts {
-                let src: &[u8] = bytemuck::cast_slice(p);
-                view.slice(at..at + src.len()).copy_from_slice(src);
-                at += src.len();
-            }
-        }
+            copy_range(parts, 0, bytes as usize, &mut view, check)
+        };
         buf.unmap();
-        Ok(buf)
+        Ok((buf, finite))
     }
 
     /// [`Ctx::upload`] for large data: `threads` staging buffers, each created, filled and
@@ -491,7 +525,8 @@ impl Ctx {
         size: u64,
         threads: usize,
         what: &str,
-    ) -> GpuResult<wgpu::Buffer> {
+        check: bool,
+    ) -> GpuResult<(wgpu::Buffer, bool)> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let buf = self.storage(size, what, false)?;
         // Chunk boundaries on multiples of 4 (the copy alignment); the last chunk takes the rest.
@@ -501,7 +536,7 @@ impl Ctx {
             .filter(|(a, b)| a < b)
             .collect();
         let device = &self.device;
-        let staged: Vec<GpuResult<wgpu::Buffer>> = std::thread::scope(|scope| {
+        let staged: Vec<GpuResult<(wgpu::Buffer, bool)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = ranges
                 .iter()
                 .map(|&(a, b)| {
@@ -513,15 +548,15 @@ impl Ctx {
                             usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
                             mapped_at_creation: true,
                         });
-                        {
+                        let finite = {
                             let mut view =
                                 staging.slice(..).get_mapped_range_mut().map_err(|e| {
                                     device_err(format!("mapping a staging buffer: {e}"))
                                 })?;
-                            copy_range(parts, a, b, &mut view);
-                        }
+                            copy_range(parts, a, b, &mut view, check)
+                        };
                         staging.unmap();
-                        Ok(staging)
+                        Ok((staging, finite))
                     })
                 })
                 .collect();
@@ -538,8 +573,10 @@ impl Ctx {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("upload"),
             });
+        let mut finite = true;
         for (&(a, b), st) in ranges.iter().zip(staged) {
-            let st = st?;
+            let (st, ok) = st?;
+            finite &= ok;
             enc.copy_buffer_to_buffer(
                 &st,
                 0,
@@ -549,6 +586,27 @@ impl Ctx {
             );
         }
         self.queue.submit([enc.finish()]);
+        Ok((buf, finite))
+    }
+
+    /// The Gaussian sketch `rng::gaussian_f32(seed, rows, cols)` on the device (made and
+    /// uploaded on first use, then kept). Runs its own device section: call it outside one.
+    pub(super) fn sketch(&self, seed: u64, rows: usize, cols: usize) -> GpuResult<wgpu::Buffer> {
+        let key = (seed, rows, cols);
+        if let Some(b) = self
+            .sketches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(b.clone());
+        }
+        let omega = crate::compute::rng::gaussian_f32(seed, rows, cols);
+        let buf = self.run(|| self.upload(&[&omega[..]], "sketch"))?;
+        self.sketches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, buf.clone());
         Ok(buf)
     }
 
@@ -567,6 +625,7 @@ impl Ctx {
         }
         let src: String = match file {
             "gemm" => super::gemm::gemm_source(&self.tiles, f64)?,
+            "gemm_narrow" => super::gemm::gemm_source(&self.narrow.unwrap_or(self.tiles), f64)?,
             "reduce" => super::gemm::reduce_source(f64)?,
             "histogram" => HISTOGRAM_WGSL.to_string(),
             "nm_mask" => NM_MASK_WGSL.to_string(),
@@ -610,8 +669,9 @@ impl Ctx {
                 tb,
                 va,
                 vb,
+                narrow,
             } => (
-                "gemm",
+                if narrow { "gemm_narrow" } else { "gemm" },
                 f64,
                 "main",
                 vec![
@@ -741,21 +801,51 @@ impl Stamps {
 pub(super) const PARALLEL_UPLOAD: u64 = 32 << 20;
 
 /// Copies bytes `a..b` of the concatenation of `parts` into `dst` (whose length is `b − a`,
-/// or more by padding).
-fn copy_range(parts: &[&[u8]], a: usize, b: usize, dst: &mut wgpu::BufferViewMut) {
+/// or more by padding). With `check`, also returns whether no 4-byte word of the copied bytes
+/// is a non-finite `f32` (`a` and the parts' lengths multiples of 4), scanning each 64 KiB
+/// piece right after copying it, while it is in cache; `true` without.
+fn copy_range(
+    parts: &[&[u8]],
+    a: usize,
+    b: usize,
+    dst: &mut wgpu::BufferViewMut,
+    check: bool,
+) -> bool {
+    const PIECE: usize = 64 << 10;
+    let mut finite = true;
     let mut start = 0usize;
     for p in parts {
         let end = start + p.len();
         let (lo, hi) = (a.max(start), b.min(end));
-        if lo < hi {
-            dst.slice(lo - a..hi - a)
-                .copy_from_slice(&p[lo - start..hi - start]);
+        let mut x = lo;
+        while x < hi {
+            let y = (x + PIECE).min(hi);
+            let src = &p[x - start..y - start];
+            dst.slice(x - a..y - a).copy_from_slice(src);
+            if check {
+                finite &= all_finite_words(src);
+            }
+            x = y;
         }
         start = end;
         if start >= b {
             break;
         }
     }
+    finite
+}
+
+/// Whether no 4-byte word of `bytes` is a NaN or infinite `f32` (exponent all ones); integer
+/// operations, so that the loop vectorises.
+fn all_finite_words(bytes: &[u8]) -> bool {
+    let bad = |w: u32| ((w & 0x7f80_0000) == 0x7f80_0000) as u32;
+    let acc = match bytemuck::try_cast_slice::<u8, u32>(bytes) {
+        Ok(words) => words.iter().fold(0u32, |acc, &w| acc | bad(w)),
+        Err(_) => bytes.chunks_exact(4).fold(0u32, |acc, c| {
+            acc | bad(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        }),
+    };
+    acc == 0
 }
 
 /// A sequence of commands recorded into one encoder and submitted when results are read.

@@ -51,6 +51,18 @@ impl Default for GemmTiles {
 }
 
 impl GemmTiles {
+    /// Tiles for narrow products (`n ≤ 32` columns: the Krylov blocks, their Grams and
+    /// projections): 128 × 32 tiles, 16 deep, 8 × 4 per invocation (128 invocations, 10 KiB of
+    /// workgroup memory), so that a block of 28 columns no longer leaves 36 of 64 tile columns
+    /// idle.
+    pub const NARROW: GemmTiles = GemmTiles {
+        bm: 128,
+        bn: 32,
+        bk: 16,
+        tm: 8,
+        tn: 4,
+    };
+
     /// Invocations per workgroup.
     pub fn threads(&self) -> u32 {
         (self.bm / self.tm.max(1)) * (self.bn / self.tn.max(1))
@@ -221,8 +233,6 @@ pub(super) struct Gemm<'a> {
     pub(super) accumulate: bool,
     pub(super) subtract: bool,
     pub(super) f64: bool,
-    /// Whether split-K may be used (see [`Gemm::unsplit`]).
-    pub(super) split: bool,
 }
 
 impl<'a> Operand<'a> {
@@ -281,7 +291,6 @@ impl<'a> Gemm<'a> {
             accumulate: false,
             subtract: false,
             f64: false,
-            split: true,
         }
     }
 
@@ -331,15 +340,6 @@ impl<'a> Gemm<'a> {
         }
     }
 
-    /// No split-K, where `yes`: for tiny outputs over a short depth, one dispatch whose
-    /// workgroups run the whole depth costs less than a second dispatch for the reduction.
-    pub(super) fn unsplit(self, yes: bool) -> Self {
-        Gemm {
-            split: !yes,
-            ..self
-        }
-    }
-
     /// Accumulates in `f64` and writes an `f64` C, where `yes`.
     pub(super) fn f64(self, yes: bool) -> Self {
         Gemm { f64: yes, ..self }
@@ -353,8 +353,14 @@ fn u32_of(v: u64, what: &str) -> GpuResult<u32> {
 /// Number of k-splits and the depth of each (a multiple of `bk`): enough workgroups to fill
 /// a large device when C has few tiles. A function of one matrix's shape and the device
 /// limits only — never of the batch size — so a matrix gets the same bits in any batch.
-pub(super) fn split_plan(ctx: &Ctx, m: u64, n: u64, k: u64, acc_bytes: u64) -> (u64, u64) {
-    let t = ctx.tiles;
+pub(super) fn split_plan(
+    ctx: &Ctx,
+    t: &GemmTiles,
+    m: u64,
+    n: u64,
+    k: u64,
+    acc_bytes: u64,
+) -> (u64, u64) {
     let bk = t.bk as u64;
     let tiles = m.div_ceil(t.bm as u64) * n.div_ceil(t.bn as u64);
     let mut splits = 1u64;
@@ -379,13 +385,23 @@ fn partial_cap(ctx: &Ctx) -> u64 {
     ctx.binding_limit.min(ctx.budget / 8).max(1)
 }
 
+/// The tiles an `m × n` product runs with, and whether they are the narrow ones
+/// ([`GemmTiles::NARROW`] for tall narrow outputs, `n ≤ 32` and `m ≥ 128`, where the adapter
+/// takes them; small square outputs such as Grams keep the default tiles, measured faster).
+pub(super) fn tiles_for(ctx: &Ctx, m: u64, n: u64) -> (GemmTiles, bool) {
+    match ctx.narrow {
+        Some(t) if n <= t.bn as u64 && m >= t.bm as u64 => (t, true),
+        _ => (ctx.tiles, false),
+    }
+}
+
 /// Records one batched GEMM (several dispatches where m or the batch is larger than one
 /// dispatch covers, or where split-K needs a reduction).
 pub(super) fn record(s: &mut Session<'_>, g: &Gemm<'_>) -> GpuResult<()> {
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
-    let t = s.ctx.tiles;
+    let (t, _) = tiles_for(s.ctx, g.m, g.n);
     let rows_per_dispatch = s.ctx.max_groups as u64 * t.bm as u64;
     let mut i0 = 0u64;
     while i0 < g.m {
@@ -404,15 +420,8 @@ pub(super) fn record(s: &mut Session<'_>, g: &Gemm<'_>) -> GpuResult<()> {
 fn record_batches(s: &mut Session<'_>, g: &Gemm<'_>) -> GpuResult<()> {
     let ctx = s.ctx;
     let acc_bytes = if g.f64 { 8 } else { 4 };
-    let (splits, chunk) = if g.split {
-        split_plan(ctx, g.m, g.n, g.k, acc_bytes)
-    } else {
-        (
-            1,
-            g.k.next_multiple_of(ctx.tiles.bk as u64)
-                .max(ctx.tiles.bk as u64),
-        )
-    };
+    let (t, _) = tiles_for(ctx, g.m, g.n);
+    let (splits, chunk) = split_plan(ctx, &t, g.m, g.n, g.k, acc_bytes);
     let mut per = ctx.max_groups as u64 / splits;
     if splits > 1 {
         per = per.min(partial_cap(ctx) / (splits * g.m * g.n * acc_bytes));
@@ -434,7 +443,7 @@ fn record_batches(s: &mut Session<'_>, g: &Gemm<'_>) -> GpuResult<()> {
 
 fn record_one(s: &mut Session<'_>, g: &Gemm<'_>, splits: u64, chunk: u64) -> GpuResult<()> {
     let ctx = s.ctx;
-    let t = ctx.tiles;
+    let (t, narrow) = tiles_for(ctx, g.m, g.n);
     let acc_bytes = if g.f64 { 8 } else { 4 };
     let vec_ok =
         |o: &Operand<'_>| o.off % 4 == 0 && o.ld % 4 == 0 && (g.batch == 1 || o.stride % 4 == 0);
@@ -444,6 +453,7 @@ fn record_one(s: &mut Session<'_>, g: &Gemm<'_>, splits: u64, chunk: u64) -> Gpu
         tb: g.b.trans,
         va: t.vec_loads(t.bm) && vec_ok(&g.a),
         vb: t.vec_loads(t.bn) && vec_ok(&g.b),
+        narrow,
     };
     let groups = (
         u32_of(g.n.div_ceil(t.bn as u64), "column tiles")?,

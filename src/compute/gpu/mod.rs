@@ -11,12 +11,17 @@
 //! # What runs where
 //! - GEMM (shaders/gemm.wgsl): tiled (workgroup-memory tiles, register blocks, vec4 loads where
 //!   aligned), batched, transposes as pipeline constants, deterministic split-K
-//!   (shaders/reduce.wgsl). Tile sizes: [`GemmTiles`].
+//!   (shaders/reduce.wgsl). Tile sizes: [`GemmTiles`]; products with at most 32 columns (the
+//!   Krylov blocks) take [`GemmTiles::NARROW`] unless the tiles were chosen explicitly.
 //! - Randomized SVD and spectra: the CPU algorithm with the same Ω, sketch width, power
 //!   iterations and dispatch rules (exact below [`SvdOptions::exact_below`] or when the sketch
 //!   covers the short side — delegated to the CPU's `f64` SVD; the Gram-eigendecomposition path
 //!   when `4k ≥ min(m, n)`); the large products on the device in `f32`, Gram matrices on the
-//!   device in `f64`, the small factorizations on the CPU in `f64` (see `rsvd.rs`).
+//!   device in `f64` (or `f32`, below). Randomized path, resident tier: every Cholesky-QR step
+//!   of the Krylov basis decided on the device (shaders/chol.wgsl), the Gram of `Bᵀ` in
+//!   double-`f32` (shaders/gram2.wgsl), its eigendecomposition on the CPU in `f64` — two round
+//!   trips per group; matrices it flags (rank-deficient iterates) are redone on the careful
+//!   tier, with every small factorization on the CPU in `f64` (see `rsvd.rs`).
 //! - `full_spectrum`: the short-side Gram on the device in `f64`, eigenvalues on the CPU.
 //! - Masks (`mask.rs`): thresholds by radix select with histogram shaders, N:M and norms in
 //!   shaders, tie-breaking on the host — identical to the CPU backend.
@@ -91,12 +96,11 @@ pub use bench::GemmTiming;
 pub use device::{AdapterInfoSummary, GpuOptions};
 pub use gemm::GemmTiles;
 
-use super::check::{check_finite, gemm_shape};
+use super::check::{check_all_finite, check_finite, check_rank, check_shapes, gemm_shape};
 use super::mask as rules;
 use super::mask::MaskKernels;
 use super::rsvd::{
-    check_lowrank, check_spectrum, exact_one, exact_spectrum, gram_one, per_matrix, LowrankRoute,
-    SpectrumRoute,
+    check_spectrum, exact_one, exact_spectrum, gram_one, per_matrix, LowrankRoute, SpectrumRoute,
 };
 use super::{
     Backend, ComputeError, Cpu, Factors, MaskPattern, MaskResult, Matrix, MatrixRef, SvdOptions,
@@ -258,20 +262,24 @@ impl Backend for Gpu {
         rank: usize,
         opts: &SvdOptions,
     ) -> Result<Vec<Factors>, ComputeError> {
-        let t0 = std::time::Instant::now();
-        let route = check_lowrank(batch, rank, opts)?;
-        tracing::trace!(
-            "gpu lowrank: input checked in {:.4} s",
-            t0.elapsed().as_secs_f64()
-        );
+        // The CPU's checks in its order (shapes, finiteness, rank), except that the randomized
+        // path checks finiteness while it uploads the weights (one read of them, not two).
+        let Some(dims) = check_shapes(batch)? else {
+            return Ok(Vec::new());
+        };
+        if let Err(e) = check_rank(rank, dims) {
+            check_all_finite(batch)?;
+            return Err(e);
+        }
+        let route = opts.lowrank_route(dims, rank);
+        if !matches!(route, LowrankRoute::Sketch(_)) {
+            check_all_finite(batch)?;
+        }
         let shape = match route {
-            None => return Ok(Vec::new()),
-            Some(LowrankRoute::Exact) => return per_matrix(batch, |w| exact_one(w, rank)),
-            Some(LowrankRoute::Gram) if self.ctx.f64 => {
-                return rsvd::gram_path(&self.ctx, batch, rank)
-            }
-            Some(LowrankRoute::Gram) => return per_matrix(batch, |w| gram_one(w, rank)),
-            Some(LowrankRoute::Sketch(shape)) => shape,
+            LowrankRoute::Exact => return per_matrix(batch, |w| exact_one(w, rank)),
+            LowrankRoute::Gram if self.ctx.f64 => return rsvd::gram_path(&self.ctx, batch, rank),
+            LowrankRoute::Gram => return per_matrix(batch, |w| gram_one(w, rank)),
+            LowrankRoute::Sketch(shape) => shape,
         };
         let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Factors(rank))?;
         Ok(got.into_iter().filter_map(rsvd::Got::factors).collect())

@@ -53,8 +53,6 @@ const ITERATE_PASSES: usize = 2;
 /// … and the same iterate projected again, nearly orthonormal: a checking Gram, or one pass
 /// and the check.
 const REPROJECTED_PASSES: usize = 2;
-/// Gram matrices of narrow sets of at most this many rows are formed without split-K.
-const UNSPLIT_GRAM_ROWS: usize = 4096;
 /// Pivots of the on-device Cholesky must exceed this fraction of the Gram's diagonal entry
 /// with `f64` Grams (the CPU's `cholesky_upper` test) …
 const PIVOT_F64: f32 = 1e-14;
@@ -212,6 +210,28 @@ struct Group<'c> {
     n: usize,
     blocks: Vec<(usize, usize)>,
     w: Vec<wgpu::Buffer>,
+    /// Whether every uploaded element is finite (checked while copying).
+    finite: bool,
+}
+
+/// The CPU's error for the first non-finite element of `mats` (matrix `i` is `at(i)` of the
+/// caller's batch), after an upload found one.
+fn non_finite(mats: &[MatrixRef<'_>], at: impl Fn(usize) -> usize) -> ComputeError {
+    match crate::compute::check::check_all_finite(mats) {
+        Err(ComputeError::NonFinite {
+            index,
+            row,
+            col,
+            value,
+        }) => ComputeError::NonFinite {
+            index: at(index),
+            row,
+            col,
+            value,
+        },
+        Err(e) => e,
+        Ok(()) => device_err("the upload saw a non-finite value that the host check did not"),
+    }
 }
 
 impl<'c> Group<'c> {
@@ -225,19 +245,21 @@ impl<'c> Group<'c> {
                     .iter()
                     .map(|w| &w.data()[r0 * n..(r0 + rows) * n])
                     .collect();
-                ctx.upload(&parts, "weights")
+                ctx.upload_finite(&parts, "weights")
             })
             .collect::<GpuResult<Vec<_>>>()?;
         ctx.upload_nanos.fetch_add(
             t0.elapsed().as_nanos() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        let finite = w.iter().all(|(_, f)| *f);
         Ok(Group {
             ctx,
             g: mats.len(),
             n,
             blocks: blocks.to_vec(),
-            w,
+            w: w.into_iter().map(|(b, _)| b).collect(),
+            finite,
         })
     }
 
@@ -308,10 +330,8 @@ impl<'c> Group<'c> {
     }
 
     /// `G = Σ_b t_bᵀ · t_b` into `gram` (`[g][cols][cols]`, `f64` where the device has it).
-    /// Short narrow sets take no split-K (one dispatch per block).
     fn gram(&self, s: &mut Session<'_>, t: &Tall, gram: &wgpu::Buffer) -> GpuResult<()> {
         let c = t.cols;
-        let unsplit = t.total_rows() <= UNSPLIT_GRAM_ROWS && c <= 64;
         for (b, &rows) in t.rows.iter().enumerate() {
             let op = Operand::new(&t.bufs[b], c, rows * c);
             let g = Gemm::new(
@@ -321,7 +341,7 @@ impl<'c> Group<'c> {
                 (c, c, rows),
                 self.g,
             );
-            record(s, &g.accumulate(b > 0).f64(self.ctx.f64).unsplit(unsplit))?;
+            record(s, &g.accumulate(b > 0).f64(self.ctx.f64))?;
         }
         Ok(())
     }
@@ -912,8 +932,7 @@ pub(super) fn randomized(
 ) -> GpuResult<Vec<Got>> {
     let (m, n) = batch[0].shape();
     let plan = plan(ctx, batch.len(), m, &randomized_needs(m, n, shape))?;
-    let omega = gaussian_f32(opts.seed, n, shape.block);
-    let omega_buf = ctx.run(|| ctx.upload(&[&omega[..]], "sketch"))?;
+    let omega_buf = ctx.sketch(opts.seed, n, shape.block)?;
     let mut out = Vec::with_capacity(batch.len());
     tracing::trace!("gpu rsvd {m}×{n}: sketch ready");
     for (gi, mats) in batch.chunks(plan.g).enumerate() {
@@ -1033,6 +1052,9 @@ fn resident_group(
     // Device section 1.
     let (grp, q, bt, grams, states) = ctx.run(|| {
         let grp = Group::upload(ctx, mats, blocks)?;
+        if !grp.finite {
+            return Err(non_finite(mats, |i| base + i));
+        }
         let t_up = t0.elapsed().as_secs_f64();
         let res = Resident::new(ctx, grp.g, b)?;
         let mut s = Session::new(ctx);
@@ -1247,6 +1269,9 @@ fn careful_group(
     let t0 = std::time::Instant::now();
     let (grp, q, bts) = ctx.run(|| {
         let grp = Group::upload(ctx, mats, blocks)?;
+        if !grp.finite {
+            return Err(non_finite(mats, |i| index[i]));
+        }
         let t_up = t0.elapsed().as_secs_f64();
         let mut s = Session::new(ctx);
         let (q, bt) = grp.krylov(&mut s, omega, shape, None)?;

@@ -187,6 +187,7 @@ fn shaders_validate_with_naga() {
     }
     let tiles = [
         GemmTiles::default(),
+        GemmTiles::NARROW,
         GemmTiles {
             bm: 128,
             bn: 128,
@@ -337,6 +338,10 @@ fn every_shader_runs_on_the_device() {
         ),
         ("f64 GEMM", ran(&|k| matches!(k, K::Gemm { f64: true, .. }))),
         (
+            "narrow-tile GEMM",
+            ran(&|k| matches!(k, K::Gemm { narrow: true, .. })),
+        ),
+        (
             "transposed A",
             ran(&|k| matches!(k, K::Gemm { ta: true, .. })),
         ),
@@ -447,6 +452,8 @@ fn gemm_other_tiles_match_cpu() {
         ((64, 128, 8, 4, 8), false),
         ((32, 32, 8, 4, 4), false),
         ((64, 64, 16, 4, 4), true),
+        // GemmTiles::NARROW as the only tiles.
+        ((128, 32, 16, 8, 4), false),
     ] {
         let (bm, bn, bk, tm, tn) = tiles;
         let Some(gpu) = open(GpuOptions {
@@ -550,7 +557,6 @@ fn gemm_batched_case(gpu: &Gpu, k: usize, subtract: bool) {
                     accumulate: !subtract,
                     subtract,
                     f64: false,
-                    split: true,
                 },
             )?;
             s.read(&cb, 5, (batch * m * n) as u64)
@@ -927,7 +933,11 @@ fn errors_match_cpu() {
         .iter()
         .map(|b| {
             vec![
+                // The randomized route (finiteness checked while uploading on the GPU), and
+                // a non-finite input with an invalid rank (finiteness is reported first).
                 format!("{:?}", b.lowrank(&[a.view(), bad.view()], 8, &o)),
+                format!("{:?}", b.lowrank(&[a.view(), bad.view()], 0, &o)),
+                format!("{:?}", b.lowrank(&[bad.view(), a.view()], 24, &o)),
                 format!("{:?}", b.lowrank(&[a.view(), other.view()], 8, &o)),
                 format!("{:?}", b.lowrank(&[a.view()], 0, &o)),
                 format!("{:?}", b.lowrank(&[a.view()], 201, &o)),
