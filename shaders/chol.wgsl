@@ -16,10 +16,12 @@
 // that path would compute, up to the rounding of this Cholesky.
 //
 // Decisions (pass p): with f32 Grams, max|G − I| < tol → done (identity). Else the Cholesky
-// of G (a pivot must exceed `pivot` · G_jj), or of G + sI with the shift of shifted
-// Cholesky-QR3, s = 11(rows·k + k(k+1))·eps·trace G, grown ×100 up to four times; none →
-// flag 1. Then R⁻¹; done when p = 0, Iterate and ‖R‖_F‖R⁻¹‖_F ≤ one_pass (a single pass), or
-// with f64 Grams when max|G − I| < 0.5 (this pass finishes).
+// of G (a pivot must exceed `pivot` · G_jj: the host's 1e-14 with f64 Grams; 16 f32 units
+// with f32 Grams, below which an f32 pivot is rounding noise — stricter than the host, which
+// factors the same f32 Gram in f64), or of G + sI with the shift of shifted Cholesky-QR3,
+// s = 11(rows·k + k(k+1))·eps·trace G, grown ×100 up to four times; none → flag 1. Then R⁻¹;
+// done when p = 0, Iterate, the factor is unshifted and ‖R‖_F‖R⁻¹‖_F ≤ one_pass (a single
+// pass), or with f64 Grams when max|G − I| < 0.5 (this pass finishes).
 //
 // The workgroup array `m` (k ≤ KMAX) holds R in its upper triangle and the strictly upper part
 // of R⁻¹, transposed, in its strictly lower triangle. Every loop runs over a range given by the
@@ -172,6 +174,7 @@ fn main(
     // Cholesky of G + shift·I: attempt 0 unshifted, then the shifted ones.
     var shift = acc_t(11.0) * acc_t(f32(p.rows * k + k * (k + 1u))) * acc_t(p.eps) * acc_t(trace);
     var ok = false;
+    var shifted = false;
     for (var attempt = 0u; attempt < 5u; attempt++) {
         if (attempt > 0u && (bad(trace) || trace <= 0.0)) {
             break;
@@ -214,6 +217,7 @@ fn main(
         }
         if (workgroupUniformLoad(&s_flag) == 1u) {
             ok = true;
+            shifted = attempt > 0u;
             break;
         }
         if (attempt > 0u) {
@@ -273,7 +277,9 @@ fn main(
     reduce3(lid);
     let xs = red_sum[0];
     let cond = sqrt(rs) * sqrt(xs);
-    let single = p.pass_index == 0u && (p.flags & 1u) != 0u && !bad(cond) && cond <= p.one_pass;
+    // Only an unshifted factor may finish an iterate in one pass (as on the host).
+    let single = p.pass_index == 0u && (p.flags & 1u) != 0u && !shifted && !bad(cond)
+        && cond <= p.one_pass;
     let now_done = single || (f64_grams && finishes);
     if (lid == 0u) {
         if (now_done) {

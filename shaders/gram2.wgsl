@@ -2,7 +2,7 @@
 // double-f32: each product is split exactly into p + e (p = u·v rounded, e its rounding error
 // by Dekker's product),
 // and the sum is carried as an unevaluated pair (s, c) with Knuth's TwoSum, so that s + c is
-// G to about n·u² relative (u = 2⁻²⁴) — what an f64 Gram gives — on adapters without fast
+// G to about n·u² relative (u = 2⁻²⁴; an f64 sum gives n·2⁻⁵³, 32 times less) on adapters without fast
 // f64. Output per matrix: the upper triangle of G as (s, c) pairs, out[2(z·k·k + a·k + b)].
 //
 // X of matrix z: element (r, c) at off + z·stride + r·ld + c. Workgroup (tile, z): an 8 × 8

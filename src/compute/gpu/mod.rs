@@ -52,7 +52,8 @@
 //!
 //! # Memory
 //! A memory budget ([`GpuOptions::memory_budget`]; default 1 GiB on a software adapter, 4 GiB
-//! on hardware) bounds what one operation keeps resident: same-shape batches are factorized in
+//! on hardware) bounds what one operation keeps resident (besides the split-K scratch of at
+//! most 1/8 of it, and the Gaussian sketches, kept per shape for the device's life): same-shape batches are factorized in
 //! groups that fit it, each matrix uploaded once and resident for its whole factorization.
 //! A tensor larger than one storage binding (lavapipe: 128 MiB; GPT-2's 50257 × 768 `f32` table
 //! is 154 MB) is split into blocks of rows. Not split: the column-side buffers of one matrix
@@ -281,7 +282,12 @@ impl Backend for Gpu {
             LowrankRoute::Gram => return per_matrix(batch, |w| gram_one(w, rank)),
             LowrankRoute::Sketch(shape) => shape,
         };
-        let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Factors(rank))?;
+        let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Factors(rank))
+            .map_err(|e| match check_all_finite(batch) {
+                // A non-finite input is reported first, as on the CPU, whatever failed.
+                Err(nf) => nf,
+                Ok(()) => e,
+            })?;
         Ok(got.into_iter().filter_map(rsvd::Got::factors).collect())
     }
 

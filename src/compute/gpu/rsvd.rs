@@ -104,6 +104,7 @@ pub(super) fn randomized_needs(m: usize, n: usize, shape: KrylovShape) -> Needs 
         // W, the m-side blocks and U; Bᵀ and V on the n side; projection coefficients, the
         // Cholesky-QR buffers (f64 Grams at most), the Gram of Bᵀ (double-f32 pairs).
         per_matrix: 4 * (m64 * n64 + m64 * (2 * k + 2 * b) + 2 * n64 * k)
+            + 4 * k * b
             + 28 * b * b
             + 8 * k * k
             + 16,
@@ -417,9 +418,16 @@ impl<'c> Group<'c> {
             let mats = &mut out[si];
             let chunks = bytes.chunks(per.max(1));
             if bytes.len() >= 8 << 20 && mats.len() > 1 {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let mut pairs: Vec<(&mut Vec<T>, &[u8])> = mats.iter_mut().zip(chunks).collect();
+                let per_thread = pairs.len().div_ceil(threads.max(1)).max(1);
                 std::thread::scope(|scope| {
-                    for (dst, src) in mats.iter_mut().zip(chunks) {
-                        scope.spawn(move || append(dst, src));
+                    for part in pairs.chunks_mut(per_thread) {
+                        scope.spawn(move || {
+                            for (dst, src) in part.iter_mut() {
+                                append(dst, src);
+                            }
+                        });
                     }
                 });
             } else {
@@ -952,11 +960,19 @@ pub(super) fn randomized(
             #[cfg(test)]
             ctx.careful
                 .fetch_add(redo.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let sub: Vec<MatrixRef<'_>> = redo.iter().map(|&i| mats[i]).collect();
-            let index: Vec<usize> = redo.iter().map(|&i| base + i).collect();
-            let again = careful_group(ctx, &sub, &plan.blocks, &omega_buf, shape, &want, &index)?;
-            for (&i, g) in redo.iter().zip(again) {
-                got[i] = Some(g);
+            // One at a time: the careful path's extra rounds couple the matrices it runs
+            // together, and a matrix must get the same bits alone or in any batch.
+            for &i in &redo {
+                let again = careful_group(
+                    ctx,
+                    &[mats[i]],
+                    &plan.blocks,
+                    &omega_buf,
+                    shape,
+                    &want,
+                    &[base + i],
+                )?;
+                got[i] = again.into_iter().next();
             }
         }
         out.extend(got.into_iter().flatten());
@@ -1032,7 +1048,7 @@ fn record_u(
 /// One group on the resident path (Krylov blocks of at most `ctx.chol_kmax` columns): upload,
 /// the Krylov basis and `Bᵀ = Wᵀ·Q` with every orthonormalisation on the device
 /// ([`Group::orth_resident`]), and the Gram `B·Bᵀ` of `Bᵀ`'s columns in double-`f32`
-/// (shaders/gram2.wgsl, as accurate as the CPU's `f64` one); one read back of the Grams and the
+/// (shaders/gram2.wgsl, near the accuracy of the CPU's `f64` one); one read back of the Grams and the
 /// flags. On the CPU, in `f64`, the eigendecomposition of each Gram (the CPU's `small_svd`:
 /// `B·Bᵀ = E Σ² Eᵀ`); then `U = Q·E` and `V = Bᵀ·E·Σ⁻¹` on the device and a second read
 /// back. `None` for a matrix the device flagged, or whose sketch is numerically
@@ -1126,22 +1142,15 @@ fn resident_group(
             if !gm.iter().all(|v| v.is_finite()) {
                 return Ok(None);
             }
-            let numerical = |reason: String| ComputeError::Numerical {
-                index: base + i,
-                reason,
-            };
+            // An eigensolver failure goes to the careful path (the SVD of Bᵀ) too.
             Ok(match want {
-                Want::Spectrum(kk) => Some(Small::Values(
-                    gram_singular_values(&gm, k)
-                        .map_err(|e| numerical(e.to_string()))?
-                        .into_iter()
-                        .take(*kk)
-                        .collect(),
-                )),
-                Want::Factors(_) => {
-                    let top = top_eigen_seq(&gm, k, r).map_err(numerical)?;
-                    (!top.inv.contains(&0.0)).then_some(Small::Vectors(top))
-                }
+                Want::Spectrum(kk) => gram_singular_values(&gm, k)
+                    .ok()
+                    .map(|v| Small::Values(v.into_iter().take(*kk).collect())),
+                Want::Factors(_) => top_eigen_seq(&gm, k, r)
+                    .ok()
+                    .filter(|top| !top.inv.contains(&0.0))
+                    .map(Small::Vectors),
             })
         })
         .collect::<GpuResult<Vec<_>>>()?;
