@@ -355,16 +355,34 @@ impl<'c> Group<'c> {
         small: &wgpu::Buffer,
         out: &Tall,
     ) -> GpuResult<()> {
-        let (c, c2) = (t.cols, out.cols);
-        for (b, &rows) in t.rows.iter().enumerate() {
+        let small = Operand::new(small, out.cols, t.cols * out.cols);
+        self.rows_times(s, t, t.cols, small, (out, 0), false)
+    }
+
+    /// The m-side products with a small per-matrix factor, block of rows by block of rows:
+    /// `out_b[:, off..off + n] = a_b[:, ..inner] · S` (or `−=` it, with `subtract`), `S` the
+    /// `inner × n` operand `small` (`n` its leading dimension). The orthonormalisation's
+    /// multiply, the basis store, the projections' update and `U = Q·E` are all this.
+    fn rows_times(
+        &self,
+        s: &mut Session<'_>,
+        a: &Tall,
+        inner: usize,
+        small: Operand<'_>,
+        (out, off): (&Tall, usize),
+        subtract: bool,
+    ) -> GpuResult<()> {
+        let n = small.ld as usize;
+        for (b, &rows) in a.rows.iter().enumerate() {
             let g = Gemm::new(
-                Operand::new(&t.bufs[b], c, rows * c),
-                Operand::new(small, c2, c * c2),
-                Output::new(&out.bufs[b], 0, c2, rows * c2),
-                (rows, c2, c),
+                Operand::new(&a.bufs[b], a.cols, rows * a.cols),
+                small,
+                Output::new(&out.bufs[b], off, out.cols, rows * out.cols),
+                (rows, n, inner),
                 self.g,
-            );
-            record(s, &g.f64(out.f64))?;
+            )
+            .f64(out.f64);
+            record(s, &if subtract { g.subtract() } else { g })?;
         }
         Ok(())
     }
@@ -712,18 +730,8 @@ impl<'c> Group<'c> {
         nb: usize,
         coef: &wgpu::Buffer,
     ) -> GpuResult<()> {
-        let (b, k) = (y.cols, q.cols);
-        for (rb, &rows) in y.rows.iter().enumerate() {
-            let g = Gemm::new(
-                Operand::new(&q.bufs[rb], k, rows * k),
-                Operand::new(coef, b, k * b),
-                Output::new(&y.bufs[rb], 0, b, rows * b),
-                (rows, b, nb * b),
-                self.g,
-            );
-            record(s, &g.subtract())?;
-        }
-        Ok(())
+        let c = Operand::new(coef, y.cols, q.cols * y.cols);
+        self.rows_times(s, q, nb * y.cols, c, (y, 0), true)
     }
 
     /// Copies `cur` (`b` columns) into columns `j·b..` of the basis `q` (a product with the
@@ -736,18 +744,8 @@ impl<'c> Group<'c> {
         j: usize,
         ident: &wgpu::Buffer,
     ) -> GpuResult<()> {
-        let (b, k) = (cur.cols, q.cols);
-        for (rb, &rows) in cur.rows.iter().enumerate() {
-            let g = Gemm::new(
-                Operand::new(&cur.bufs[rb], b, rows * b),
-                Operand::new(ident, b, 0),
-                Output::new(&q.bufs[rb], j * b, k, rows * k),
-                (rows, b, b),
-                self.g,
-            );
-            record(s, &g)?;
-        }
-        Ok(())
+        let b = cur.cols;
+        self.rows_times(s, cur, b, Operand::new(ident, b, 0), (q, j * b), false)
     }
 
     /// The block Krylov range finder (the CPU's `rsvd::krylov`): the basis `Q = [Q₀ … Q_d]`
@@ -1032,16 +1030,7 @@ fn record_u(
     r: usize,
 ) -> GpuResult<Tall> {
     let u = grp.tall(r, false)?;
-    for (rb, &rows) in q.rows.iter().enumerate() {
-        let g = Gemm::new(
-            Operand::new(&q.bufs[rb], k, rows * k),
-            Operand::new(ub, r, k * r),
-            Output::new(&u.bufs[rb], 0, r, rows * r),
-            (rows, r, k),
-            grp.g,
-        );
-        record(s, &g)?;
-    }
+    grp.rows_times(s, q, k, Operand::new(ub, r, k * r), (&u, 0), false)?;
     Ok(u)
 }
 
