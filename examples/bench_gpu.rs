@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_gpu -- [--json] [--software] [--small] [--reps N]
-//!     [--no-cpu]
+//!     [--no-cpu] [--no-gemm] [--ranks 64,256]
 //! ```
 //!
 //! - Prints the adapter, the GEMM tiles in use (`HCC_GEMM_TILES`) and whether the shaders run
@@ -23,7 +23,8 @@
 //! Output: markdown tables on stdout; with `--json`, one JSON object on stdout instead (the
 //! tables then go to stderr). `--software` accepts a software adapter (Mesa lavapipe) when
 //! there is no GPU; `--small` divides every dimension, rank and `exact_below` by 8 so that
-//! the whole run takes well under a minute on lavapipe. `--no-cpu` skips the CPU backend.
+//! the whole run takes well under a minute on lavapipe. `--no-cpu` skips the CPU backend,
+//! `--no-gemm` the GEMM table; `--ranks` picks the rSVD ranks (default 64,256).
 
 use std::time::Instant;
 
@@ -43,6 +44,8 @@ struct Args {
     small: bool,
     reps: Option<usize>,
     cpu: bool,
+    gemm: bool,
+    ranks: Vec<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -52,6 +55,8 @@ fn parse_args() -> anyhow::Result<Args> {
         small: false,
         reps: None,
         cpu: true,
+        gemm: true,
+        ranks: vec![64, 256],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -60,6 +65,17 @@ fn parse_args() -> anyhow::Result<Args> {
             "--software" => a.software = true,
             "--small" => a.small = true,
             "--no-cpu" => a.cpu = false,
+            "--no-gemm" => a.gemm = false,
+            "--ranks" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--ranks needs a value such as 64,256"))?;
+                a.ranks = v
+                    .split(',')
+                    .map(|x| x.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("--ranks {v}: {e}"))?;
+            }
             "--reps" => {
                 let v = it
                     .next()
@@ -68,7 +84,8 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench_gpu [--json] [--software] [--small] [--reps N] [--no-cpu]\n\
+                    "bench_gpu [--json] [--software] [--small] [--reps N] [--no-cpu] [--no-gemm] \
+                     [--ranks 64,256]\n\
                      (see the header of examples/bench_gpu.rs)"
                 );
                 std::process::exit(0);
@@ -190,8 +207,12 @@ fn main() -> anyhow::Result<()> {
         out.line("| scale | --small: dimensions, ranks and exact_below ÷ 8 |");
     }
 
-    let gemm = bench_gemms(&gpu, &out, &d, reps)?;
-    let (rsvd, totals) = bench_rsvd(&gpu, &out, &d, args.cpu, args.small)?;
+    let gemm = if args.gemm {
+        bench_gemms(&gpu, &out, &d, reps)?
+    } else {
+        Vec::new()
+    };
+    let (rsvd, totals) = bench_rsvd(&gpu, &out, &d, &args)?;
     if let Some(report) = gpu.profile_report() {
         eprintln!("\n## GPU profile (HCC_GPU_PROFILE=1)\n\n{report}");
     }
@@ -381,9 +402,9 @@ fn bench_rsvd(
     gpu: &Gpu,
     out: &Out,
     d: &dyn Fn(usize) -> usize,
-    with_cpu: bool,
-    small: bool,
+    args: &Args,
 ) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
+    let (with_cpu, small) = (args.cpu, args.small);
     // GPT-2 small: (rows, cols, count).
     let groups = [
         (768, 2304, 12),
@@ -433,7 +454,7 @@ fn bench_rsvd(
     let cpu = Cpu::new();
     let mut rows = Vec::new();
     let mut totals = Vec::new();
-    for rank in [64, 256] {
+    for &rank in &args.ranks {
         let rank = if small { rank / 8 } else { rank };
         let (mut gpu_total, mut cpu_total, mut count_total) = (0.0, 0.0, 0usize);
         let mut resident_total = 0.0;

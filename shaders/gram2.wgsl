@@ -3,24 +3,28 @@
 // by Dekker's product),
 // and the sum is carried as an unevaluated pair (s, c) with Knuth's TwoSum, so that s + c is
 // G to about n·u² relative (u = 2⁻²⁴; an f64 sum gives n·2⁻⁵³, 32 times less) on adapters without fast
-// f64. Output per matrix: the upper triangle of G as (s, c) pairs, out[2(z·k·k + a·k + b)].
+// f64. Output per matrix: the upper triangle of G as (s, c) pairs, out[2(z·k·k + a·k + b)];
+// with `acc` the sums start from the pairs already there (the rows of X in several buffers).
 //
-// X of matrix z: element (r, c) at off + z·stride + r·ld + c. Workgroup (tile, z): an 8 × 8
-// tile of G (tiles below the diagonal return at once); 32 rows of both column blocks are
-// staged in workgroup memory at a time, each of the four row groups of invocations sums every
-// fourth of them, and the four pairs are added exactly at the end. Every loop runs over a
-// range given by the parameters.
+// X of matrix z: element (r, c) at off + z·stride + r·ld + c, or with `tr` at
+// off + z·stride + c·ld + r (X stored transposed: the Gram of a wide matrix's rows).
+// Workgroup (tj, ti, z): the 32 × 32 tile (ti, tj) of G (tiles below the diagonal return at
+// once), 2 × 2 entries per invocation; 16 rows of both column blocks are staged in workgroup
+// memory at a time (read along whichever index is contiguous). Each entry is one sum over the
+// rows in order, so its bits do not depend on the batch or the tiling of the others. Every
+// loop runs over a range given by the parameters.
 struct Params {
     n: u32,
     k: u32,
     ld: u32,
     stride: u32,
     off: u32,
-    // Tiles per side: ⌈k / 8⌉.
-    tiles: u32,
+    // 1: X stored transposed (see above).
+    tr: u32,
+    // 1: add to the pairs already in `out`.
+    acc: u32,
     // Always 0; see `opaque`.
     zero: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,93 +32,129 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 // x, hidden from the compiler's algebra: drivers may treat float arithmetic as associative
-// (WGSL cannot mark it exact), which would fold TwoSum's error term to zero; an exclusive-or
-// with a uniform 0 keeps every rounding where it is written.
+// (WGSL cannot mark it exact) or contract a product into a following sum, which would fold
+// TwoSum's error term to zero or make it describe a sum that was not computed; an
+// exclusive-or with a uniform 0 keeps such a rounding where it is written.
 fn opaque(x: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) ^ p.zero);
 }
 
-var<workgroup> ta: array<f32, 256>;
-var<workgroup> tb: array<f32, 256>;
-var<workgroup> ps: array<f32, 256>;
-var<workgroup> pc: array<f32, 256>;
-
-// (s, c) += x exactly up to c's rounding (Knuth's TwoSum, every step kept by `opaque`).
-fn two_sum(s: f32, x: f32) -> vec2<f32> {
-    let t = opaque(s + x);
-    let zz = opaque(t - s);
-    let err = opaque(opaque(s - opaque(t - zz)) + opaque(x - zz));
-    return vec2<f32>(t, err);
+// The upper 12 significant bits of x (the rest, x − high(x), is exact).
+fn high(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) & 0xfffff000u);
 }
 
-@compute @workgroup_size(8, 8, 4)
+// The pair (s, c) of entry (a, b) of matrix z to start from: 0, or with `acc` what is there.
+fn start(z: u32, a: u32, b: u32) -> vec2<f32> {
+    if (p.acc == 1u && a < p.k && b < p.k && a <= b) {
+        let o = 2u * (z * p.k * p.k + a * p.k + b);
+        return vec2<f32>(out[o], out[o + 1u]);
+    }
+    return vec2<f32>(0.0, 0.0);
+}
+
+// Writes entry (a, b) of matrix z (upper triangle only).
+fn finish(z: u32, a: u32, b: u32, e: vec2<f32>) {
+    if (a < p.k && b < p.k && a <= b) {
+        let o = 2u * (z * p.k * p.k + a * p.k + b);
+        out[o] = e.x;
+        out[o + 1u] = e.y;
+    }
+}
+
+// (s, c) + u·v: the rounded product by TwoSum, its rounding error by Dekker's product from
+// 12-bit halves (uh + ul = u, vh + vl = v; the products of halves are exact), so that no
+// fused multiply-add (which a driver may split) and no splitting constant is needed.
+fn add_product(e: vec2<f32>, u: f32, uh: f32, ul: f32, v: f32, vh: f32, vl: f32) -> vec2<f32> {
+    let prod = opaque(u * v);
+    let err = ((uh * vh - prod) + uh * vl + ul * vh) + ul * vl;
+    let t = opaque(e.x + prod);
+    let zz = opaque(t - e.x);
+    let lost = (e.x - opaque(t - zz)) + (prod - zz);
+    return vec2<f32>(t, e.y + (lost + err));
+}
+
+const T: u32 = 32u;
+const R: u32 = 16u;
+
+var<workgroup> ta: array<f32, 512>;
+var<workgroup> tb: array<f32, 512>;
+
+@compute @workgroup_size(16, 16, 1)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let z = wid.y;
-    let ti = wid.x / p.tiles;
-    let tj = wid.x % p.tiles;
+    let z = wid.z;
+    let ti = wid.y;
+    let tj = wid.x;
     if (tj < ti) {
         return;
     }
-    let a = ti * 8u + lid.y;
-    let b = tj * 8u + lid.x;
     let base = p.off + z * p.stride;
-    // The 256 invocations stage a 32-row × 8-column slice of each column block per step.
-    let flat = lid.x + 8u * lid.y + 64u * lid.z;
-    let lr = flat / 8u;
-    let lc = flat % 8u;
-    var s = 0.0;
-    var c = 0.0;
-    for (var r0 = 0u; r0 < p.n; r0 += 32u) {
-        let r = r0 + lr;
-        let ca = ti * 8u + lc;
-        let cb = tj * 8u + lc;
-        var va = 0.0;
-        var vb = 0.0;
-        if (r < p.n && ca < p.k) {
-            va = x[base + r * p.ld + ca];
+    let flat = lid.x + 16u * lid.y;
+    // This invocation's entries: rows a0, a0 + 1 and columns b0, b0 + 1 of G, as (s, c).
+    let a0 = ti * T + lid.y * 2u;
+    let b0 = tj * T + lid.x * 2u;
+    var e00 = start(z, a0, b0);
+    var e01 = start(z, a0, b0 + 1u);
+    var e10 = start(z, a0 + 1u, b0);
+    var e11 = start(z, a0 + 1u, b0 + 1u);
+    for (var r0 = 0u; r0 < p.n; r0 += R) {
+        // Stage rows r0 … r0 + 15 of both column blocks: 512 values each, 2 per invocation.
+        for (var l = 0u; l < 2u; l++) {
+            let idx = flat + 256u * l;
+            var lr = idx / T;
+            var lc = idx % T;
+            if (p.tr == 1u) {
+                // Consecutive invocations read consecutive rows (contiguous when transposed).
+                lr = idx % R;
+                lc = idx / R;
+            }
+            let r = r0 + lr;
+            let ca = ti * T + lc;
+            let cb = tj * T + lc;
+            var va = 0.0;
+            var vb = 0.0;
+            if (r < p.n) {
+                if (p.tr == 1u) {
+                    if (ca < p.k) {
+                        va = x[base + ca * p.ld + r];
+                    }
+                    if (cb < p.k) {
+                        vb = x[base + cb * p.ld + r];
+                    }
+                } else {
+                    if (ca < p.k) {
+                        va = x[base + r * p.ld + ca];
+                    }
+                    if (cb < p.k) {
+                        vb = x[base + r * p.ld + cb];
+                    }
+                }
+            }
+            ta[lr * T + lc] = va;
+            tb[lr * T + lc] = vb;
         }
-        if (r < p.n && cb < p.k) {
-            vb = x[base + r * p.ld + cb];
-        }
-        ta[flat] = va;
-        tb[flat] = vb;
         workgroupBarrier();
-        // This invocation's rows of the slice: w, w + 4, …, 28 + w.
-        for (var q = lid.z; q < 32u; q += 4u) {
-            let u = ta[q * 8u + lid.y];
-            let v = tb[q * 8u + lid.x];
-            // Exact product error (Dekker) from 12-bit halves cut by masking, so that no fused
-            // multiply-add (which a driver may split) and no splitting constant is needed.
-            let uh = bitcast<f32>(bitcast<u32>(u) & 0xfffff000u);
-            let ul = opaque(u - uh);
-            let vh = bitcast<f32>(bitcast<u32>(v) & 0xfffff000u);
-            let vl = opaque(v - vh);
-            let prod = opaque(u * v);
-            let e1 = opaque(opaque(uh * vh) - prod);
-            let e2 = opaque(e1 + opaque(uh * vl));
-            let e3 = opaque(e2 + opaque(ul * vh));
-            let e = opaque(e3 + opaque(ul * vl));
-            let ts = two_sum(s, prod);
-            s = ts.x;
-            c = opaque(c + opaque(ts.y + e));
+        for (var q = 0u; q < R; q++) {
+            let u0 = ta[q * T + lid.y * 2u];
+            let u1 = ta[q * T + lid.y * 2u + 1u];
+            let v0 = tb[q * T + lid.x * 2u];
+            let v1 = tb[q * T + lid.x * 2u + 1u];
+            let h0 = high(u0);
+            let h1 = high(u1);
+            let g0 = high(v0);
+            let g1 = high(v1);
+            e00 = add_product(e00, u0, h0, u0 - h0, v0, g0, v0 - g0);
+            e01 = add_product(e01, u0, h0, u0 - h0, v1, g1, v1 - g1);
+            e10 = add_product(e10, u1, h1, u1 - h1, v0, g0, v0 - g0);
+            e11 = add_product(e11, u1, h1, u1 - h1, v1, g1, v1 - g1);
         }
         workgroupBarrier();
     }
-    // The four row groups' pairs, added exactly into group 0's.
-    ps[flat] = s;
-    pc[flat] = c;
-    workgroupBarrier();
-    if (lid.z == 0u && a < p.k && b < p.k && a <= b) {
-        for (var w = 1u; w < 4u; w++) {
-            let ts = two_sum(s, ps[flat + 64u * w]);
-            s = ts.x;
-            c = opaque(c + opaque(ts.y + pc[flat + 64u * w]));
-        }
-        let o = 2u * (z * p.k * p.k + a * p.k + b);
-        out[o] = s;
-        out[o + 1u] = c;
-    }
+    finish(z, a0, b0, e00);
+    finish(z, a0, b0 + 1u, e01);
+    finish(z, a0 + 1u, b0, e10);
+    finish(z, a0 + 1u, b0 + 1u, e11);
 }

@@ -21,16 +21,22 @@
 //!   of the Krylov basis decided on the device (shaders/chol.wgsl), the Gram of `Bᵀ` in
 //!   double-`f32` (shaders/gram2.wgsl), its eigendecomposition on the CPU in `f64` — two round
 //!   trips per group; matrices it flags (rank-deficient iterates) are redone on the careful
-//!   tier, with every small factorization on the CPU in `f64` (see `rsvd.rs`).
-//! - `full_spectrum`: the short-side Gram on the device in `f64`, eigenvalues on the CPU.
+//!   tier, with every small factorization on the CPU in `f64` (see `rsvd.rs`). Gram path: the
+//!   short-side Gram on the device (`f64`, or double-`f32` without it), the `f64`
+//!   eigendecompositions on the CPU (one thread per matrix), the long side `W·E/σ` on the
+//!   device.
+//! - `full_spectrum`: the short-side Gram on the device (`f64` or double-`f32`), eigenvalues on
+//!   the CPU.
 //! - Masks (`mask.rs`): thresholds by radix select with histogram shaders, N:M and norms in
 //!   shaders, tie-breaking on the host — identical to the CPU backend.
 //! - `svd_exact`: the CPU's exact `f64` SVD (it is the reference, and meant for small
 //!   matrices).
 //!
-//! Without `SHADER_F64` (e.g. Metal) Cholesky-QR Grams are accumulated in `f32` and every basis
-//! is checked orthonormal by a further Gram before it is accepted; the Gram path, the full
-//! spectrum and the row/column norms then run on the CPU.
+//! Without `SHADER_F64` (e.g. Metal, and hardware adapters by default) Cholesky-QR Grams are
+//! accumulated in `f32` and every basis is checked orthonormal by a further Gram before it is
+//! accepted; the short-side Grams of the Gram path and the full spectrum are double-`f32`
+//! (a wide matrix split into row blocks takes the CPU's route), and the row/column norms run
+//! on the CPU.
 //!
 //! # Agreement with the CPU backend (tested on lavapipe; see `tests.rs`)
 //! Stated tolerances (what the tests assert) and, in brackets, the worst seen on lavapipe:
@@ -101,7 +107,7 @@ use super::check::{check_all_finite, check_finite, check_rank, check_shapes, gem
 use super::mask as rules;
 use super::mask::MaskKernels;
 use super::rsvd::{
-    check_spectrum, exact_one, exact_spectrum, gram_one, per_matrix, LowrankRoute, SpectrumRoute,
+    check_spectrum, exact_one, exact_spectrum, per_matrix, LowrankRoute, SpectrumRoute,
 };
 use super::{
     Backend, ComputeError, Cpu, Factors, MaskPattern, MaskResult, Matrix, MatrixRef, SvdOptions,
@@ -278,8 +284,7 @@ impl Backend for Gpu {
         }
         let shape = match route {
             LowrankRoute::Exact => return per_matrix(batch, |w| exact_one(w, rank)),
-            LowrankRoute::Gram if self.ctx.f64 => return rsvd::gram_path(&self.ctx, batch, rank),
-            LowrankRoute::Gram => return per_matrix(batch, |w| gram_one(w, rank)),
+            LowrankRoute::Gram => return rsvd::gram_path(&self.ctx, batch, rank),
             LowrankRoute::Sketch(shape) => shape,
         };
         let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Factors(rank))
@@ -352,9 +357,6 @@ impl Backend for Gpu {
     }
 
     fn full_spectrum(&self, w: MatrixRef<'_>) -> Result<Vec<f32>, ComputeError> {
-        if !self.ctx.f64 {
-            return Cpu.full_spectrum(w);
-        }
         let (m, n) = w.shape();
         if m == 0 || n == 0 {
             return Ok(Vec::new());

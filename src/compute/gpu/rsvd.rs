@@ -8,7 +8,8 @@
 //!   (the GEMM of gemm.wgsl, batched over the matrices of a group);
 //! - on the GPU, accumulated in `f64` where the adapter has `SHADER_F64`: the Gram matrices
 //!   `YᵀY` of Cholesky-QR (else in `f32`, with the check described at `Group::orth`), the Gram of
-//!   the short side and the long-side products of the Gram path;
+//!   the short side (else in double-`f32`, shaders/gram2.wgsl) and the long-side products of
+//!   the Gram path (else in `f32`);
 //! - on the CPU, in `f64`: the `k × k` Cholesky factorizations and triangular inverses, the SVD
 //!   of `Bᵀ` (`n × k`), the eigendecompositions of the Gram path.
 //!
@@ -25,9 +26,9 @@ use super::gemm::{record, Gemm, Operand, Output};
 use crate::compute::dense::{cholesky_upper, inv_upper, to_f64};
 use crate::compute::rng::gaussian_f32;
 use crate::compute::rsvd::{
-    finish, gram_factors, gram_singular_values, max_dev_from_identity, shifted_cholesky, small_svd,
-    svd_basis, top_eigen, top_eigen_seq, KrylovShape, Orth, MAX_PASSES, MAX_REORTH, ONE_PASS_KAPPA,
-    REORTH_KEEP, RESTART_SEED,
+    finish, gram_factors, gram_one, gram_singular_values, max_dev_from_identity, per_matrix,
+    shifted_cholesky, small_svd, svd_basis, top_eigen_seq, KrylovShape, Orth, MAX_PASSES,
+    MAX_REORTH, ONE_PASS_KAPPA, REORTH_KEEP, RESTART_SEED,
 };
 use crate::compute::{ComputeError, Factors, MatrixRef, SvdOptions};
 
@@ -1034,6 +1035,69 @@ fn record_u(
     Ok(u)
 }
 
+/// Where shaders/gram2.wgsl reads `X` (`n × k` per matrix): element `(r, c)` of matrix `z`
+/// at `off + z·stride + r·ld + c`, or `… + c·ld + r` when `tr`; with `acc` the sums continue
+/// from the pairs already in the output (rows of `X` in several buffers).
+pub(super) struct Gram2 {
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) ld: usize,
+    pub(super) stride: usize,
+    pub(super) off: usize,
+    pub(super) tr: bool,
+    pub(super) acc: bool,
+}
+
+/// Records shaders/gram2.wgsl for `g` matrices: the upper triangle of each `XᵀX` as
+/// double-`f32` `(s, c)` pairs into `out` (`[g][k][k][2]` `f32`).
+pub(super) fn record_gram2(
+    s: &mut Session<'_>,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    a: &Gram2,
+    g: usize,
+) -> GpuResult<()> {
+    let u = |v: usize, what: &str| {
+        u32::try_from(v)
+            .map_err(|_| device_err(format!("double-f32 Gram: {what} {v} exceeds 32 bits")))
+    };
+    let last = a.off + g.saturating_sub(1) * a.stride + a.n.max(1) * a.ld.max(a.k);
+    u(last, "element offset")?;
+    u(g * a.k * a.k * 2, "output size")?;
+    let tiles = u(a.k.div_ceil(32), "tiles")?;
+    let params = [
+        u(a.n, "rows")?,
+        u(a.k, "columns")?,
+        u(a.ld, "leading dimension")?,
+        u(a.stride, "stride")?,
+        u(a.off, "offset")?,
+        a.tr as u32,
+        a.acc as u32,
+        0,
+    ];
+    s.dispatch(
+        Kernel::Gram2,
+        &params,
+        &[x, out],
+        (tiles, tiles, u(g, "matrices")?),
+    )
+}
+
+/// Gram `i` (`k × k`, row-major `f64`, symmetric) from shaders/gram2.wgsl's pairs `raw`
+/// (`f32` bits): `s + c` of each upper-triangle pair, mirrored.
+fn gram_from_pairs(raw: &[u32], i: usize, k: usize) -> Vec<f64> {
+    let mut gm = vec![0.0f64; k * k];
+    for a in 0..k {
+        for c in a..k {
+            let o = 2 * (i * k * k + a * k + c);
+            let v = f32::from_bits(raw[o]) as f64 + f32::from_bits(raw[o + 1]) as f64;
+            gm[a * k + c] = v;
+            gm[c * k + a] = v;
+        }
+    }
+    gm
+}
+
 /// One group on the resident path (Krylov blocks of at most `ctx.chol_kmax` columns): upload,
 /// the Krylov basis and `Bᵀ = Wᵀ·Q` with every orthonormalisation on the device
 /// ([`Group::orth_resident`]), and the Gram `B·Bᵀ` of `Bᵀ`'s columns in double-`f32`
@@ -1065,23 +1129,16 @@ fn resident_group(
         let mut s = Session::new(ctx);
         let (q, bt) = grp.krylov(&mut s, omega, shape, Some(&res))?;
         let pairs = ctx.buffer((grp.g * k * k * 8) as u64, "Gram of Bᵀ")?;
-        let tiles = k.div_ceil(8);
-        let params = [
-            n as u32,
-            k as u32,
-            k as u32,
-            (n * k) as u32,
-            0,
-            tiles as u32,
-            0,
-            0,
-        ];
-        s.dispatch(
-            Kernel::Gram2,
-            &params,
-            &[&bt.bufs[0], &pairs],
-            ((tiles * tiles) as u32, grp.g as u32, 1),
-        )?;
+        let at = Gram2 {
+            n,
+            k,
+            ld: k,
+            stride: n * k,
+            off: 0,
+            tr: false,
+            acc: false,
+        };
+        record_gram2(&mut s, &bt.bufs[0], &pairs, &at, grp.g)?;
         let mut got = s.read_many::<u32>(&[
             (&pairs, 0, (grp.g * k * k * 2) as u64),
             (&res.state, 0, 4 * grp.g as u64),
@@ -1101,19 +1158,6 @@ fn resident_group(
     if states.len() < 4 * g || grams.len() < 2 * g * k * k {
         return Err(device_err("the Krylov state was not read back"));
     }
-    // The Grams in f64 (s + c of each pair, mirrored from the upper triangle).
-    let gram_of = |i: usize| -> Vec<f64> {
-        let mut gm = vec![0.0f64; k * k];
-        for a in 0..k {
-            for c in a..k {
-                let o = 2 * (i * k * k + a * k + c);
-                let v = f32::from_bits(grams[o]) as f64 + f32::from_bits(grams[o + 1]) as f64;
-                gm[a * k + c] = v;
-                gm[c * k + a] = v;
-            }
-        }
-        gm
-    };
     let flagged: Vec<bool> = (0..g).map(|i| states[4 * i + 1] != 0).collect();
     let r = factor_rank(want);
     // CPU, in parallel: the eigendecompositions (`None`: rank-deficient, careful path).
@@ -1127,7 +1171,7 @@ fn resident_group(
             if flagged[i] {
                 return Ok(None);
             }
-            let gm = gram_of(i);
+            let gm = gram_from_pairs(&grams, i, k);
             if !gm.iter().all(|v| v.is_finite()) {
                 return Ok(None);
             }
@@ -1357,9 +1401,85 @@ fn short_gram(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuRe
     Ok(gram)
 }
 
+/// The short-side Grams of a group as read back: `f64` (`[g][sd][sd]`), or double-`f32` pairs
+/// of the upper triangles (`[g][sd][sd][2]` `f32` bits).
+enum ShortGrams {
+    F64(Vec<f64>),
+    Pairs(Vec<u32>),
+}
+
+impl ShortGrams {
+    /// Gram `i` (`sd × sd`, row-major `f64`).
+    fn get(&self, i: usize, sd: usize) -> Vec<f64> {
+        match self {
+            ShortGrams::F64(all) => all[i * sd * sd..(i + 1) * sd * sd].to_vec(),
+            ShortGrams::Pairs(raw) => gram_from_pairs(raw, i, sd),
+        }
+    }
+}
+
+/// Whether [`short_grams`] can form the Grams of `m × n` matrices stored in `blocks` row
+/// blocks: without `f64`, a wide matrix (whose Gram pairs rows of different buffers) must be
+/// in one block.
+fn short_grams_fit(ctx: &Ctx, m: usize, n: usize, blocks: usize) -> bool {
+    ctx.f64 || m > n || blocks == 1
+}
+
+/// The short-side Gram of every matrix of the group, read back: accumulated in `f64` where
+/// the device has it (the GEMM), else in double-`f32` (shaders/gram2.wgsl; within ~1e-13
+/// relative of the `f64` one). Needs [`short_grams_fit`].
+fn short_grams(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuResult<ShortGrams> {
+    let (g, sd) = (grp.g, m.min(n));
+    if grp.ctx.f64 {
+        let gram = short_gram(grp, s, m, n)?;
+        return Ok(ShortGrams::F64(s.read(&gram, 0, (g * sd * sd) as u64)?));
+    }
+    if !short_grams_fit(grp.ctx, m, n, grp.blocks.len()) {
+        return Err(device_err(
+            "the double-f32 Gram of a wide matrix needs it in one row block",
+        ));
+    }
+    let pairs = grp
+        .ctx
+        .buffer((g * sd * sd * 8) as u64, "short-side Gram (double-f32)")?;
+    if m <= n {
+        // The Gram of W's rows: X = Wᵀ (n × m), read transposed.
+        let at = Gram2 {
+            n,
+            k: m,
+            ld: n,
+            stride: m * n,
+            off: 0,
+            tr: true,
+            acc: false,
+        };
+        record_gram2(s, &grp.w[0], &pairs, &at, g)?;
+    } else {
+        for (b, &(_, rows)) in grp.blocks.iter().enumerate() {
+            let at = Gram2 {
+                n: rows,
+                k: n,
+                ld: n,
+                stride: rows * n,
+                off: 0,
+                tr: false,
+                acc: b > 0,
+            };
+            record_gram2(s, &grp.w[b], &pairs, &at, g)?;
+        }
+    }
+    Ok(ShortGrams::Pairs(s.read(
+        &pairs,
+        0,
+        (g * sd * sd * 2) as u64,
+    )?))
+}
+
 /// Top-`rank` factors through the Gram matrix of the short side (the CPU's `rsvd::gram_one`
-/// on the device): Gram and long-side products accumulated in `f64` on the device, the
-/// eigendecomposition on the CPU. Needs `ctx.f64`.
+/// on the device): the Grams on the device ([`short_grams`]: `f64` or double-`f32`), their
+/// eigendecompositions on the CPU in `f64` (one thread per matrix), the long side `W·E/σ` on
+/// the device (accumulated in `f64` where the device has it, else in `f32`). Wide matrices
+/// split into row blocks on a device without `f64` take the CPU's route.
 pub(super) fn gram_path(
     ctx: &Ctx,
     batch: &[MatrixRef<'_>],
@@ -1370,22 +1490,28 @@ pub(super) fn gram_path(
     let sd = m.min(n);
     let r = rank.min(sd);
     let (m64, n64, r64, s64) = (m as u64, n as u64, r as u64, sd as u64);
+    // Grams: 8 bytes an element (f64, or a double-f32 pair); the long side f64 or f32.
+    let el = if ctx.f64 { 8 } else { 4 };
     let needs = if wide {
         Needs {
             row_bytes: 4 * n64,
-            side_bytes: (8 * s64 * s64).max(8 * n64 * r64),
-            per_matrix: 4 * m64 * n64 + 8 * s64 * s64 + 4 * m64 * r64 + 8 * n64 * r64,
+            side_bytes: (8 * s64 * s64).max(el * n64 * r64),
+            per_matrix: 4 * m64 * n64 + 8 * s64 * s64 + 4 * m64 * r64 + el * n64 * r64,
             shared: 0,
         }
     } else {
         Needs {
-            row_bytes: (4 * n64).max(8 * r64),
+            row_bytes: (4 * n64).max(el * r64),
             side_bytes: (8 * s64 * s64).max(4 * n64 * r64),
-            per_matrix: 4 * m64 * n64 + 8 * s64 * s64 + 4 * n64 * r64 + 8 * m64 * r64,
+            per_matrix: 4 * m64 * n64 + 8 * s64 * s64 + 4 * n64 * r64 + el * m64 * r64,
             shared: 0,
         }
     };
     let plan = plan(ctx, batch.len(), m, &needs)?;
+    if !short_grams_fit(ctx, m, n, plan.blocks.len()) {
+        return per_matrix(batch, |w| gram_one(w, rank));
+    }
+    let f64 = ctx.f64;
     let mut out = Vec::with_capacity(batch.len());
     for (gi, mats) in batch.chunks(plan.g).enumerate() {
         let base = gi * plan.g;
@@ -1395,8 +1521,7 @@ pub(super) fn gram_path(
             let grp = Group::upload(ctx, mats, &plan.blocks)?;
             let t_up = t0.elapsed().as_secs_f64();
             let mut s = Session::new(ctx);
-            let gram = short_gram(&grp, &mut s, m, n)?;
-            let gs: Vec<f64> = s.read(&gram, 0, (grp.g * sd * sd) as u64)?;
+            let gs = short_grams(&grp, &mut s, m, n)?;
             tracing::debug!(
                 "gpu gram path {}×{m}×{n}: upload {t_up:.4} s, Grams + read {:.4} s",
                 grp.g,
@@ -1405,14 +1530,15 @@ pub(super) fn gram_path(
             Ok((grp, gs))
         })?;
         let t1 = std::time::Instant::now();
-        // CPU, in parallel: the eigendecompositions.
+        // CPU, in parallel: the eigendecompositions (one thread each, so that a matrix gets
+        // the same bits alone or in a batch).
         // Per matrix: eigenvectors E (s × r), σ, and E·diag(1/σ) for the long side.
         type Eig = (Vec<f64>, Vec<f32>, Vec<f32>);
         let eigs: Vec<Result<Eig, ComputeError>> = (0..grp.g)
             .into_par_iter()
             .map(|i| {
-                let g = &gs[i * sd * sd..(i + 1) * sd * sd];
-                let top = top_eigen(g, sd, r).map_err(|reason| ComputeError::Numerical {
+                let g = gs.get(i, sd);
+                let top = top_eigen_seq(&g, sd, r).map_err(|reason| ComputeError::Numerical {
                     index: base + i,
                     reason,
                 })?;
@@ -1425,15 +1551,17 @@ pub(super) fn gram_path(
                 Ok((top.sig, top.short, scaled))
             })
             .collect();
+        drop(gs);
         let eigs = eigs.into_iter().collect::<Result<Vec<_>, _>>()?;
         tracing::debug!(
             "gpu gram path: CPU eigendecompositions {:.4} s",
             t1.elapsed().as_secs_f64()
         );
-        // Device section 2: the long side, W·E/σ (tall) or Wᵀ·E/σ (wide), in f64.
-        let longs: Vec<Vec<f64>> = ctx.run(|| {
+        // Device section 2: the long side, W·E/σ (tall) or Wᵀ·E/σ (wide).
+        let t2 = std::time::Instant::now();
+        let longs: Vec<Vec<f32>> = ctx.run(|| {
             let mut s = Session::new(ctx);
-            if wide {
+            let long = if wide {
                 // E follows W's row blocks; long = Σ_b W_bᵀ · E_b (n × r).
                 let e = Tall {
                     bufs: grp
@@ -1451,28 +1579,40 @@ pub(super) fn gram_path(
                     cols: r,
                     f64: false,
                 };
-                let long = grp.side(n, r, true)?;
-                grp.wt_times(&mut s, &e, Output::new(&long.bufs[0], 0, r, n * r), true)?;
-                grp.read_all::<f64>(&mut s, &long)
+                let long = grp.side(n, r, f64)?;
+                grp.wt_times(&mut s, &e, Output::new(&long.bufs[0], 0, r, n * r), f64)?;
+                long
             } else {
                 // long_b = W_b · E (m × r by blocks).
                 let parts: Vec<&[f32]> = eigs.iter().map(|(_, _, sc)| &sc[..]).collect();
                 let e = ctx.upload(&parts, "eigenvectors")?;
-                let long = grp.tall(r, true)?;
+                let long = grp.tall(r, f64)?;
                 grp.w_times(&mut s, Operand::new(&e, r, n * r), &long)?;
-                grp.read_all::<f64>(&mut s, &long)
+                long
+            };
+            if f64 {
+                Ok(grp
+                    .read_all::<f64>(&mut s, &long)?
+                    .into_iter()
+                    .map(|l| l.iter().map(|&x| x as f32).collect())
+                    .collect())
+            } else {
+                grp.read_all::<f32>(&mut s, &long)
             }
         })?;
+        tracing::debug!(
+            "gpu gram path: long side and read back {:.4} s",
+            t2.elapsed().as_secs_f64()
+        );
         for ((sig, short, _), long) in eigs.into_iter().zip(longs) {
-            let long_f: Vec<f32> = long.iter().map(|&x| x as f32).collect();
-            out.push(gram_factors(&sig, short, long_f, m, n));
+            out.push(gram_factors(&sig, short, long, m, n));
         }
     }
     Ok(out)
 }
 
 /// Every singular value of `w` from the eigenvalues of the short-side Gram matrix computed
-/// on the device in `f64` (needs `ctx.f64`).
+/// on the device ([`short_grams`]; the CPU's route where that does not fit).
 pub(super) fn full_spectrum(ctx: &Ctx, w: MatrixRef<'_>) -> GpuResult<Vec<f32>> {
     let (m, n) = w.shape();
     let sd = m.min(n);
@@ -1484,11 +1624,13 @@ pub(super) fn full_spectrum(ctx: &Ctx, w: MatrixRef<'_>) -> GpuResult<Vec<f32>> 
         shared: 0,
     };
     let plan = plan(ctx, 1, m, &needs)?;
-    let g: Vec<f64> = ctx.run(|| {
+    if !short_grams_fit(ctx, m, n, plan.blocks.len()) {
+        return crate::compute::Backend::full_spectrum(&crate::compute::Cpu, w);
+    }
+    let gs = ctx.run(|| {
         let grp = Group::upload(ctx, &[w], &plan.blocks)?;
         let mut s = Session::new(ctx);
-        let gram = short_gram(&grp, &mut s, m, n)?;
-        s.read(&gram, 0, s64 * s64)
+        short_grams(&grp, &mut s, m, n)
     })?;
-    gram_singular_values(&g, sd)
+    gram_singular_values(&gs.get(0, sd), sd)
 }
