@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use super::gemm::GemmTiles;
@@ -193,6 +194,10 @@ pub(super) struct Ctx {
     /// Gaussian sketches Ω on the device by (seed, rows, columns): the same for every batch of
     /// a shape, so uploaded once.
     sketches: Mutex<HashMap<(u64, usize, usize), wgpu::Buffer>>,
+    /// Staging buffers of [`STAGING_CHUNK`] bytes kept for the next uploads (at most
+    /// [`Ctx::staging_max`]): reusing them saves allocating and first-touching host memory on
+    /// every upload.
+    staging: Mutex<Vec<Staging>>,
     /// With `HCC_GPU_PROFILE=1` on an adapter with timestamps: GPU time per kernel.
     pub(super) profile: Option<Mutex<Profile>>,
     /// Matrices the randomized SVD redid on its careful path (tests check which path ran).
@@ -377,6 +382,7 @@ impl Ctx {
             op: Mutex::new(()),
             upload_nanos: std::sync::atomic::AtomicU64::new(0),
             sketches: Mutex::new(HashMap::new()),
+            staging: Mutex::new(Vec::new()),
             profile: (timestamps && env("HCC_GPU_PROFILE")).then(|| Mutex::new(Profile::default())),
             #[cfg(test)]
             careful: std::sync::atomic::AtomicU64::new(0),
@@ -515,10 +521,62 @@ impl Ctx {
         Ok((buf, finite))
     }
 
-    /// [`Ctx::upload`] for large data: `threads` staging buffers, each created, filled and
-    /// unmapped by its own thread (one thread copies into mapped memory at ~5 GB/s), then
-    /// copied into one storage buffer on the device. Plain scoped threads, not rayon: this runs
-    /// inside a device section, which must never wait on the rayon pool.
+    /// How many staging buffers the pool keeps: 1/16 of the memory budget.
+    fn staging_max(&self) -> usize {
+        (self.budget / 16 / STAGING_CHUNK) as usize
+    }
+
+    /// `n` staging buffers of [`STAGING_CHUNK`] bytes, mapped for writing: pooled ones whose
+    /// mapping has completed first, new ones (mapped at creation) for the rest.
+    fn take_staging(&self, n: usize) -> Vec<wgpu::Buffer> {
+        let mut pool = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.iter().any(|s| !s.ready.load(Ordering::Acquire)) {
+            // Mappings complete when the device is polled after the copies that used them.
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut i = 0;
+        while i < pool.len() && out.len() < n {
+            if pool[i].ready.load(Ordering::Acquire) {
+                out.push(pool.swap_remove(i).buf);
+            } else {
+                i += 1;
+            }
+        }
+        drop(pool);
+        while out.len() < n {
+            out.push(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("upload staging"),
+                size: STAGING_CHUNK,
+                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            }));
+        }
+        out
+    }
+
+    /// Returns staging buffers (unmapped, their copies submitted) to the pool, as far as it has
+    /// room: each is mapped again, which completes once its copy has run.
+    fn give_staging(&self, used: Vec<wgpu::Buffer>) {
+        let mut pool = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = self.staging_max().saturating_sub(pool.len());
+        for buf in used.into_iter().take(room) {
+            let ready = Arc::new(AtomicBool::new(false));
+            let flag = ready.clone();
+            buf.slice(..).map_async(wgpu::MapMode::Write, move |r| {
+                if r.is_ok() {
+                    flag.store(true, Ordering::Release);
+                }
+            });
+            pool.push(Staging { buf, ready });
+        }
+    }
+
+    /// [`Ctx::upload`] for large data: chunks of [`STAGING_CHUNK`] bytes filled by `threads`
+    /// threads in staging buffers (pooled: see [`Ctx::take_staging`]), then copied into one
+    /// storage buffer on the device. One thread copies into mapped memory at ~5 GB/s. Plain
+    /// scoped threads, not rayon: this runs inside a device section, which must never wait on
+    /// the rayon pool.
     fn upload_parallel(
         &self,
         parts: &[&[u8]],
@@ -529,37 +587,33 @@ impl Ctx {
     ) -> GpuResult<(wgpu::Buffer, bool)> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let buf = self.storage(size, what, false)?;
-        // Chunk boundaries on multiples of 4 (the copy alignment); the last chunk takes the rest.
-        let chunk = total.div_ceil(threads).next_multiple_of(4);
-        let ranges: Vec<(usize, usize)> = (0..threads)
-            .map(|t| (t * chunk, ((t + 1) * chunk).min(total)))
-            .filter(|(a, b)| a < b)
+        let chunk = STAGING_CHUNK as usize;
+        let ranges: Vec<(usize, usize)> = (0..total.div_ceil(chunk))
+            .map(|c| (c * chunk, ((c + 1) * chunk).min(total)))
             .collect();
-        let device = &self.device;
-        let staged: Vec<GpuResult<(wgpu::Buffer, bool)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ranges
-                .iter()
-                .map(|&(a, b)| {
-                    scope.spawn(move || {
-                        let len = (b - a) as u64;
-                        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                            label: Some("upload staging"),
-                            size: len.next_multiple_of(4),
-                            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-                            mapped_at_creation: true,
-                        });
-                        let finite = {
-                            let mut view =
-                                staging.slice(..).get_mapped_range_mut().map_err(|e| {
-                                    device_err(format!("mapping a staging buffer: {e}"))
-                                })?;
-                            copy_range(parts, a, b, &mut view, check)
-                        };
-                        staging.unmap();
-                        Ok((staging, finite))
+        let staging = self.take_staging(ranges.len());
+        let threads = threads.min(ranges.len()).max(1);
+        // Thread t fills chunks t, t + threads, …
+        let filled: Vec<GpuResult<bool>> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                (0..threads)
+                    .map(|t| {
+                        let (ranges, staging) = (&ranges, &staging);
+                        scope.spawn(move || -> GpuResult<bool> {
+                            let mut finite = true;
+                            for c in (t..ranges.len()).step_by(threads) {
+                                let (a, b) = ranges[c];
+                                let len = ((b - a) as u64).next_multiple_of(4);
+                                let mut view =
+                                    staging[c].slice(..len).get_mapped_range_mut().map_err(
+                                        |e| device_err(format!("mapping a staging buffer: {e}")),
+                                    )?;
+                                finite &= copy_range(parts, a, b, &mut view, check);
+                            }
+                            Ok(finite)
+                        })
                     })
-                })
-                .collect();
+                    .collect();
             handles
                 .into_iter()
                 .map(|h| {
@@ -568,17 +622,21 @@ impl Ctx {
                 })
                 .collect()
         });
+        for st in &staging {
+            st.unmap();
+        }
+        let mut finite = true;
+        for f in filled {
+            finite &= f?;
+        }
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("upload"),
             });
-        let mut finite = true;
-        for (&(a, b), st) in ranges.iter().zip(staged) {
-            let (st, ok) = st?;
-            finite &= ok;
+        for (&(a, b), st) in ranges.iter().zip(&staging) {
             enc.copy_buffer_to_buffer(
-                &st,
+                st,
                 0,
                 &buf,
                 a as u64,
@@ -586,6 +644,7 @@ impl Ctx {
             );
         }
         self.queue.submit([enc.finish()]);
+        self.give_staging(staging);
         Ok((buf, finite))
     }
 
@@ -798,7 +857,16 @@ impl Stamps {
 }
 
 /// Uploads at least this large are staged by several threads ([`Ctx::upload_parallel`]).
-pub(super) const PARALLEL_UPLOAD: u64 = 32 << 20;
+pub(super) const PARALLEL_UPLOAD: u64 = 4 << 20;
+
+/// Bytes per staging buffer of [`Ctx::upload_parallel`] (a multiple of 4).
+pub(super) const STAGING_CHUNK: u64 = 4 << 20;
+
+/// A pooled staging buffer and whether its mapping for the next upload has completed.
+struct Staging {
+    buf: wgpu::Buffer,
+    ready: Arc<AtomicBool>,
+}
 
 /// Copies bytes `a..b` of the concatenation of `parts` into `dst` (whose length is `b − a`,
 /// or more by padding). With `check`, also returns whether no 4-byte word of the copied bytes

@@ -1313,26 +1313,47 @@ fn large_uploads_are_staged_in_parallel_and_exact() {
         return;
     };
     let ctx = &gpu.ctx;
-    let lens = [3_000_001usize, 0, 17, 5_500_003];
-    let parts: Vec<Vec<f32>> = lens
-        .iter()
-        .enumerate()
-        .map(|(p, &n)| (0..n).map(|i| (i as f32) * 0.5 + p as f32 * 1e6).collect())
-        .collect();
-    let refs: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
-    let total: usize = lens.iter().sum();
-    assert!((total * 4) as u64 >= super::device::PARALLEL_UPLOAD);
-    let back: Vec<f32> = ctx
-        .run(|| {
-            let buf = ctx.upload(&refs, "large")?;
-            let mut s = super::device::Session::new(ctx);
-            s.read(&buf, 0, total as u64)
-        })
-        .unwrap();
-    let want: Vec<f32> = parts.concat();
-    assert_eq!(back.len(), want.len());
-    assert!(back
-        .iter()
-        .zip(&want)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    // Several uploads in a row: the later ones reuse the first ones' pooled staging buffers
+    // (a smaller upload after a larger one, then one larger than the pool holds), and the
+    // finiteness check sees a NaN in a reused buffer.
+    for (round, lens) in [
+        vec![3_000_001usize, 0, 17, 5_500_003],
+        vec![1_200_000, 7],
+        vec![12_000_000, 8_000_000],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut parts: Vec<Vec<f32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| {
+                (0..n)
+                    .map(|i| (i as f32) * 0.5 + p as f32 * 1e6 - round as f32 * 7.0)
+                    .collect()
+            })
+            .collect();
+        if round == 1 {
+            parts[0][1_000_000] = f32::NAN;
+        }
+        let refs: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
+        let total: usize = lens.iter().sum();
+        assert!((total * 4) as u64 >= super::device::PARALLEL_UPLOAD);
+        let (back, finite): (Vec<f32>, bool) = ctx
+            .run(|| {
+                let (buf, finite) = ctx.upload_finite(&refs, "large")?;
+                let mut s = super::device::Session::new(ctx);
+                Ok((s.read(&buf, 0, total as u64)?, finite))
+            })
+            .unwrap();
+        assert_eq!(finite, round != 1, "round {round}");
+        let want: Vec<f32> = parts.concat();
+        assert_eq!(back.len(), want.len());
+        assert!(
+            back.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "round {round}"
+        );
+    }
 }
