@@ -474,6 +474,27 @@ pub trait Backend: Send + Sync {
         opts: &SvdOptions,
     ) -> Result<Vec<Factors>, ComputeError>;
 
+    /// [`Backend::lowrank`] of several batches (`jobs[j]`: a same-shape batch and its rank;
+    /// shapes may differ between jobs): output `j` is what `lowrank(jobs[j].0, jobs[j].1, opts)`
+    /// gives, bit for bit. A backend may overlap the jobs' work (the GPU backend runs up to
+    /// four at a time, so that one job's uploads and CPU steps overlap the others' device
+    /// work). On failure, the error of the first failing job in order.
+    fn lowrank_many(
+        &self,
+        jobs: &[(&[MatrixRef<'_>], usize)],
+        opts: &SvdOptions,
+    ) -> Result<Vec<Vec<Factors>>, ComputeError> {
+        jobs.iter()
+            .map(|&(batch, rank)| self.lowrank(batch, rank, opts))
+            .collect()
+    }
+
+    /// How many jobs of [`Backend::lowrank_many`] this backend works on at a time (1: one
+    /// after the other, so that callers gain nothing by holding several batches at once).
+    fn concurrent_jobs(&self) -> usize {
+        1
+    }
+
     /// The exact truncated SVD (computed in `f64`): the best rank-`rank` approximation. Meant
     /// for small matrices and as the reference for [`Backend::lowrank`]; cost grows as
     /// `m·n·min(m, n)`. `rank` must be in `1..=min(m, n)`.

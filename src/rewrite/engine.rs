@@ -731,56 +731,26 @@ impl<'a> Engine<'a> {
         if to_factor > 0 {
             self.begin(&format!("factorizing {to_factor} matrices"), to_factor);
         }
-        for ((k, n, rank), members) in groups {
-            let tg = std::time::Instant::now();
-            // In parallel: an unaligned tensor is copied, and the first touch of mapped weights
-            // faults their pages in.
-            let datas: Vec<_> = members
-                .par_iter()
-                .map(|&i| unique[i].matrix.as_f32())
-                .collect();
-            let tcopy = tg.elapsed().as_secs_f64();
-            let mut views = Vec::new();
-            for d in &datas {
-                let d = d.as_ref().ok_or_else(|| RewriteError::Argument {
-                    rule: "lowrank".into(),
-                    detail: "not f32".into(),
-                })?;
-                views.push(crate::compute::MatrixRef::new(k, n, d).map_err(|e| {
-                    RewriteError::Argument {
-                        rule: "lowrank".into(),
-                        detail: e.to_string(),
-                    }
-                })?);
+        // Groups go to the backend in windows: one group at a time, or, where the backend
+        // works on several at once (the GPU), as many as hold at most WINDOW_BYTES of weights.
+        const WINDOW_BYTES: usize = 1 << 30;
+        let groups: Vec<SiteGroup> = groups.into_iter().collect();
+        let concurrent = self.memo.backend.concurrent_jobs() > 1;
+        let mut start = 0;
+        while start < groups.len() {
+            let mut end = start + 1;
+            let mut bytes = 0usize;
+            while concurrent && end < groups.len() {
+                let ((k, n, _), members) = &groups[end - 1];
+                bytes += 4 * k * n * members.len();
+                let ((k2, n2, _), next) = &groups[end];
+                if bytes + 4 * k2 * n2 * next.len() > WINDOW_BYTES {
+                    break;
+                }
+                end += 1;
             }
-            let factors = self
-                .memo
-                .backend
-                .lowrank(&views, rank, &self.memo.svd)
-                .map_err(|e| RewriteError::Argument {
-                    rule: "lowrank".into(),
-                    detail: e.to_string(),
-                })?;
-            let tf = tg.elapsed().as_secs_f64();
-            let built: Vec<_> = members
-                .par_iter()
-                .zip(factors.par_iter())
-                .zip(views.par_iter())
-                .map(|((&i, f), w)| {
-                    let r = &unique[i];
-                    super::eval::factor_tensors(f, &r.matrix, w.data(), &r.name)
-                })
-                .collect();
-            for (&i, (v, note)) in members.iter().zip(built) {
-                self.memo
-                    .insert_lowrank(&unique[i].key, rank, None, v, note);
-            }
-            self.advance(members.len());
-            tracing::debug!(
-                "plan: {} × {k}×{n} at rank {rank}: {tcopy:.3} s reading, {tf:.3} s factorizing, {:.3} s in all",
-                members.len(),
-                tg.elapsed().as_secs_f64()
-            );
+            self.factorize_window(&groups[start..end], &unique)?;
+            start = end;
         }
         // Whitened sites: each its own target (one per matrix and tap), in parallel.
         if let Some(wo) = &whiten {
@@ -1492,7 +1462,82 @@ impl RuleSource for crate::dsl::Program {
     }
 }
 
+/// Plan sites factorized together: `((k, n, rank), members)`, members indexing the plan's
+/// unique requests.
+type SiteGroup = ((usize, usize, usize), Vec<usize>);
+
 impl Engine<'_> {
+    /// Factorizes same-shape groups of plan sites (`((k, n, rank), members)`, members
+    /// indexing `unique`) in one [`crate::compute::Backend::lowrank_many`] call, and memoises
+    /// the factors.
+    fn factorize_window(
+        &mut self,
+        groups: &[SiteGroup],
+        unique: &[super::eval::Request],
+    ) -> Result<(), RewriteError> {
+        use rayon::prelude::*;
+        let tg = std::time::Instant::now();
+        let arg = |detail: String| RewriteError::Argument {
+            rule: "lowrank".into(),
+            detail,
+        };
+        // In parallel: an unaligned tensor is copied, and the first touch of mapped weights
+        // faults their pages in.
+        let datas: Vec<Vec<_>> = groups
+            .iter()
+            .map(|(_, members)| {
+                members
+                    .par_iter()
+                    .map(|&i| unique[i].matrix.as_f32())
+                    .collect()
+            })
+            .collect();
+        let tcopy = tg.elapsed().as_secs_f64();
+        let mut views: Vec<Vec<crate::compute::MatrixRef<'_>>> = Vec::with_capacity(groups.len());
+        for (((k, n, _), _), ds) in groups.iter().zip(&datas) {
+            let mut v = Vec::with_capacity(ds.len());
+            for d in ds {
+                let d = d.as_ref().ok_or_else(|| arg("not f32".into()))?;
+                v.push(crate::compute::MatrixRef::new(*k, *n, d).map_err(|e| arg(e.to_string()))?);
+            }
+            views.push(v);
+        }
+        let jobs: Vec<(&[crate::compute::MatrixRef<'_>], usize)> = groups
+            .iter()
+            .zip(&views)
+            .map(|(((_, _, rank), _), v)| (&v[..], *rank))
+            .collect();
+        let factors = self
+            .memo
+            .backend
+            .lowrank_many(&jobs, &self.memo.svd)
+            .map_err(|e| arg(e.to_string()))?;
+        let tf = tg.elapsed().as_secs_f64();
+        for ((((k, n, rank), members), fs), vs) in groups.iter().zip(&factors).zip(&views) {
+            let built: Vec<_> = members
+                .par_iter()
+                .zip(fs.par_iter())
+                .zip(vs.par_iter())
+                .map(|((&i, f), w)| {
+                    let r = &unique[i];
+                    super::eval::factor_tensors(f, &r.matrix, w.data(), &r.name)
+                })
+                .collect();
+            for (&i, (v, note)) in members.iter().zip(built) {
+                self.memo
+                    .insert_lowrank(&unique[i].key, *rank, None, v, note);
+            }
+            self.advance(members.len());
+            tracing::debug!("plan: {} × {k}×{n} at rank {rank}", members.len());
+        }
+        tracing::debug!(
+            "plan: {} group(s): {tcopy:.3} s reading, {tf:.3} s factorizing, {:.3} s in all",
+            groups.len(),
+            tg.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
     /// The quantized forms of the token table `r` at every width tried (see
     /// [`crate::compute::pq::equivalent_points`]), computed once per table and weighting for
     /// every engine sharing the cache ([`Engine::set_pq_cache`]); `None` where not every

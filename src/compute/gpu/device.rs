@@ -399,7 +399,17 @@ impl Ctx {
     /// caught becomes [`ComputeError::Device`] (it wins over the section's own result, which
     /// may be garbage after a device error). Sections must not nest, nor use rayon.
     pub(super) fn run<T>(&self, f: impl FnOnce() -> GpuResult<T>) -> GpuResult<T> {
+        if SHARED.with(|c| c.get()) {
+            return self.scoped(f);
+        }
         let _op = self.op.lock().unwrap_or_else(PoisonError::into_inner);
+        self.scoped(f)
+    }
+
+    /// [`Ctx::run`] without the lock: for work that may overlap another thread's section —
+    /// uploads (creating buffers, filling staging memory, submitting copies), whose errors
+    /// the scopes of this thread catch (wgpu's error scopes are thread-local).
+    pub(super) fn scoped<T>(&self, f: impl FnOnce() -> GpuResult<T>) -> GpuResult<T> {
         self.check_alive()?;
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -521,29 +531,38 @@ impl Ctx {
         Ok((buf, finite))
     }
 
-    /// How many staging buffers the pool keeps: 1/16 of the memory budget.
+    /// How many staging buffers the pool keeps: 1/8 of the memory budget (two jobs of
+    /// `Gpu::lowrank_many` upload at once, each planned within half of it).
     fn staging_max(&self) -> usize {
-        (self.budget / 16 / STAGING_CHUNK) as usize
+        (self.budget / 8 / STAGING_CHUNK) as usize
     }
 
     /// `n` staging buffers of [`STAGING_CHUNK`] bytes, mapped for writing: pooled ones whose
     /// mapping has completed first, new ones (mapped at creation) for the rest.
     fn take_staging(&self, n: usize) -> Vec<wgpu::Buffer> {
-        let mut pool = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
-        if pool.iter().any(|s| !s.ready.load(Ordering::Acquire)) {
-            // Mappings complete when the device is polled after the copies that used them.
-            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
-        }
         let mut out = Vec::with_capacity(n);
-        let mut i = 0;
-        while i < pool.len() && out.len() < n {
-            if pool[i].ready.load(Ordering::Acquire) {
-                out.push(pool.swap_remove(i).buf);
+        // Mappings complete when the device is polled after the copies that used them: first
+        // without waiting, then, if that leaves too few, waiting for the device.
+        for wait in [false, true] {
+            let poll = if wait {
+                wgpu::PollType::wait_indefinitely()
             } else {
-                i += 1;
+                wgpu::PollType::Poll
+            };
+            let _ = self.device.poll(poll);
+            let mut pool = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut i = 0;
+            while i < pool.len() && out.len() < n {
+                if pool[i].ready.load(Ordering::Acquire) {
+                    out.push(pool.swap_remove(i).buf);
+                } else {
+                    i += 1;
+                }
+            }
+            if out.len() == n || pool.is_empty() {
+                break;
             }
         }
-        drop(pool);
         while out.len() < n {
             out.push(self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("upload staging"),
@@ -853,6 +872,35 @@ impl Stamps {
             beginning_of_pass_write_index: Some(i),
             end_of_pass_write_index: Some(i + 1),
         })
+    }
+}
+
+thread_local! {
+    /// The share of the memory budget that operations on this thread plan with: 1, or the
+    /// number of workers of `Gpu::lowrank_many` on its workers.
+    static BUDGET_SHARE: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+    /// Whether this thread's device sections skip the lock ([`Ctx::run`]): on the workers of
+    /// `Gpu::lowrank_many`, whose sections may then overlap on the device.
+    static SHARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` as one of `share` concurrent job workers: this thread's operations plan within
+/// `1/share` of the memory budget, and its device sections do not wait for the other
+/// workers' (the device interleaves their submissions; every result is still the bits it
+/// is alone, and reads wait only for their own submissions).
+pub(super) fn as_job_worker<T>(share: u64, f: impl FnOnce() -> T) -> T {
+    let old = BUDGET_SHARE.with(|c| c.replace(share.max(1)));
+    let old_shared = SHARED.with(|c| c.replace(share > 1));
+    let out = f();
+    BUDGET_SHARE.with(|c| c.set(old));
+    SHARED.with(|c| c.set(old_shared));
+    out
+}
+
+impl Ctx {
+    /// The memory budget for operations planned on this thread (see [`with_budget_share`]).
+    pub(super) fn budget_here(&self) -> u64 {
+        self.budget / BUDGET_SHARE.with(|c| c.get())
     }
 }
 
@@ -1243,12 +1291,31 @@ impl<'c> Session<'c> {
             }
         }
         drop(tx);
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| device_err(format!("waiting for a download: {e}")))?;
-        for (_, r) in rx.try_iter() {
-            r.map_err(|e| device_err(format!("mapping a download: {e}")))?;
+        // The copies have run (flush waited for them): each mapping completes at the next
+        // poll, this thread's or, with concurrent workers, another's. Wait for every callback
+        // without waiting for other threads' device work.
+        let expected = staging.iter().filter(|s| s.is_some()).count();
+        let mut seen = 0;
+        let t0 = std::time::Instant::now();
+        while seen < expected {
+            self.ctx
+                .device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| device_err(format!("waiting for a download: {e}")))?;
+            match rx.recv_timeout(std::time::Duration::from_micros(200)) {
+                Ok((_, r)) => {
+                    r.map_err(|e| device_err(format!("mapping a download: {e}")))?;
+                    seen += 1;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if t0.elapsed() > std::time::Duration::from_secs(60) {
+                        return Err(device_err("a download was not mapped within 60 s"));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(device_err("a download's mapping was dropped"));
+                }
+            }
         }
         for (i, s) in staging.into_iter().enumerate() {
             match s {

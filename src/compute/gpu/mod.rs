@@ -296,6 +296,68 @@ impl Backend for Gpu {
         Ok(got.into_iter().filter_map(rsvd::Got::factors).collect())
     }
 
+    /// Up to four jobs at a time (`HCC_GPU_JOBS` sets another number), on threads that take
+    /// the jobs largest first, each planning within its share of the memory budget; their
+    /// device sections do not wait for each other, so that one job's uploads, recording and CPU
+    /// steps (eigendecompositions, assembly) overlap the others' device work. Every matrix
+    /// gets the bits it gets alone.
+    fn lowrank_many(
+        &self,
+        jobs: &[(&[MatrixRef<'_>], usize)],
+        opts: &SvdOptions,
+    ) -> Result<Vec<Vec<Factors>>, ComputeError> {
+        if jobs.len() < 2 {
+            return jobs
+                .iter()
+                .map(|&(batch, rank)| self.lowrank(batch, rank, opts))
+                .collect();
+        }
+        let workers = self.concurrent_jobs().min(jobs.len());
+        // The largest jobs first (the shortest schedule when the last job to start is small).
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|&j| {
+            let (batch, rank) = jobs[j];
+            let size = batch.first().map_or(0, |w| w.rows() * w.cols());
+            std::cmp::Reverse(batch.len() * size * rank.max(1))
+        });
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        type Slot = Option<Result<Vec<Factors>, ComputeError>>;
+        let slots: std::sync::Mutex<Vec<Slot>> =
+            std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    device::as_job_worker(workers as u64, || loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&j) = order.get(i) else {
+                            break;
+                        };
+                        let (batch, rank) = jobs[j];
+                        let got = self.lowrank(batch, rank, opts);
+                        slots
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)[j] = Some(got);
+                    })
+                });
+            }
+        });
+        slots
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .into_iter()
+            .map(|slot| slot.unwrap_or_else(|| Err(device::device_err("a job was not run"))))
+            .collect()
+    }
+
+    /// 4, or what `HCC_GPU_JOBS` says (1–8).
+    fn concurrent_jobs(&self) -> usize {
+        std::env::var("HCC_GPU_JOBS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(4)
+            .clamp(1, 8)
+    }
+
     /// The CPU's exact `f64` SVD (the reference, meant for small matrices).
     fn svd_exact(&self, w: MatrixRef<'_>, rank: usize) -> Result<Factors, ComputeError> {
         Cpu.svd_exact(w, rank)

@@ -127,7 +127,7 @@ pub(super) fn plan(ctx: &Ctx, count: usize, m: usize, needs: &Needs) -> GpuResul
             needs.row_bytes
         )));
     }
-    let avail = ctx.budget.saturating_sub(needs.shared);
+    let avail = ctx.budget_here().saturating_sub(needs.shared);
     let g_budget = (avail / needs.per_matrix.max(1)).max(1) as usize;
     let whole = m as u64 * needs.row_bytes;
     let g_bind = if whole <= lim {
@@ -1118,13 +1118,14 @@ fn resident_group(
     let (m, n) = mats[0].shape();
     let (b, k) = (shape.block, shape.width());
     let t0 = std::time::Instant::now();
+    // The upload, outside the device lock: it may overlap another thread's device work.
+    let grp = ctx.scoped(|| Group::upload(ctx, mats, blocks))?;
+    if !grp.finite {
+        return Err(non_finite(mats, |i| base + i));
+    }
+    let t_up = t0.elapsed().as_secs_f64();
     // Device section 1.
     let (grp, q, bt, grams, states) = ctx.run(|| {
-        let grp = Group::upload(ctx, mats, blocks)?;
-        if !grp.finite {
-            return Err(non_finite(mats, |i| base + i));
-        }
-        let t_up = t0.elapsed().as_secs_f64();
         let res = Resident::new(ctx, grp.g, b)?;
         let mut s = Session::new(ctx);
         let (q, bt) = grp.krylov(&mut s, omega, shape, Some(&res))?;
@@ -1517,9 +1518,10 @@ pub(super) fn gram_path(
         let base = gi * plan.g;
         // Device section 1: upload, short-side Grams.
         let t0 = std::time::Instant::now();
+        // The upload, outside the device lock: it may overlap another thread's device work.
+        let grp = ctx.scoped(|| Group::upload(ctx, mats, &plan.blocks))?;
+        let t_up = t0.elapsed().as_secs_f64();
         let (grp, gs) = ctx.run(|| {
-            let grp = Group::upload(ctx, mats, &plan.blocks)?;
-            let t_up = t0.elapsed().as_secs_f64();
             let mut s = Session::new(ctx);
             let gs = short_grams(&grp, &mut s, m, n)?;
             tracing::debug!(

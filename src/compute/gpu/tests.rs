@@ -849,6 +849,49 @@ fn spectra_match_cpu() {
         .is_empty());
 }
 
+/// `lowrank_many` (two jobs at a time, each within half the budget) gives each job what
+/// `lowrank` gives it, bit for bit: jobs of several shapes and routes (randomized, Gram,
+/// exact), on a device whose small budget splits the batches into groups; an error is the
+/// first failing job's.
+#[test]
+fn lowrank_many_matches_lowrank() {
+    let Some(gpu) = open(GpuOptions {
+        memory_budget: Some(2 << 20),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let o = opts(32);
+    let a: Vec<Matrix> = (0..5).map(|i| gaussian(70 + i, 300, 120)).collect();
+    let b: Vec<Matrix> = (0..3).map(|i| gaussian(80 + i, 90, 400)).collect();
+    let c: Vec<Matrix> = (0..2).map(|i| gaussian(90 + i, 20, 30)).collect();
+    fn views(ms: &[Matrix]) -> Vec<MatrixRef<'_>> {
+        ms.iter().map(Matrix::view).collect()
+    }
+    let (va, vb, vc) = (views(&a), views(&b), views(&c));
+    let jobs: Vec<(&[MatrixRef<'_>], usize)> = vec![
+        (&va[..], 8),
+        (&vb[..], 70),
+        (&vc[..], 5),
+        (&va[..], 40),
+        (&[][..], 3),
+    ];
+    let many = gpu.lowrank_many(&jobs, &o).unwrap();
+    assert_eq!(many.len(), jobs.len());
+    for (j, (got, &(batch, rank))) in many.iter().zip(&jobs).enumerate() {
+        assert_eq!(*got, gpu.lowrank(batch, rank, &o).unwrap(), "job {j}");
+    }
+    // Job 1 fails (rank above the short side) and job 3 too: job 1's error.
+    let bad: Vec<(&[MatrixRef<'_>], usize)> =
+        vec![(&va[..], 8), (&vb[..], 91), (&vc[..], 5), (&vc[..], 99)];
+    let err = gpu.lowrank_many(&bad, &o).unwrap_err();
+    assert_eq!(err, gpu.lowrank(&vb, 91, &o).unwrap_err());
+    assert_eq!(
+        Cpu.lowrank_many(&jobs[..2], &o).unwrap()[1],
+        Cpu.lowrank(&vb, 70, &o).unwrap()
+    );
+}
+
 /// Same input → bit-identical output; a matrix gets the same bits alone or in a batch, and
 /// in groups cut by a small budget.
 #[test]
