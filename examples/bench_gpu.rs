@@ -513,7 +513,7 @@ fn bench_rsvd(
                 "cpu": cp.as_ref().map(side),
             }));
         }
-        // All shapes in one Backend::lowrank_many call (the GPU backend overlaps two jobs).
+        // All shapes in one Backend::lowrank_many call (the GPU backend overlaps several jobs).
         let views: Vec<Vec<MatrixRef<'_>>> = data
             .iter()
             .map(|b| {

@@ -32,9 +32,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 // x, hidden from the compiler's algebra: drivers may treat float arithmetic as associative
-// (WGSL cannot mark it exact) or contract a product into a following sum, which would fold
-// TwoSum's error term to zero or make it describe a sum that was not computed; an
-// exclusive-or with a uniform 0 keeps such a rounding where it is written.
+// (WGSL cannot mark it exact; Metal compiles with fast math by default) or contract a product
+// into a following sum, which would fold TwoSum's error term to zero or make it describe a sum
+// that was not computed; an exclusive-or with a uniform 0 keeps every rounding where it is
+// written.
 fn opaque(x: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) ^ p.zero);
 }
@@ -67,11 +68,14 @@ fn finish(z: u32, a: u32, b: u32, e: vec2<f32>) {
 // fused multiply-add (which a driver may split) and no splitting constant is needed.
 fn add_product(e: vec2<f32>, u: f32, uh: f32, ul: f32, v: f32, vh: f32, vl: f32) -> vec2<f32> {
     let prod = opaque(u * v);
-    let err = ((uh * vh - prod) + uh * vl + ul * vh) + ul * vl;
+    let e1 = opaque(opaque(uh * vh) - prod);
+    let e2 = opaque(e1 + opaque(uh * vl));
+    let e3 = opaque(e2 + opaque(ul * vh));
+    let err = opaque(e3 + opaque(ul * vl));
     let t = opaque(e.x + prod);
     let zz = opaque(t - e.x);
-    let lost = (e.x - opaque(t - zz)) + (prod - zz);
-    return vec2<f32>(t, e.y + (lost + err));
+    let lost = opaque(opaque(e.x - opaque(t - zz)) + opaque(prod - zz));
+    return vec2<f32>(t, opaque(e.y + opaque(lost + err)));
 }
 
 const T: u32 = 32u;

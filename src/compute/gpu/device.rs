@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use super::gemm::GemmTiles;
@@ -531,36 +531,29 @@ impl Ctx {
         Ok((buf, finite))
     }
 
-    /// How many staging buffers the pool keeps: 1/8 of the memory budget (two jobs of
-    /// `Gpu::lowrank_many` upload at once, each planned within half of it).
+    /// How many staging buffers the pool keeps: 1/8 of the memory budget (host memory, not
+    /// counted in the budget, which bounds device memory).
     fn staging_max(&self) -> usize {
         (self.budget / 8 / STAGING_CHUNK) as usize
     }
 
     /// `n` staging buffers of [`STAGING_CHUNK`] bytes, mapped for writing: pooled ones whose
-    /// mapping has completed first, new ones (mapped at creation) for the rest.
+    /// mapping has completed (never waiting for the device: with concurrent jobs a pooled
+    /// buffer's copy may sit behind another job's work), new ones (mapped at creation) for the
+    /// rest. Buffers whose mapping failed leave the pool.
     fn take_staging(&self, n: usize) -> Vec<wgpu::Buffer> {
+        let _ = self.device.poll(wgpu::PollType::Poll);
         let mut out = Vec::with_capacity(n);
-        // Mappings complete when the device is polled after the copies that used them: first
-        // without waiting, then, if that leaves too few, waiting for the device.
-        for wait in [false, true] {
-            let poll = if wait {
-                wgpu::PollType::wait_indefinitely()
-            } else {
-                wgpu::PollType::Poll
-            };
-            let _ = self.device.poll(poll);
+        {
             let mut pool = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
+            pool.retain(|s| s.state.load(Ordering::Acquire) != STAGING_FAILED);
             let mut i = 0;
             while i < pool.len() && out.len() < n {
-                if pool[i].ready.load(Ordering::Acquire) {
+                if pool[i].state.load(Ordering::Acquire) == STAGING_READY {
                     out.push(pool.swap_remove(i).buf);
                 } else {
                     i += 1;
                 }
-            }
-            if out.len() == n || pool.is_empty() {
-                break;
             }
         }
         while out.len() < n {
@@ -580,14 +573,17 @@ impl Ctx {
         let mut pool = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
         let room = self.staging_max().saturating_sub(pool.len());
         for buf in used.into_iter().take(room) {
-            let ready = Arc::new(AtomicBool::new(false));
-            let flag = ready.clone();
+            let state = Arc::new(AtomicU8::new(STAGING_PENDING));
+            let flag = state.clone();
             buf.slice(..).map_async(wgpu::MapMode::Write, move |r| {
-                if r.is_ok() {
-                    flag.store(true, Ordering::Release);
-                }
+                let s = if r.is_ok() {
+                    STAGING_READY
+                } else {
+                    STAGING_FAILED
+                };
+                flag.store(s, Ordering::Release);
             });
-            pool.push(Staging { buf, ready });
+            pool.push(Staging { buf, state });
         }
     }
 
@@ -910,11 +906,18 @@ pub(super) const PARALLEL_UPLOAD: u64 = 4 << 20;
 /// Bytes per staging buffer of [`Ctx::upload_parallel`] (a multiple of 4).
 pub(super) const STAGING_CHUNK: u64 = 4 << 20;
 
-/// A pooled staging buffer and whether its mapping for the next upload has completed.
+/// A pooled staging buffer and the state of its mapping for the next upload.
 struct Staging {
     buf: wgpu::Buffer,
-    ready: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
 }
+
+/// [`Staging::state`]: mapping requested, …
+const STAGING_PENDING: u8 = 0;
+/// … mapped (ready to fill), …
+const STAGING_READY: u8 = 1;
+/// … or the mapping failed (the buffer leaves the pool).
+const STAGING_FAILED: u8 = 2;
 
 /// Copies bytes `a..b` of the concatenation of `parts` into `dst` (whose length is `b − a`,
 /// or more by padding). With `check`, also returns whether no 4-byte word of the copied bytes

@@ -380,9 +380,11 @@ pub(super) fn split_plan(
 }
 
 /// Bytes of split-K partial products one dispatch may use: one binding, and a modest share
-/// of the budget.
+/// of the budget — the whole budget's, even on a worker of `lowrank_many` that plans within a
+/// share of it: the split count decides the summation order, so it must depend on the shape
+/// and the device only (each concurrent job has its own scratch of at most this size).
 fn partial_cap(ctx: &Ctx) -> u64 {
-    ctx.binding_limit.min(ctx.budget_here() / 8).max(1)
+    ctx.binding_limit.min(ctx.budget / 8).max(1)
 }
 
 /// The tiles an `m × n` product runs with, and whether they are the narrow ones
@@ -554,7 +556,7 @@ pub(super) fn gemm_host(
     let (m, k) = if ta { (a.cols(), a.rows()) } else { a.shape() };
     let n = if tb { b.rows() } else { b.cols() };
     let lim = (ctx.binding_limit / 4) as usize;
-    let budget = ((ctx.budget_here() / 4) as usize).max(3);
+    let budget = ((ctx.budget / 4) as usize).max(3);
     let (mut mb, mut nb, mut kb) = (m, n, k.max(1));
     loop {
         let fits = mb * kb <= lim

@@ -59,8 +59,10 @@
 //! # Memory
 //! A memory budget ([`GpuOptions::memory_budget`]; default 1 GiB on a software adapter, 4 GiB
 //! on hardware) bounds what one operation keeps resident (besides the split-K scratch of at
-//! most 1/8 of it, and the Gaussian sketches, kept per shape for the device's life): same-shape batches are factorized in
-//! groups that fit it, each matrix uploaded once and resident for its whole factorization.
+//! most 1/8 of it, and the Gaussian sketches, kept per shape for the device's life):
+//! same-shape batches are factorized in groups that fit it, each matrix uploaded once and
+//! resident for its whole factorization; the concurrent jobs of [`Backend::lowrank_many`]
+//! share it. Uploads keep up to 1/8 of it in host staging buffers for reuse.
 //! A tensor larger than one storage binding (lavapipe: 128 MiB; GPT-2's 50257 × 768 `f32` table
 //! is 154 MB) is split into blocks of rows. Not split: the column-side buffers of one matrix
 //! (the `n × k` sketch products, the `min(m, n)²` Gram of the Gram path) must each fit one
@@ -78,7 +80,11 @@
 //! Calls may come from any thread, rayon workers included. Device work runs in short sections
 //! serialised by a lock, and a section never waits on rayon, so nested parallelism cannot
 //! deadlock; the CPU steps between sections (SVDs of `Bᵀ`, eigendecompositions, applying
-//! masks) run in parallel on the current rayon pool.
+//! masks) run in parallel on the current rayon pool. Uploads run outside the lock.
+//! [`Backend::lowrank_many`] runs up to four jobs on threads of its own whose sections skip
+//! the lock (each job plans within its share of the budget; a download waits for its own
+//! mapping, not for the device to be idle), so that one job's uploads, recording and CPU
+//! steps overlap the others' device work; the results are the bits each job gets alone.
 //!
 //! # Benchmarks
 //! [`Gpu::bench_gemm`] times the GEMM kernel alone (operands resident; wall time around submit
@@ -300,13 +306,17 @@ impl Backend for Gpu {
     /// the jobs largest first, each planning within its share of the memory budget; their
     /// device sections do not wait for each other, so that one job's uploads, recording and CPU
     /// steps (eigendecompositions, assembly) overlap the others' device work. Every matrix
-    /// gets the bits it gets alone.
+    /// gets the bits it gets alone. Called on a rayon worker, the jobs run in turn. A device
+    /// error that no error scope caught (rare) may be reported by another job than the one
+    /// that caused it.
     fn lowrank_many(
         &self,
         jobs: &[(&[MatrixRef<'_>], usize)],
         opts: &SvdOptions,
     ) -> Result<Vec<Vec<Factors>>, ComputeError> {
-        if jobs.len() < 2 {
+        // On a rayon worker, run the jobs in turn: waiting here for job threads that need the
+        // rayon pool could starve it.
+        if jobs.len() < 2 || rayon::current_thread_index().is_some() {
             return jobs
                 .iter()
                 .map(|&(batch, rank)| self.lowrank(batch, rank, opts))

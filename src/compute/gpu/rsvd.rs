@@ -1061,7 +1061,14 @@ pub(super) fn record_gram2(
         u32::try_from(v)
             .map_err(|_| device_err(format!("double-f32 Gram: {what} {v} exceeds 32 bits")))
     };
-    let last = a.off + g.saturating_sub(1) * a.stride + a.n.max(1) * a.ld.max(a.k);
+    // One past the largest element read: (n − 1, k − 1) of the last matrix.
+    let last = a.off
+        + g.saturating_sub(1) * a.stride
+        + if a.tr {
+            a.k.saturating_sub(1) * a.ld + a.n
+        } else {
+            a.n.saturating_sub(1) * a.ld + a.k
+        };
     u(last, "element offset")?;
     u(g * a.k * a.k * 2, "output size")?;
     let tiles = u(a.k.div_ceil(32), "tiles")?;

@@ -849,10 +849,11 @@ fn spectra_match_cpu() {
         .is_empty());
 }
 
-/// `lowrank_many` (two jobs at a time, each within half the budget) gives each job what
-/// `lowrank` gives it, bit for bit: jobs of several shapes and routes (randomized, Gram,
-/// exact), on a device whose small budget splits the batches into groups; an error is the
-/// first failing job's.
+/// `lowrank_many` (several jobs at a time, each within its share of the budget) gives each
+/// job what `lowrank` gives it, bit for bit: jobs of several shapes and routes (randomized,
+/// Gram, exact; products deep enough for split-K), on a device whose small budget splits the
+/// batches into groups; an error is the first failing job's; on a rayon worker the jobs run
+/// in turn.
 #[test]
 fn lowrank_many_matches_lowrank() {
     let Some(gpu) = open(GpuOptions {
@@ -868,11 +869,13 @@ fn lowrank_many_matches_lowrank() {
     fn views(ms: &[Matrix]) -> Vec<MatrixRef<'_>> {
         ms.iter().map(Matrix::view).collect()
     }
-    let (va, vb, vc) = (views(&a), views(&b), views(&c));
+    let d: Vec<Matrix> = (0..2).map(|i| gaussian(95 + i, 2048, 200)).collect();
+    let (va, vb, vc, vd) = (views(&a), views(&b), views(&c), views(&d));
     let jobs: Vec<(&[MatrixRef<'_>], usize)> = vec![
         (&va[..], 8),
         (&vb[..], 70),
         (&vc[..], 5),
+        (&vd[..], 30),
         (&va[..], 40),
         (&[][..], 3),
     ];
@@ -890,6 +893,11 @@ fn lowrank_many_matches_lowrank() {
         Cpu.lowrank_many(&jobs[..2], &o).unwrap()[1],
         Cpu.lowrank(&vb, 70, &o).unwrap()
     );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    assert_eq!(pool.install(|| gpu.lowrank_many(&jobs, &o).unwrap()), many);
 }
 
 /// Same input → bit-identical output; a matrix gets the same bits alone or in a batch, and
