@@ -1377,7 +1377,12 @@ fn careful_group(
 
 /// The Gram matrices of the short side of every matrix of a group, `[g][s][s]` `f64` on the
 /// device (`WᵀW` for tall matrices, `W·Wᵀ` for wide ones; needs `ctx.f64`).
-fn short_gram(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuResult<wgpu::Buffer> {
+fn short_gram_f64(
+    grp: &Group<'_>,
+    s: &mut Session<'_>,
+    m: usize,
+    n: usize,
+) -> GpuResult<wgpu::Buffer> {
     let wide = m <= n;
     let sd = m.min(n);
     let gram = grp
@@ -1439,7 +1444,7 @@ fn short_grams_fit(ctx: &Ctx, m: usize, n: usize, blocks: usize) -> bool {
 fn short_grams(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuResult<ShortGrams> {
     let (g, sd) = (grp.g, m.min(n));
     if grp.ctx.f64 {
-        let gram = short_gram(grp, s, m, n)?;
+        let gram = short_gram_f64(grp, s, m, n)?;
         return Ok(ShortGrams::F64(s.read(&gram, 0, (g * sd * sd) as u64)?));
     }
     if !short_grams_fit(grp.ctx, m, n, grp.blocks.len()) {
