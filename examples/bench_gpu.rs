@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_gpu -- [--json] [--software] [--small] [--reps N]
-//!     [--no-cpu] [--no-gemm] [--ranks 64,256]
+//!     [--no-cpu] [--no-gemm] [--ranks 64,256] [--svd auto,randomized]
 //! ```
 //!
 //! - Prints the adapter, the GEMM tiles in use (`HCC_GEMM_TILES`) and whether the shaders run
@@ -24,13 +24,15 @@
 //! tables then go to stderr). `--software` accepts a software adapter (Mesa lavapipe) when
 //! there is no GPU; `--small` divides every dimension, rank and `exact_below` by 8 so that
 //! the whole run takes well under a minute on lavapipe. `--no-cpu` skips the CPU backend,
-//! `--no-gemm` the GEMM table; `--ranks` picks the rSVD ranks (default 64,256).
+//! `--no-gemm` the GEMM table; `--ranks` picks the rSVD ranks (default 64,256), `--svd` the
+//! SVD methods (default auto,randomized; a method is skipped at a rank where it takes the same
+//! route as auto for every shape).
 
 use std::time::Instant;
 
 use hcc::compute::gpu::{GemmTiming, GpuOptions};
 use hcc::compute::rng::gaussian_f32;
-use hcc::compute::{Backend, Cpu, Gpu, LowrankRoute, MatrixRef, SvdOptions};
+use hcc::compute::{Backend, Cpu, Gpu, LowrankRoute, MatrixRef, SvdMethod, SvdOptions};
 use serde_json::{json, Value};
 
 /// Seed of the random weight matrices (matrix `j` of group `g` uses `SEED + 100 g + j`).
@@ -46,6 +48,7 @@ struct Args {
     cpu: bool,
     gemm: bool,
     ranks: Vec<usize>,
+    methods: Vec<SvdMethod>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -57,6 +60,7 @@ fn parse_args() -> anyhow::Result<Args> {
         cpu: true,
         gemm: true,
         ranks: vec![64, 256],
+        methods: vec![SvdMethod::Auto, SvdMethod::Randomized],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -76,6 +80,16 @@ fn parse_args() -> anyhow::Result<Args> {
                     .collect::<Result<_, _>>()
                     .map_err(|e| anyhow::anyhow!("--ranks {v}: {e}"))?;
             }
+            "--svd" => {
+                let v = it.next().ok_or_else(|| {
+                    anyhow::anyhow!("--svd needs a value such as auto,randomized")
+                })?;
+                a.methods = v
+                    .split(',')
+                    .map(|x| x.trim().parse::<SvdMethod>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("--svd {v}: {e}"))?;
+            }
             "--reps" => {
                 let v = it
                     .next()
@@ -85,7 +99,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "bench_gpu [--json] [--software] [--small] [--reps N] [--no-cpu] [--no-gemm] \
-                     [--ranks 64,256]\n\
+                     [--ranks 64,256] [--svd auto,randomized]\n\
                      (see the header of examples/bench_gpu.rs)"
                 );
                 std::process::exit(0);
@@ -413,10 +427,11 @@ fn bench_rsvd(
         (3072, 768, 12),
         (50257, 768, 1),
     ];
-    let opts = SvdOptions {
+    let base = SvdOptions {
         exact_below: d(SvdOptions::default().exact_below),
         ..Default::default()
     };
+    let opts = &base;
     let t0 = Instant::now();
     let data: Vec<Batch> = groups
         .iter()
@@ -454,8 +469,26 @@ fn bench_rsvd(
     let cpu = Cpu::new();
     let mut rows = Vec::new();
     let mut totals = Vec::new();
-    for &rank in &args.ranks {
+    for (rank, method) in args
+        .ranks
+        .iter()
+        .flat_map(|&r| args.methods.iter().map(move |&m| (r, m)))
+    {
         let rank = if small { rank / 8 } else { rank };
+        let opts = SvdOptions {
+            method,
+            ..base.clone()
+        };
+        // A method that takes Auto's route for every shape would repeat Auto's rows.
+        if method != SvdMethod::Auto
+            && data.iter().all(|b| {
+                opts.lowrank_route((b.rows, b.cols), rank)
+                    == base.lowrank_route((b.rows, b.cols), rank)
+            })
+        {
+            continue;
+        }
+        let m = method.name();
         let (mut gpu_total, mut cpu_total, mut count_total) = (0.0, 0.0, 0usize);
         let mut resident_total = 0.0;
         let (mut gpu_err_sum, mut cpu_err_sum) = (0.0, 0.0);
@@ -485,7 +518,7 @@ fn bench_rsvd(
                 cpu_err_sum += cp.mean_error * n as f64;
             }
             out.line(&format!(
-                "| {rank} | {r}×{c} | {n} | {route} | {:.3} | {:.3} | {} | {} | {:.6} | {} | {} |",
+                "| {rank} {m} | {r}×{c} | {n} | {route} | {:.3} | {:.3} | {} | {} | {:.6} | {} | {} |",
                 g.median_s,
                 g.resident_s,
                 cp.as_ref()
@@ -505,6 +538,7 @@ fn bench_rsvd(
             let side = |x: &Run| json!({"median_s": x.median_s, "without_uploads_s": x.resident_s, "runs_s": x.runs, "mean_rel_error": x.mean_error});
             rows.push(json!({
                 "rank": rank,
+                "svd": m,
                 "rows": r,
                 "cols": c,
                 "count": n,
@@ -544,13 +578,13 @@ fn bench_rsvd(
         many.sort_by(f64::total_cmp);
         let many_s = many[many.len() / 2];
         out.line(&format!(
-            "| {rank} | all shapes, one lowrank_many call ({} at a time) | {count_total} | | **{many_s:.3}** | – (overlapped) | | | | | |",
+            "| {rank} {m} | all shapes, one lowrank_many call ({} at a time) | {count_total} | | **{many_s:.3}** | – (overlapped) | | | | | |",
             gpu.concurrent_jobs()
         ));
         let gpu_err = gpu_err_sum / count_total as f64;
         let cpu_err = cpu_err_sum / count_total as f64;
         out.line(&format!(
-            "| {rank} | **total** | {count_total} | | **{gpu_total:.3}** | **{resident_total:.3}** | {} | {} | {gpu_err:.6} | {} | {} |",
+            "| {rank} {m} | **total** | {count_total} | | **{gpu_total:.3}** | **{resident_total:.3}** | {} | {} | {gpu_err:.6} | {} | {} |",
             if with_cpu { format!("**{cpu_total:.3}**") } else { "–".into() },
             if with_cpu { format!("{:.2}", cpu_total / gpu_total) } else { "–".into() },
             if with_cpu { format!("{cpu_err:.6}") } else { "–".into() },
@@ -558,6 +592,7 @@ fn bench_rsvd(
         ));
         totals.push(json!({
             "rank": rank,
+            "svd": m,
             "count": count_total,
             "gpu_s": gpu_total,
             "gpu_without_uploads_s": resident_total,

@@ -24,6 +24,8 @@ pub struct Profile {
     pub strategy: Option<String>,
     /// Numeric backend: "auto", "cpu" or "gpu".
     pub backend: Option<String>,
+    /// SVD method: "auto" or "randomized" (see `hcc compile --svd`).
+    pub svd: Option<String>,
     /// Where to write the model.
     pub output: Option<PathBuf>,
     /// Where to write the report (.json or .html).

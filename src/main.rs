@@ -112,6 +112,12 @@ enum Command {
         /// With the GPU backend: only adapters whose name contains this (see `hcc adapters`).
         #[arg(long)]
         adapter: Option<String>,
+        /// SVD method of every factorization: auto (the default: exact, or the Gram matrix's
+        /// eigendecomposition where the rank is a large part of the short side) or randomized
+        /// (the randomized Krylov route at every rank: much faster at high ranks on a GPU, its
+        /// errors a little above the optimum; the report gives each one).
+        #[arg(long, value_name = "auto|randomized")]
+        svd: Option<hcc::compute::SvdMethod>,
         #[command(flatten)]
         calib: Box<CalibArgs>,
         #[command(flatten)]
@@ -416,6 +422,7 @@ fn run(cli: Cli) -> Result<()> {
             no_fidelity,
             backend,
             adapter,
+            svd,
             calib,
             ext,
         } => {
@@ -453,6 +460,14 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(b), _) => b,
                 (None, Some(b)) => b.parse().map_err(anyhow::Error::msg)?,
                 (None, None) => hcc::compute::select::BackendChoice::Auto,
+            };
+            let svd = hcc::compute::SvdOptions {
+                method: match (svd, &profile.svd) {
+                    (Some(m), _) => m,
+                    (None, Some(m)) => m.parse().map_err(anyhow::Error::msg)?,
+                    (None, None) => hcc::compute::SvdMethod::Auto,
+                },
+                ..Default::default()
             };
             if let Some(r) = ratio {
                 if !(r.is_finite() && r >= 1.0) {
@@ -554,6 +569,7 @@ fn run(cli: Cli) -> Result<()> {
             let pq_cache = std::sync::Arc::new(hcc::rewrite::eval::PqCache::default());
             let configure = |engine: &mut hcc::rewrite::Engine| {
                 engine.set_backend(selected.backend.clone());
+                engine.set_svd(svd.clone());
                 engine.set_pq_cache(pq_cache.clone());
                 if let Some(sink) = progress.sink() {
                     engine.set_progress(sink);
@@ -735,6 +751,7 @@ fn run(cli: Cli) -> Result<()> {
                         damp: calib.calib_damp,
                         strength: calib.refit_strength,
                         known: calibration.clone(),
+                        svd: svd.clone(),
                     },
                     progress.sink().as_ref(),
                 )?;
@@ -776,6 +793,7 @@ fn run(cli: Cli) -> Result<()> {
                 file_after,
             );
             report.backend = selected.reason.clone();
+            report.svd = svd.method.name().to_string();
             report.strategy_trials = trials;
             if chosen == S::Sensitivity {
                 report.sensitivity = measured;

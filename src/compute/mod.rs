@@ -19,6 +19,7 @@
 mod check;
 mod cpu;
 mod dense;
+mod eigen;
 pub mod gpu;
 pub mod hot;
 mod mask;
@@ -396,6 +397,56 @@ pub struct SvdOptions {
     /// Matrices with `min(m, n) <= exact_below`, or where `r + p >= min(m, n)`, are factorized
     /// exactly (an `f64` SVD) instead. Default 128.
     pub exact_below: usize,
+    /// Which route [`Backend::lowrank`] takes where more than one applies (see
+    /// [`SvdOptions::lowrank_route`]). Default [`SvdMethod::Auto`].
+    pub method: SvdMethod,
+}
+
+/// How [`Backend::lowrank`] trades accuracy for speed at high ranks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SvdMethod {
+    /// The most accurate route that costs about as much as sketching: the exact `f64` SVD for
+    /// small matrices, the eigendecomposition of the short side's Gram matrix (the optimum, to
+    /// the Gram's `f64` rounding) where the sketch would span at least a quarter of the short
+    /// side, the randomized block Krylov route below that.
+    #[default]
+    Auto,
+    /// The randomized block Krylov route at every rank whose basis (about `2r + p` columns)
+    /// spans at most three quarters of the short side (higher ranks take Auto's route: there
+    /// the exact Gram route costs about as much). Its blocks are at most
+    /// [`MAX_RANDOMIZED_BLOCK`] columns wide, deepening the basis instead at high ranks (as
+    /// many products, and a smaller error than wider blocks). Much faster than the Gram route
+    /// on a GPU, whose eigendecompositions run on the host; its reconstruction errors are a
+    /// little above the optimum (GPT-2 small's shapes at rank 256: 1.1 % above on average,
+    /// where `torch.svd_lowrank(q = r + 10, niter = 2)` is 3.6 % above; docs/PERF.md).
+    Randomized,
+}
+
+/// Widest Krylov block of [`SvdMethod::Randomized`] (the GPU's on-device Cholesky handles
+/// blocks up to 64 columns with `f32` Grams).
+pub const MAX_RANDOMIZED_BLOCK: usize = 64;
+
+impl SvdMethod {
+    /// The name used on the command line, in profiles and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            SvdMethod::Auto => "auto",
+            SvdMethod::Randomized => "randomized",
+        }
+    }
+}
+
+impl std::str::FromStr for SvdMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(SvdMethod::Auto),
+            "randomized" => Ok(SvdMethod::Randomized),
+            other => Err(format!(
+                "unknown SVD method '{other}' (expected auto or randomized)"
+            )),
+        }
+    }
 }
 
 impl Default for SvdOptions {
@@ -405,6 +456,7 @@ impl Default for SvdOptions {
             depth: 4,
             seed: 0,
             exact_below: 128,
+            method: SvdMethod::Auto,
         }
     }
 }

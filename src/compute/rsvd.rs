@@ -45,20 +45,33 @@ pub enum LowrankRoute {
 
 impl SvdOptions {
     /// The route [`super::Backend::lowrank`] takes for `m × n` matrices at `rank` (assumed
-    /// valid: `1..=min(m, n)`).
+    /// valid: `1..=min(m, n)`). Every backend follows it, so they compute the same thing.
     pub fn lowrank_route(&self, (m, n): (usize, usize), rank: usize) -> LowrankRoute {
-        let k = rank.saturating_add(self.oversample).min(m.min(n));
+        let short = m.min(n);
+        let k = rank.saturating_add(self.oversample).min(short);
         if use_exact((m, n), k, self) {
-            LowrankRoute::Exact
-        } else if 4 * k >= m.min(n) {
-            LowrankRoute::Gram
-        } else {
-            LowrankRoute::Sketch(KrylovShape::new(
+            return LowrankRoute::Exact;
+        }
+        // The randomized method sketches where its basis (about 2r + p columns) spans at most
+        // three quarters of the short side; past that the exact Gram route costs about as much
+        // (its eigendecomposition is the short side's, the sketch's small SVD nearly so).
+        let basis = (2 * rank).saturating_add(self.oversample);
+        if self.method == super::SvdMethod::Randomized && 4 * basis <= 3 * short {
+            let shape = KrylovShape::capped(
                 rank,
                 self.oversample,
                 self.depth,
-                m.min(n),
-            ))
+                short,
+                super::MAX_RANDOMIZED_BLOCK,
+            );
+            if shape.width() >= k {
+                return LowrankRoute::Sketch(shape);
+            }
+        }
+        if 4 * k >= short {
+            LowrankRoute::Gram
+        } else {
+            LowrankRoute::Sketch(KrylovShape::new(rank, self.oversample, self.depth, short))
         }
     }
 }
@@ -256,6 +269,20 @@ impl KrylovShape {
         let block = (2 * rank + oversample).div_ceil(depth + 1).clamp(1, short);
         let depth = depth.min(short / block - 1);
         KrylovShape { block, depth }
+    }
+
+    /// [`KrylovShape::new`] with blocks of at most `max_block` columns: the depth is raised
+    /// (never lowered) until `⌈(2r + p)/(depth + 1)⌉ ≤ max_block`, then clamped to the short
+    /// side as in `new`.
+    pub fn capped(
+        rank: usize,
+        oversample: usize,
+        depth: usize,
+        short: usize,
+        max_block: usize,
+    ) -> Self {
+        let want = (2 * rank + oversample).div_ceil(max_block.max(1)).max(1);
+        KrylovShape::new(rank, oversample, depth.max(want - 1), short)
     }
 
     /// Columns of the whole basis, `(depth + 1) · block`.
@@ -607,60 +634,28 @@ pub(crate) struct TopEigen {
     pub(crate) short: Vec<f32>,
 }
 
-/// The `min(rank, s)` largest eigenpairs of the `s × s` row-major Gram `g` (`f64`
-/// eigendecomposition).
+/// The `min(rank, s)` largest eigenpairs of the `s × s` row-major Gram `g` (`f64`; only the
+/// kept pairs are computed, `compute::eigen`), with faer's kernels on the rayon pool.
 pub(crate) fn top_eigen(g: &[f64], s_dim: usize, rank: usize) -> Result<TopEigen, String> {
-    let gm = faer::Mat::<f64>::from_fn(s_dim, s_dim, |i, j| g[i * s_dim + j]);
-    let eig = gm
-        .self_adjoint_eigen(faer::Side::Lower)
-        .map_err(|e| format!("eigendecomposition: {e:?}"))?;
-    top_of(eig.U(), eig.S().column_vector(), s_dim, rank)
+    top_eigen_par(g, s_dim, rank, Par::rayon(0))
 }
 
 /// [`top_eigen`] on one thread (for callers that run one per matrix in parallel, where
 /// faer's own threads would only contend).
 pub(crate) fn top_eigen_seq(g: &[f64], s_dim: usize, rank: usize) -> Result<TopEigen, String> {
-    use faer::dyn_stack::{MemBuffer, MemStack};
-    use faer::linalg::evd;
-    let gm = faer::Mat::<f64>::from_fn(s_dim, s_dim, |i, j| g[i * s_dim + j]);
-    let mut u = faer::Mat::<f64>::zeros(s_dim, s_dim);
-    let mut s = faer::diag::Diag::<f64>::zeros(s_dim);
-    let req = evd::self_adjoint_evd_scratch::<f64>(
-        s_dim,
-        evd::ComputeEigenvectors::Yes,
-        Par::Seq,
-        Default::default(),
-    );
-    let mut buf = MemBuffer::try_new(req).map_err(|e| format!("eigendecomposition: {e:?}"))?;
-    evd::self_adjoint_evd(
-        gm.as_ref(),
-        s.as_mut(),
-        Some(u.as_mut()),
-        Par::Seq,
-        MemStack::new(&mut buf),
-        Default::default(),
-    )
-    .map_err(|e| format!("eigendecomposition: {e:?}"))?;
-    top_of(u.as_ref(), s.column_vector(), s_dim, rank)
+    top_eigen_par(g, s_dim, rank, Par::Seq)
 }
 
-/// The top `rank` pairs of an ascending eigendecomposition (`vecs`, `vals`) of a Gram matrix.
-fn top_of(
-    vecs: MatRef<'_, f64>,
-    vals: faer::ColRef<'_, f64>,
-    s_dim: usize,
-    rank: usize,
-) -> Result<TopEigen, String> {
-    let r = rank.min(s_dim);
-    // Eigenvalues ascend: take the last r, largest first.
-    let idx: Vec<usize> = (0..r).map(|l| s_dim - 1 - l).collect();
-    let sig: Vec<f64> = idx.iter().map(|&i| vals[i].max(0.0).sqrt()).collect();
+fn top_eigen_par(g: &[f64], s_dim: usize, rank: usize, par: Par) -> Result<TopEigen, String> {
+    let gm = MatRef::from_row_major_slice(g, s_dim, s_dim);
+    let (vals, e) = super::eigen::top_eigenpairs(gm, rank, par)?;
+    let r = vals.len();
+    let sig: Vec<f64> = vals.iter().map(|&v| v.max(0.0).sqrt()).collect();
     let floor = sig.first().copied().unwrap_or(0.0) * 1e-7;
     let inv = sig
         .iter()
         .map(|&s| if s > floor { 1.0 / s } else { 0.0 })
         .collect();
-    let e = faer::Mat::<f64>::from_fn(s_dim, r, |i, l| vecs[(i, idx[l])]);
     let mut short = vec![0.0f32; s_dim * r];
     for i in 0..s_dim {
         for l in 0..r {

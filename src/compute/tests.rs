@@ -149,6 +149,102 @@ fn randomized_close_to_exact() {
     }
 }
 
+/// `SvdMethod::Randomized` takes the Krylov route where Auto takes the Gram path, with blocks of
+/// at most `MAX_RANDOMIZED_BLOCK` columns; small matrices stay exact, and ranks whose capped
+/// basis would be narrower than the sketch keep Auto's route.
+#[test]
+fn randomized_method_routes() {
+    let auto = SvdOptions::default();
+    let rand = SvdOptions {
+        method: SvdMethod::Randomized,
+        ..SvdOptions::default()
+    };
+    assert_eq!(auto.lowrank_route((768, 3072), 256), LowrankRoute::Gram);
+    assert_eq!(
+        rand.lowrank_route((768, 3072), 256),
+        LowrankRoute::Sketch(KrylovShape {
+            block: 58,
+            depth: 8
+        })
+    );
+    // Rank 64: already narrow blocks, the same route either way.
+    assert_eq!(
+        rand.lowrank_route((3072, 768), 64),
+        auto.lowrank_route((3072, 768), 64)
+    );
+    assert_eq!(rand.lowrank_route((100, 1000), 60), LowrankRoute::Exact);
+    // 700 × 900: a basis of 2r + 10 columns up to ¾ of 700 (rank 257), Auto's route above.
+    assert!(matches!(
+        rand.lowrank_route((700, 900), 257),
+        LowrankRoute::Sketch(k) if k.block <= MAX_RANDOMIZED_BLOCK && k.width() >= 524
+    ));
+    assert_eq!(rand.lowrank_route((700, 900), 258), LowrankRoute::Gram);
+    assert_eq!(rand.lowrank_route((700, 900), 685), LowrankRoute::Gram);
+    assert_eq!(
+        KrylovShape::capped(256, 10, 4, 768, 64),
+        KrylovShape {
+            block: 58,
+            depth: 8
+        }
+    );
+    assert_eq!(
+        KrylovShape::capped(20, 10, 4, 768, 64),
+        KrylovShape::new(20, 10, 4, 768)
+    );
+    assert_eq!("randomized".parse::<SvdMethod>(), Ok(SvdMethod::Randomized));
+    assert!("fast"
+        .parse::<SvdMethod>()
+        .unwrap_err()
+        .contains("auto or randomized"));
+}
+
+/// At a rank where Auto is exact (the Gram path), the randomized method's error is a little
+/// above the optimum and exactly what its singular values say (`‖W‖² − Σσ²`: the factors are
+/// `Q·B_r` with `Q` orthonormal), with accurate leading singular values, orthonormal factors
+/// and the same bits every time.
+#[test]
+fn randomized_method_near_exact_at_high_rank() {
+    let sigma: Vec<f64> = (0..500).map(|i| (-(i as f64) / 250.0).exp()).collect();
+    let w = with_spectrum(21, 500, 900, &sigma);
+    let rank = 160;
+    let rand = SvdOptions {
+        method: SvdMethod::Randomized,
+        ..SvdOptions::default()
+    };
+    let auto = SvdOptions::default();
+    assert_eq!(auto.lowrank_route((500, 900), rank), LowrankRoute::Gram);
+    // 2r + p = 330 columns: six blocks of 55 (five of 66 without the cap).
+    assert_eq!(
+        rand.lowrank_route((500, 900), rank),
+        LowrankRoute::Sketch(KrylovShape {
+            block: 55,
+            depth: 5
+        })
+    );
+    let f = Cpu.lowrank(&[w.view()], rank, &rand).unwrap().remove(0);
+    let g = Cpu.lowrank(&[w.view()], rank, &auto).unwrap().remove(0);
+    assert_eq!(f.rank(), rank);
+    let (er, eg) = (rel_error(w.view(), &f), rel_error(w.view(), &g));
+    let total: f64 = w.data().iter().map(|&x| x as f64 * x as f64).sum();
+    let kept: f64 = f.s.iter().map(|&x| x as f64 * x as f64).sum();
+    let claimed = (1.0 - kept / total).max(0.0).sqrt();
+    eprintln!("500×900 rank {rank}: randomized {er:.6e} (claimed {claimed:.6e}), Gram {eg:.6e}");
+    assert!(
+        er >= eg * (1.0 - 1e-4) && er <= 1.03 * eg,
+        "randomized {er} vs exact {eg}"
+    );
+    assert!(
+        (er - claimed).abs() <= 1e-4 * er,
+        "measured {er} vs claimed {claimed}"
+    );
+    for (i, (&a, &b)) in f.s.iter().zip(&g.s).enumerate().take(50) {
+        assert!((a - b).abs() <= 1e-3 * b, "σ{i}: {a} vs {b}");
+    }
+    assert!(orthonormality(&f.u, rank) < 1e-4);
+    assert!(orthonormality(&f.vt.transpose(), rank) < 1e-4);
+    assert_eq!(f, Cpu.lowrank(&[w.view()], rank, &rand).unwrap().remove(0));
+}
+
 /// Same seed → bit-identical factors, spectra and products on 1 thread and on 4.
 #[test]
 fn deterministic_across_thread_counts() {

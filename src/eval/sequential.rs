@@ -49,6 +49,8 @@ pub struct RefitOptions {
     /// The original's statistics from [`super::calib::collect`] on the same sequences: its
     /// `XᵀX` per tap is reused instead of summed again.
     pub known: Option<std::sync::Arc<super::calib::Calibration>>,
+    /// The options of the refit's factorizations (the compile's `--svd`).
+    pub svd: crate::compute::SvdOptions,
 }
 
 /// What the refit did to one factorization.
@@ -444,7 +446,7 @@ pub fn refit(
             total: stages,
         });
     }
-    let svd = crate::compute::SvdOptions::default();
+    let svd = opts.svd.clone();
     let mut report = RefitReport {
         strength: opts.strength,
         blocks: blocks.len(),

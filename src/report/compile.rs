@@ -18,6 +18,10 @@ pub struct CompileReport {
     /// (empty when not recorded).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub backend: String,
+    /// The SVD method of every `lowrank` (`--svd`): "auto" (exact or Gram at high ranks) or
+    /// "randomized" (empty when not recorded).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub svd: String,
     /// Stored parameters (initializers, counted as written) before and after.
     pub params_before: u64,
     pub params_after: u64,
@@ -214,6 +218,7 @@ impl CompileReport {
             output,
             pipeline: stages.pipeline.clone(),
             backend: String::new(),
+            svd: String::new(),
             params_before,
             params_after,
             bytes_before,
@@ -259,6 +264,9 @@ impl CompileReport {
         );
         if !self.backend.is_empty() {
             let _ = writeln!(o, "  backend     {}", self.backend);
+        }
+        if !self.svd.is_empty() && self.svd != "auto" {
+            let _ = writeln!(o, "  svd         {}", self.svd);
         }
         let _ = writeln!(
             o,

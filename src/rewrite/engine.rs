@@ -265,6 +265,12 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// The options of every `lowrank` and spectrum this engine computes (default:
+    /// [`crate::compute::SvdOptions::default`]).
+    pub fn set_svd(&mut self, svd: crate::compute::SvdOptions) {
+        self.memo.svd = svd;
+    }
+
     /// Use `backend` for numeric kernels (default: the CPU backend).
     pub fn set_backend(&mut self, backend: Arc<dyn crate::compute::Backend>) {
         self.memo.backend = backend;

@@ -643,6 +643,34 @@ fn lowrank_matches_cpu() {
     eprintln!("randomized SVD, worst deviation from the CPU: {worst:?}");
 }
 
+/// `SvdMethod::Randomized` at ranks where Auto takes the Gram path: the capped Krylov shape,
+/// on the resident path (blocks the on-device Cholesky holds: 48 columns) and on the careful
+/// path where `f64` Grams hold fewer than the 55 of rank 160, agrees with the CPU.
+#[test]
+fn randomized_method_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let sigma: Vec<f64> = (0..500).map(|i| 0.99f64.powi(i)).collect();
+    let w = with_spectrum(11, 500, 900, &sigma);
+    let o = SvdOptions {
+        method: crate::compute::SvdMethod::Randomized,
+        ..SvdOptions::default()
+    };
+    for rank in [115, 160] {
+        let LowrankRoute::Sketch(shape) = o.lowrank_route((500, 900), rank) else {
+            panic!("rank {rank}: not the Krylov route");
+        };
+        assert!(shape.block <= crate::compute::MAX_RANDOMIZED_BLOCK);
+        assert_eq!(
+            SvdOptions::default().lowrank_route((500, 900), rank),
+            LowrankRoute::Gram
+        );
+        let g = gpu.lowrank(&[w.view()], rank, &o).unwrap().remove(0);
+        let c = Cpu.lowrank(&[w.view()], rank, &o).unwrap().remove(0);
+        let d = compare(&w, &g, &c, 1e-4);
+        eprintln!("randomized method, rank {rank} ({shape:?}): {d:?}");
+    }
+}
+
 /// The randomized SVD keeps full-rank matrices on the resident path (every orthonormalisation
 /// of the Krylov basis on the device, shaders/chol.wgsl) and redoes on the careful path exactly
 /// the matrices the device flags (an exactly rank-2 one: the Krylov space runs out), whose
