@@ -40,6 +40,8 @@ pub(crate) const ORTHOGONALITY: f64 = 1e-10;
 const MAX_ITERATIONS: usize = 8;
 /// Sturm counts run together in bisection.
 const LANES: usize = 8;
+/// Seed of the inverse iteration's start vectors.
+const START_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
 /// The `min(r, s)` largest eigenvalues of the symmetric `s × s` matrix `a` (only its lower
 /// triangle is read), in descending order, with their orthonormal eigenvectors as the columns
@@ -134,7 +136,6 @@ fn tridiagonal_top(d: &[f64], e: &[f64], r: usize) -> Option<(Vec<f64>, Mat<f64>
     let tol = RESIDUAL * s as f64 * eps * tnorm;
     let mut x = Mat::<f64>::zeros(s, r);
     let mut residuals = vec![0.0f64; r];
-    let mut rng = SplitMix(0x2545_f491_4f6c_dd1d);
     let mut cluster = 0;
     let mut lu = TridiagLu::new(s);
     let mut v = vec![0.0f64; s];
@@ -143,8 +144,9 @@ fn tridiagonal_top(d: &[f64], e: &[f64], r: usize) -> Option<(Vec<f64>, Mat<f64>
             cluster = j;
         }
         lu.factor(d, e, values[j], pert);
-        for vi in v.iter_mut() {
-            *vi = rng.uniform();
+        // A seeded start vector in [−1, 1)ˢ, a pure function of (j, i).
+        for (i, vi) in v.iter_mut().enumerate() {
+            *vi = 2.0 * crate::compute::rng::uniform(START_SEED, j as u64, i as u64) - 1.0;
         }
         normalize(&mut v)?;
         let mut met = 0;
@@ -409,20 +411,6 @@ fn tridiagonal_top_dc(
     // Ascending: the last r, largest first.
     let values = (0..r).map(|l| vals[s - 1 - l]).collect();
     Ok((values, Mat::from_fn(s, r, |i, l| u[(i, s - 1 - l)])))
-}
-
-/// A small seeded generator of start vectors (uniform in [−1, 1)).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
 }
 
 #[cfg(test)]
