@@ -280,6 +280,9 @@ fn kmeans(xs: &[f32], width: usize, w: &[f32], k: usize, seed: u64) -> Block {
     }
 }
 
+/// Codewords compared side by side in [`assign_all`]: four AVX-512 registers of `f32`.
+const LANES: usize = 64;
+
 /// Candidate points k-means++ seeds from, per codeword.
 const SEED_CANDIDATES: usize = 8;
 
@@ -336,44 +339,6 @@ fn seed_codewords(xs: &[f32], width: usize, w: &[f32], k: usize, seed: u64) -> V
         c.extend_from_slice(pt(at));
     }
     c
-}
-
-/// The smallest value of `a` and its first position: 16 lanes side by side (vectorizes), then
-/// the lanes.
-#[inline(always)]
-fn argmin(a: &[f32]) -> (usize, f32) {
-    const L: usize = 16;
-    let mut bv = [f32::INFINITY; L];
-    let mut bi = [0u32; L];
-    let mut chunks = a.chunks_exact(L);
-    for (c, ch) in (&mut chunks).enumerate() {
-        for l in 0..L {
-            let lt = ch[l] < bv[l];
-            bv[l] = if lt { ch[l] } else { bv[l] };
-            bi[l] = if lt { (c * L + l) as u32 } else { bi[l] };
-        }
-    }
-    // Branch-free across the lanes: the smallest value, then the first position holding it.
-    let mut v = f32::INFINITY;
-    for &x in &bv {
-        v = v.min(x);
-    }
-    let mut first = u32::MAX;
-    for l in 0..L {
-        first = first.min(if bv[l] == v { bi[l] } else { u32::MAX });
-    }
-    let mut j = if first == u32::MAX {
-        usize::MAX
-    } else {
-        first as usize
-    };
-    let base = a.len() - chunks.remainder().len();
-    for (p, &x) in chunks.remainder().iter().enumerate() {
-        if x < v {
-            (j, v) = (base + p, x);
-        }
-    }
-    (if j == usize::MAX { 0 } else { j }, v)
 }
 
 fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
@@ -448,8 +413,8 @@ fn assign_body(
     assign: &mut [u16],
     dist: &mut [f32],
 ) -> usize {
-    // Codewords column by column (width × k) and their squared norms: the distance to all k
-    // codewords of a point is then k-wide vector arithmetic.
+    // Codewords column by column (width × k) and their squared norms: the distances to
+    // [`LANES`] codewords of a point are then vector arithmetic, kept in registers.
     let mut ct = vec![0.0f32; width * k];
     for j in 0..k {
         for l in 0..width {
@@ -459,19 +424,96 @@ fn assign_body(
     let norms: Vec<f32> = (0..k)
         .map(|j| c[j * width..(j + 1) * width].iter().map(|x| x * x).sum())
         .collect();
-    let mut acc = vec![0.0f32; k];
+    // Constant widths specialise the body below (it is inlined): its loops over a piece
+    // unroll.
+    match width {
+        2 => assign_points(xs, 2, &ct, &norms, k, assign, dist),
+        3 => assign_points(xs, 3, &ct, &norms, k, assign, dist),
+        4 => assign_points(xs, 4, &ct, &norms, k, assign, dist),
+        6 => assign_points(xs, 6, &ct, &norms, k, assign, dist),
+        8 => assign_points(xs, 8, &ct, &norms, k, assign, dist),
+        w => assign_points(xs, w, &ct, &norms, k, assign, dist),
+    }
+}
+
+/// [`assign_body`] after the codewords are laid out: `ct` (`width × k`, column by column)
+/// and their squared norms. Each point is compared with [`LANES`] codewords at a time
+/// (`‖c‖² − 2 x·c`, the smallest per lane kept with strict `<`: the first on ties): several
+/// vector registers whose addition chains are independent, so that their latency overlaps.
+#[inline(always)]
+fn assign_points(
+    xs: &[f32],
+    width: usize,
+    ct: &[f32],
+    norms: &[f32],
+    k: usize,
+    assign: &mut [u16],
+    dist: &mut [f32],
+) -> usize {
+    let full = k - k % LANES;
     let mut changed = 0;
     for (i, x) in xs.chunks_exact(width).enumerate() {
-        acc.copy_from_slice(&norms);
-        for (l, &xl) in x.iter().enumerate() {
-            let m = -2.0 * xl;
-            for (a, &cv) in acc.iter_mut().zip(&ct[l * k..(l + 1) * k]) {
-                *a += m * cv;
+        let mut bv = [f32::INFINITY; LANES];
+        let mut bi = [0u32; LANES];
+        let mut at: [u32; LANES] = std::array::from_fn(|t| t as u32);
+        for j0 in (0..full).step_by(LANES) {
+            let mut d = [0.0f32; LANES];
+            d.copy_from_slice(&norms[j0..j0 + LANES]);
+            for (l, &xl) in x.iter().enumerate() {
+                let ml = -2.0 * xl;
+                let col = &ct[l * k + j0..l * k + j0 + LANES];
+                for t in 0..LANES {
+                    d[t] += ml * col[t];
+                }
+            }
+            // Selects as bit masks: the compiler keeps them in vector registers.
+            for t in 0..LANES {
+                let keep = (d[t] < bv[t]) as u32;
+                let mask = keep.wrapping_neg();
+                bv[t] = f32::from_bits((d[t].to_bits() & mask) | (bv[t].to_bits() & !mask));
+                bi[t] = (at[t] & mask) | (bi[t] & !mask);
+            }
+            for a in at.iter_mut() {
+                *a += LANES as u32;
             }
         }
-        let (bj, bv) = argmin(&acc);
+        // Across the lanes: the smallest value, then the first codeword holding it, each by
+        // halving (the values are finite or +∞: the inputs were checked).
+        let mut m = bv;
+        let mut half = LANES / 2;
+        while half > 0 {
+            for t in 0..half {
+                m[t] = if m[t + half] < m[t] {
+                    m[t + half]
+                } else {
+                    m[t]
+                };
+            }
+            half /= 2;
+        }
+        let mut v = m[0];
+        let mut first: [u32; LANES] =
+            std::array::from_fn(|t| if bv[t] == v { bi[t] } else { u32::MAX });
+        let mut half = LANES / 2;
+        while half > 0 {
+            for t in 0..half {
+                first[t] = first[t].min(first[t + half]);
+            }
+            half /= 2;
+        }
+        let mut bj = first[0] as usize;
+        // The codewords after the last whole group, one by one.
+        for j in full..k {
+            let mut d = norms[j];
+            for (l, &xl) in x.iter().enumerate() {
+                d += -2.0 * xl * ct[l * k + j];
+            }
+            if d < v {
+                (bj, v) = (j, d);
+            }
+        }
         let xn: f32 = x.iter().map(|v| v * v).sum();
-        dist[i] = (bv + xn).max(0.0);
+        dist[i] = (v + xn).max(0.0);
         if assign[i] as usize != bj {
             assign[i] = bj as u16;
             changed += 1;

@@ -17,6 +17,7 @@ pub mod inputs;
 mod runner;
 pub mod sensitivity;
 pub mod sequential;
+mod softmax;
 pub mod text;
 
 use std::fmt::Write as _;

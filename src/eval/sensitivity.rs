@@ -114,10 +114,8 @@ fn matmul(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
 /// Log-softmax of every row of `x` (`rows × v`), in place.
 fn log_softmax(x: &mut [f32], v: usize) {
     for row in x.chunks_exact_mut(v) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&z| ((z - max) as f64).exp()).sum();
-        let lse = max + sum.ln() as f32;
-        row.iter_mut().for_each(|z| *z -= lse);
+        let lse = super::softmax::log_sum_exp_f32(row);
+        row.iter_mut().for_each(|z| *z = (*z as f64 - lse) as f32);
     }
 }
 
@@ -152,15 +150,8 @@ fn kl_sum(logp: &[f32], logits: &[f32], v: usize, keep: &dyn Fn(usize) -> bool) 
         if !keep(r) {
             continue;
         }
-        let max = q.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = q.iter().map(|&z| ((z - max) as f64).exp()).sum();
-        let lse = max as f64 + sum.ln();
-        let mut kl = 0.0f64;
-        for (&a, &b) in lp.iter().zip(q) {
-            let a = a as f64;
-            kl += a.exp() * (a - (b as f64 - lse));
-        }
-        total += kl.max(0.0);
+        let lse = super::softmax::log_sum_exp_f32(q);
+        total += super::softmax::kl_row(lp, q, lse).max(0.0);
     }
     total
 }

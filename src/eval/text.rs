@@ -604,7 +604,7 @@ fn perplexity(
                             ),
                         });
                     }
-                    total += log_sum_exp(row) - row[target];
+                    total += super::softmax::log_sum_exp(row) - row[target];
                 }
             }
             Ok(total / (chunks.len() * (n - 1)) as f64)
@@ -719,15 +719,6 @@ fn vocab_of(logits: &super::runner::Output, n: usize, path: &Path) -> Result<usi
             detail: format!("the logits have shape {shape:?}, expected [1, {n}, vocab]"),
         }),
     }
-}
-
-/// `log Σ exp(x)`, stable (f64 throughout).
-fn log_sum_exp(row: &[f64]) -> f64 {
-    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return max;
-    }
-    max + row.iter().map(|&x| (x - max).exp()).sum::<f64>().ln()
 }
 
 fn similarity(
