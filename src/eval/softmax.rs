@@ -16,8 +16,8 @@ pub(crate) const LANES: usize = 8;
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 /// `ln 2` in two parts: `LN2_HI` has its low 32 mantissa bits zero, so that `k · LN2_HI` is
 /// exact for every `|k| < 2^20`.
-const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 /// `1.5 · 2^52`: adding it rounds to an integer, which then sits in the low mantissa bits.
 const SHIFTER: f64 = 6_755_399_441_055_744.0;
 /// Below this, `e^x` is subnormal (under `2^-1022`); [`exp`] returns 0 there.
