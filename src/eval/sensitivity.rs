@@ -114,7 +114,7 @@ fn matmul(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
 /// Log-softmax of every row of `x` (`rows × v`), in place.
 fn log_softmax(x: &mut [f32], v: usize) {
     for row in x.chunks_exact_mut(v) {
-        let lse = super::softmax::log_sum_exp_f32(row);
+        let lse = super::softmax::log_sum_exp(row);
         row.iter_mut().for_each(|z| *z = (*z as f64 - lse) as f32);
     }
 }
@@ -150,7 +150,7 @@ fn kl_sum(logp: &[f32], logits: &[f32], v: usize, keep: &dyn Fn(usize) -> bool) 
         if !keep(r) {
             continue;
         }
-        let lse = super::softmax::log_sum_exp_f32(q);
+        let lse = super::softmax::log_sum_exp(q);
         total += super::softmax::kl_row(lp, q, lse).max(0.0);
     }
     total

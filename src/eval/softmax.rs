@@ -80,24 +80,18 @@ fn lane_sum<T: Copy>(row: &[T], f: impl Fn(T) -> f64) -> f64 {
     acc.iter().sum()
 }
 
-/// `log Σ exp(xᵢ)` of a row, stable (the maximum is taken out first), `f64` throughout. An
-/// empty row, or one whose maximum is not finite, gives that maximum (−∞ for empty).
-pub(crate) fn log_sum_exp(row: &[f64]) -> f64 {
-    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+/// `log Σ exp(xᵢ)` of a row of `f32` or `f64` logits, stable (the maximum is taken out first),
+/// the differences and sums in `f64`. An empty row, or one whose maximum is not finite, gives
+/// that maximum (−∞ for empty).
+pub(crate) fn log_sum_exp<T: Copy + Into<f64>>(row: &[T]) -> f64 {
+    let max = row
+        .iter()
+        .map(|&x| x.into())
+        .fold(f64::NEG_INFINITY, f64::max);
     if !max.is_finite() {
         return max;
     }
-    max + lane_sum(row, |x| exp(x - max)).ln()
-}
-
-/// [`log_sum_exp`] of `f32` logits: the differences `xᵢ − max` and the sums in `f64`.
-pub(crate) fn log_sum_exp_f32(row: &[f32]) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return max as f64;
-    }
-    let m = max as f64;
-    m + lane_sum(row, |x| exp(x as f64 - m)).ln()
+    max + lane_sum(row, |x| exp(x.into() - max)).ln()
 }
 
 /// `KL(p ‖ q) = Σ pᵢ (log pᵢ − log qᵢ)` for `p` given as log-probabilities `logp` and `q` as
@@ -181,27 +175,27 @@ mod tests {
         assert!((log_sum_exp(&row) - direct).abs() <= 1e-13 * direct.abs().max(1.0));
         let row32: Vec<f32> = row.iter().map(|&x| x as f32).collect();
         let direct32 = log_sum_exp(&row32.iter().map(|&x| x as f64).collect::<Vec<_>>());
-        assert_eq!(log_sum_exp_f32(&row32), direct32);
-        assert_eq!(log_sum_exp(&[]), f64::NEG_INFINITY);
-        assert_eq!(log_sum_exp(&[3.0]), 3.0);
+        assert_eq!(log_sum_exp(&row32), direct32);
+        assert_eq!(log_sum_exp::<f64>(&[]), f64::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[3.0f64]), 3.0);
         assert_eq!(log_sum_exp(&[f64::NEG_INFINITY; 3]), f64::NEG_INFINITY);
-        assert!((log_sum_exp(&[0.0, 0.0]) - 2f64.ln()).abs() < 1e-15);
+        assert!((log_sum_exp(&[0.0f64, 0.0]) - 2f64.ln()).abs() < 1e-15);
     }
 
     #[test]
     fn kl_row_is_zero_for_equal_distributions_and_positive_otherwise() {
         let q: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
-        let lse = log_sum_exp_f32(&q);
+        let lse = log_sum_exp(&q);
         let p: Vec<f32> = q.iter().map(|&z| (z as f64 - lse) as f32).collect();
         assert!(kl_row(&p, &q, lse).abs() < 1e-6);
         let q2: Vec<f32> = q.iter().map(|&z| z * 0.5).collect();
-        let kl = kl_row(&p, &q2, log_sum_exp_f32(&q2));
+        let kl = kl_row(&p, &q2, log_sum_exp(&q2));
         let direct: f64 = p
             .iter()
             .zip(&q2)
             .map(|(&a, &b)| {
                 let a = a as f64;
-                a.exp() * (a - (b as f64 - log_sum_exp_f32(&q2)))
+                a.exp() * (a - (b as f64 - log_sum_exp(&q2)))
             })
             .sum();
         assert!(kl > 0.01 && (kl - direct).abs() < 1e-12, "{kl} {direct}");
