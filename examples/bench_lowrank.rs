@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! cargo run --release --example bench_lowrank -- [MODEL.onnx] [--rank 64] [--min-elems 65536]
-//!     [--oversample 10] [--depth 4] [--threads N] [--check]
+//!     [--oversample 10] [--depth 4] [--threads N] [--check] [--same]
 //! ```
+//!
+//! `--same` factorizes the first matrix of each group as many times as the group has matrices
+//! (one buffer, so it stays in the caches that hold it): against the default, it tells how
+//! much of a group's time goes to reading different matrices from memory.
 //!
 //! `--check` also computes the exact truncated SVD of the first matrix of each group (slow) and
 //! prints both relative Frobenius errors.
@@ -28,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     let mut min_elems = 65536usize;
     let mut threads = 0usize;
     let mut check = false;
+    let mut same = false;
     let mut opts = SvdOptions::default();
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> anyhow::Result<usize> {
@@ -43,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             "--depth" => opts.depth = value("--depth")?,
             "--threads" => threads = value("--threads")?,
             "--check" => check = true,
+            "--same" => same = true,
             _ if a.starts_with("--") => anyhow::bail!("unknown flag {a}"),
             _ => path = Some(PathBuf::from(a)),
         }
@@ -111,7 +117,7 @@ fn main() -> anyhow::Result<()> {
     for (&(k, n), datas) in &groups {
         let batch = datas
             .iter()
-            .map(|d| MatrixRef::new(k, n, d))
+            .map(|d| MatrixRef::new(k, n, if same { &datas[0] } else { d }))
             .collect::<Result<Vec<_>, _>>()?;
         let t = Instant::now();
         let factors = backend.lowrank(&batch, rank, &opts)?;
