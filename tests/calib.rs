@@ -136,28 +136,14 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
     // Statistics from the cache give the same file as statistics computed afresh. One plan
     // without the refit is enough to show it (the cache holds the statistics, whatever the
     // strategy): the same compile with the cache and without it.
-    let mut quick: Vec<&OsStr> = calib_args
-        .iter()
-        .enumerate()
-        .filter(|&(i, a)| {
-            *a != os("--eval-text") && (i == 0 || calib_args[i - 1] != os("--eval-text"))
-        })
-        .map(|(_, a)| *a)
-        .collect();
+    let mut quick = without(&calib_args, "--eval-text");
     assert_eq!(quick.len() + 2, calib_args.len());
     quick.extend([os("--strategy"), os("uniform"), os("--no-sequential")]);
     let second = dir.path().join("b.onnx");
     let r2 = compile(&model, &second, &quick);
     assert_eq!(r2["calibration"]["cached"], true);
-    let fresh: Vec<&OsStr> = quick
-        .iter()
-        .enumerate()
-        .filter(|&(i, a)| {
-            *a != os("--calib-cache") && (i == 0 || quick[i - 1] != os("--calib-cache"))
-        })
-        .map(|(_, a)| *a)
-        .chain([os("--no-calib-cache")])
-        .collect();
+    let mut fresh = without(&quick, "--calib-cache");
+    fresh.push(os("--no-calib-cache"));
     let third = dir.path().join("c.onnx");
     let r3 = compile(&model, &third, &fresh);
     assert_eq!(r3["calibration"]["cached"], false);
@@ -201,6 +187,15 @@ fn calibrated_smollm2_layers_beat_plain_and_grams_match_onnxruntime() {
         logits(&rp, "top1_agreement"),
     );
     assert!(r["text_eval"]["perplexity_compressed"].as_f64().unwrap() > 0.0);
+}
+
+/// `args` without `flag` and the value after it.
+fn without<'a>(args: &[&'a OsStr], flag: &str) -> Vec<&'a OsStr> {
+    args.iter()
+        .enumerate()
+        .filter(|&(i, a)| *a != os(flag) && (i == 0 || args[i - 1] != os(flag)))
+        .map(|(_, a)| *a)
+        .collect()
 }
 
 /// A `.npy` of int64 token ids `[rows, len]`.
