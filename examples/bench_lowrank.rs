@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! cargo run --release --example bench_lowrank -- [MODEL.onnx] [--rank 64] [--min-elems 65536]
-//!     [--oversample 10] [--depth 4] [--threads N] [--check] [--same]
+//!     [--oversample 10] [--depth 4] [--threads N] [--check] [--same] [--transpose]
 //! ```
 //!
 //! `--same` factorizes the first matrix of each group as many times as the group has matrices
 //! (one buffer, so it stays in the caches that hold it): against the default, it tells how
-//! much of a group's time goes to reading different matrices from memory.
+//! much of a group's time goes to reading different matrices from memory. `--transpose`
+//! factorizes every matrix's transpose instead (the Krylov basis then lies on the other side).
 //!
 //! `--check` also computes the exact truncated SVD of the first matrix of each group (slow) and
 //! prints both relative Frobenius errors.
@@ -33,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     let mut threads = 0usize;
     let mut check = false;
     let mut same = false;
+    let mut transpose = false;
     let mut opts = SvdOptions::default();
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> anyhow::Result<usize> {
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             "--threads" => threads = value("--threads")?,
             "--check" => check = true,
             "--same" => same = true,
+            "--transpose" => transpose = true,
             _ if a.starts_with("--") => anyhow::bail!("unknown flag {a}"),
             _ => path = Some(PathBuf::from(a)),
         }
@@ -86,7 +89,17 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         if let Some(data) = t.as_f32() {
-            groups.entry((k, n)).or_default().push(data);
+            if transpose {
+                let mut tr = vec![0.0f32; k * n];
+                for (i, row) in data.chunks_exact(n).enumerate() {
+                    for (j, &x) in row.iter().enumerate() {
+                        tr[j * k + i] = x;
+                    }
+                }
+                groups.entry((n, k)).or_default().push(Cow::Owned(tr));
+            } else {
+                groups.entry((k, n)).or_default().push(data);
+            }
         }
     }
     let load_s = t0.elapsed().as_secs_f64();
