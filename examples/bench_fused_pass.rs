@@ -15,32 +15,21 @@ use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
+#[path = "common/mod.rs"]
+mod common;
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut path, mut panel, mut reps) = (None, 256usize, 3usize);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| -> anyhow::Result<usize> {
-            let v = args
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))?;
-            Ok(v.parse()?)
-        };
         match a.as_str() {
-            "--panel" => panel = value("--panel")?.max(1),
-            "--reps" => reps = value("--reps")?.max(1),
+            "--panel" => panel = common::usize_value(&mut args, "--panel")?.max(1),
+            "--reps" => reps = common::usize_value(&mut args, "--reps")?.max(1),
             _ if a.starts_with("--") => anyhow::bail!("unknown flag {a}"),
             _ => path = Some(PathBuf::from(a)),
         }
     }
-    let path = path.unwrap_or_else(|| {
-        let dir = std::env::var_os("HCC_MODELS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                    .join(".cache/hcc-models")
-            });
-        dir.join("gpt2-small-random.onnx")
-    });
+    let path = path.unwrap_or_else(common::default_model);
     let model = hcc::onnx::load(&path)?;
     let g = &model.graph;
     let mut largest: Option<(usize, usize, Vec<f32>)> = None;

@@ -26,6 +26,9 @@ use std::time::Instant;
 use hcc::compute::{Backend, Cpu, MatrixRef, SvdOptions};
 use hcc::ir::DType;
 
+#[path = "common/mod.rs"]
+mod common;
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut path: Option<PathBuf> = None;
@@ -37,12 +40,7 @@ fn main() -> anyhow::Result<()> {
     let mut transpose = false;
     let mut opts = SvdOptions::default();
     while let Some(a) = args.next() {
-        let mut value = |name: &str| -> anyhow::Result<usize> {
-            let v = args
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))?;
-            Ok(v.parse()?)
-        };
+        let mut value = |flag: &str| common::usize_value(&mut args, flag);
         match a.as_str() {
             "--rank" => rank = value("--rank")?,
             "--min-elems" => min_elems = value("--min-elems")?,
@@ -56,18 +54,7 @@ fn main() -> anyhow::Result<()> {
             _ => path = Some(PathBuf::from(a)),
         }
     }
-    let path = match path {
-        Some(p) => p,
-        None => {
-            let dir = std::env::var_os("HCC_MODELS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let home = std::env::var_os("HOME").unwrap_or_default();
-                    PathBuf::from(home).join(".cache/hcc-models")
-                });
-            dir.join("gpt2-small-random.onnx")
-        }
-    };
+    let path = path.unwrap_or_else(common::default_model);
     if threads > 0 {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
