@@ -1,7 +1,8 @@
 //! One Krylov block's two products over the largest 2-D weight of a model (GPT-2's token
 //! table by default), timed two ways: as two passes over the matrix (`Z = Wᵀ·Q`, then `W·Z`:
-//! the CPU backend's order, the basis on the long side) and fused into one pass over row panels
-//! (`Σₚ Wₚᵀ·(Wₚ·X)`: the basis on the short side, each panel read once while it is in cache).
+//! the CPU backend's order before it took the short side first, the basis on the long side)
+//! and fused into one pass over row panels (`Σₚ Wₚᵀ·(Wₚ·X)`: the basis on the short side, each
+//! panel read once while it is in cache, as `rsvd::ShortFirst` now does on large matrices).
 //! Same flops; the difference is memory traffic. Five blocks of 28 columns (rank 64).
 //!
 //! ```text

@@ -9,7 +9,8 @@
 //! `--same` factorizes the first matrix of each group as many times as the group has matrices
 //! (one buffer, so it stays in the caches that hold it): against the default, it tells how
 //! much of a group's time goes to reading different matrices from memory. `--transpose`
-//! factorizes every matrix's transpose instead (the Krylov basis then lies on the other side).
+//! factorizes every matrix's transpose instead (the same algorithm, the Krylov basis on the
+//! short side either way: it measures the other memory layout).
 //!
 //! `--check` also computes the exact truncated SVD of the first matrix of each group (slow) and
 //! prints both relative Frobenius errors.

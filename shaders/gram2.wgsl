@@ -13,6 +13,12 @@
 // memory at a time (read along whichever index is contiguous). Each entry is one sum over the
 // rows in order, so its bits do not depend on the batch or the tiling of the others. Every
 // loop runs over a range given by the parameters.
+//
+// Long X (split-K): with `splits` > 1, workgroup z = matrix · splits + split sums rows
+// split·chunk … (split + 1)·chunk − 1 only, into slot z of `out` (`[matrix][split][k][k][2]`,
+// never with `acc`), and `combine` then adds each entry's splits in order into the final
+// pairs, so that a Gram of many rows still fills the device. The split is a function of the
+// shape, so the bits are too.
 struct Params {
     n: u32,
     k: u32,
@@ -25,6 +31,9 @@ struct Params {
     acc: u32,
     // Always 0; see `opaque`.
     zero: u32,
+    // Row splits per matrix (1: none) and rows per split.
+    splits: u32,
+    chunk: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,7 +54,8 @@ fn high(x: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) & 0xfffff000u);
 }
 
-// The pair (s, c) of entry (a, b) of matrix z to start from: 0, or with `acc` what is there.
+// The pair (s, c) of entry (a, b) of output slot z to start from: 0, or with `acc` what is
+// there.
 fn start(z: u32, a: u32, b: u32) -> vec2<f32> {
     if (p.acc == 1u && a < p.k && b < p.k && a <= b) {
         let o = 2u * (z * p.k * p.k + a * p.k + b);
@@ -54,7 +64,16 @@ fn start(z: u32, a: u32, b: u32) -> vec2<f32> {
     return vec2<f32>(0.0, 0.0);
 }
 
-// Writes entry (a, b) of matrix z (upper triangle only).
+// (s, c) + (t, d): the sum of the leading parts by TwoSum, the trailing parts and its error
+// added into the second.
+fn add_pair(e: vec2<f32>, f: vec2<f32>) -> vec2<f32> {
+    let t = opaque(e.x + f.x);
+    let zz = opaque(t - e.x);
+    let lost = opaque(opaque(e.x - opaque(t - zz)) + opaque(f.x - zz));
+    return vec2<f32>(t, opaque(opaque(e.y + f.y) + lost));
+}
+
+// Writes entry (a, b) of output slot z (upper triangle only).
 fn finish(z: u32, a: u32, b: u32, e: vec2<f32>) {
     if (a < p.k && b < p.k && a <= b) {
         let o = 2u * (z * p.k * p.k + a * p.k + b);
@@ -89,13 +108,17 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    // z: the output slot (matrix · splits + split); m: the matrix.
     let z = wid.z;
+    let m = z / p.splits;
+    let r_begin = (z % p.splits) * p.chunk;
+    let r_end = min(p.n, r_begin + p.chunk);
     let ti = wid.y;
     let tj = wid.x;
     if (tj < ti) {
         return;
     }
-    let base = p.off + z * p.stride;
+    let base = p.off + m * p.stride;
     let flat = lid.x + 16u * lid.y;
     // This invocation's entries: rows a0, a0 + 1 and columns b0, b0 + 1 of G, as (s, c).
     let a0 = ti * T + lid.y * 2u;
@@ -104,7 +127,7 @@ fn main(
     var e01 = start(z, a0, b0 + 1u);
     var e10 = start(z, a0 + 1u, b0);
     var e11 = start(z, a0 + 1u, b0 + 1u);
-    for (var r0 = 0u; r0 < p.n; r0 += R) {
+    for (var r0 = r_begin; r0 < r_end; r0 += R) {
         // Stage rows r0 … r0 + 15 of both column blocks: 512 values each, 2 per invocation.
         for (var l = 0u; l < 2u; l++) {
             let idx = flat + 256u * l;
@@ -120,7 +143,7 @@ fn main(
             let cb = tj * T + lc;
             var va = 0.0;
             var vb = 0.0;
-            if (r < p.n) {
+            if (r < r_end) {
                 if (p.tr == 1u) {
                     if (ca < p.k) {
                         va = x[base + ca * p.ld + r];
@@ -161,4 +184,28 @@ fn main(
     finish(z, a0, b0 + 1u, e01);
     finish(z, a0 + 1u, b0, e10);
     finish(z, a0 + 1u, b0 + 1u, e11);
+}
+
+// The final pairs from the splits' (x: `[matrix][split][k][k][2]`): entry (a, b) of matrix
+// z is its splits added in order (`add_pair`), continuing what is in `out` with `acc`. One
+// invocation per entry of the upper triangles; `stride` holds the number of matrices.
+@compute @workgroup_size(64, 1, 1)
+fn combine(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = gid.y * nwg.x * 64u + gid.x;
+    let kk = p.k * p.k;
+    let z = e / kk;
+    let a = (e % kk) / p.k;
+    let b = e % p.k;
+    if (z >= p.stride || a > b) {
+        return;
+    }
+    var sum = start(z, a, b);
+    for (var sp = 0u; sp < p.splits; sp++) {
+        let o = 2u * ((z * p.splits + sp) * kk + a * p.k + b);
+        sum = add_pair(sum, vec2<f32>(x[o], x[o + 1u]));
+    }
+    finish(z, a, b, sum);
 }

@@ -1,14 +1,12 @@
 //! The CPU backend: faer GEMMs and `f64` dense factorizations, parallel with rayon.
 
-use faer::MatRef;
-
 use super::check::{check_finite, check_rank, gemm_shape, numerical};
 use super::dense::mul_rows;
 use super::mask::{self, CpuMasks};
 use super::rng::gaussian_f32;
 use super::rsvd::{
     check_lowrank, check_spectrum, exact_one, exact_spectrum, gram_one, gram_singular_values,
-    lowrank_one, per_matrix, spectrum_one, LowrankRoute, SpectrumRoute,
+    long_side, lowrank_one, per_matrix, spectrum_one, LowrankRoute, SpectrumRoute,
 };
 use super::{
     Backend, ComputeError, Factors, MaskPattern, MaskResult, Matrix, MatrixRef, SvdOptions,
@@ -42,10 +40,9 @@ impl Backend for Cpu {
             Some(LowrankRoute::Exact) => per_matrix(batch, |w| exact_one(w, rank)),
             Some(LowrankRoute::Gram) => per_matrix(batch, |w| gram_one(w, rank)),
             Some(LowrankRoute::Sketch(shape)) => {
-                let (n, b) = (batch[0].cols(), shape.block);
-                let omega = gaussian_f32(opts.seed, n, b);
-                let omega = MatRef::from_row_major_slice(&omega, n, b);
-                per_matrix(batch, |w| lowrank_one(w, rank, omega, shape.depth))
+                let (l, b) = (long_side(batch), shape.block);
+                let omega = gaussian_f32(opts.seed, l, b);
+                per_matrix(batch, |w| lowrank_one(w, rank, &omega, b, shape.depth))
             }
         }
     }
@@ -66,10 +63,9 @@ impl Backend for Cpu {
             SpectrumRoute::Trivial => Ok(vec![Vec::new(); batch.len()]),
             SpectrumRoute::Exact(kk) => per_matrix(batch, |w| exact_spectrum(w, kk)),
             SpectrumRoute::Sketch { kk, shape } => {
-                let (n, b) = (batch[0].cols(), shape.block);
-                let omega = gaussian_f32(opts.seed, n, b);
-                let omega = MatRef::from_row_major_slice(&omega, n, b);
-                per_matrix(batch, |w| spectrum_one(w, kk, omega, shape.depth))
+                let (l, b) = (long_side(batch), shape.block);
+                let omega = gaussian_f32(opts.seed, l, b);
+                per_matrix(batch, |w| spectrum_one(w, kk, &omega, b, shape.depth))
             }
         }
     }

@@ -386,8 +386,8 @@ pub struct SvdOptions {
     /// ([`KrylovShape`]); `r + p` also decides the route ([`SvdOptions::lowrank_route`]).
     /// Default 10.
     pub oversample: usize,
-    /// Depth `d` of the block Krylov range finder: the basis spans `W·Ω, (W·Wᵀ)·W·Ω, …,
-    /// (W·Wᵀ)^d·W·Ω` in `d + 1` blocks of `b = ⌈(2r + p)/(d + 1)⌉` columns. Default 4 (as
+    /// Depth `d` of the block Krylov range finder: the basis spans `A·Ω, (A·Aᵀ)·A·Ω, …,
+    /// (A·Aᵀ)^d·A·Ω` (`A`: the matrix short side first, [`Backend::lowrank`]) in `d + 1` blocks of `b = ⌈(2r + p)/(d + 1)⌉` columns. Default 4 (as
     /// many products with `W` as subspace iteration with 2 power iterations, on blocks about
     /// 40 % as wide: fewer flops and a smaller error, docs/PERF.md).
     pub depth: usize,
@@ -510,12 +510,14 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &str;
 
     /// Rank-`rank` factors of every matrix in `batch` by randomized SVD with a block Krylov
-    /// range finder (randomized block Lanczos, Musco & Musco 2015): Gaussian start Ω (`n × b`,
+    /// range finder (randomized block Lanczos, Musco & Musco 2015) on `A`, the matrix short
+    /// side first (`A = W` when `m ≤ n`, else `A = Wᵀ`; `s × l`): Gaussian start Ω (`l × b`,
     /// [`KrylovShape`], from `opts.seed`, the same Ω for every matrix of the batch),
-    /// `Q₀ = orth(W·Ω)`, then `opts.depth` blocks `Qᵢ₊₁ = orth(W·Wᵀ·Qᵢ ⊥ Q₀…Qᵢ)`, then
-    /// `B = Qᵀ·W` (whose blocks `Qᵢᵀ·W` the iteration has already formed) and the SVD of `B`
-    /// truncated to `rank`. Small matrices (see [`SvdOptions::exact_below`]) get an exact
-    /// SVD, and high ranks the Gram path ([`SvdOptions::lowrank_route`]).
+    /// `Q₀ = orth(A·Ω)`, then `opts.depth` blocks `Qᵢ₊₁ = orth(A·Aᵀ·Qᵢ ⊥ Q₀…Qᵢ)` (all on the
+    /// short side), then `B = Qᵀ·A` (whose blocks `Qᵢᵀ·A` the iteration has already formed)
+    /// and the SVD of `B` truncated to `rank`, transposed back for a tall `W`. Small matrices
+    /// (see [`SvdOptions::exact_below`]) get an exact SVD, and high ranks the Gram path
+    /// ([`SvdOptions::lowrank_route`]).
     ///
     /// All matrices of a batch must have the same shape `m × n`; `rank` must be in
     /// `1..=min(m, n)`. Output `i` belongs to `batch[i]`. An empty batch gives an empty vector.

@@ -1,13 +1,18 @@
 //! Randomized SVD (Halko–Martinsson–Tropp) with Cholesky-QR2 orthonormalisation.
 //!
-//! The large products (`W·X`, `Wᵀ·X`, `Qᵀ·W`, `Q·U_B`) run in `f32`; everything that decides
-//! orthogonality (Gram matrices, Cholesky, `Y·R⁻¹`) and the small SVD of `B` run in `f64`.
+//! The randomized routes work on the matrix short side first ([`ShortFirst`]): the basis and
+//! its orthonormalisation on the short side, `Bᵀ` on the long side. The large products
+//! (`A·X`, `Aᵀ·X`, `Q·U_B`, `Bᵀ·E·Σ⁻¹`) run in `f32`; everything that decides orthogonality
+//! (Gram matrices, Cholesky, `Y·R⁻¹`) and the small SVD of `B` run in `f64`.
 
 use faer::{MatRef, Par};
 use rayon::prelude::*;
 
 use super::check::{check_batch, check_rank, numerical, use_exact};
-use super::dense::{cholesky_upper, gram, inv_upper, mul_rows, mul_t, svd_f64, sweep, to_f64};
+use super::dense::{
+    cholesky_upper, clear_upper, clear_upper_all, gram, inv_upper, mul_rows, mul_t, svd_f64, sweep,
+    to_f64,
+};
 use super::{ComputeError, Factors, Matrix, MatrixRef, SvdOptions};
 
 /// Cholesky-QR passes tried before falling back to an `f64` SVD basis.
@@ -128,6 +133,12 @@ pub(crate) fn check_spectrum(
             shape: KrylovShape::new(kk, opts.oversample.max(kk), opts.depth, m.min(n)),
         }
     })
+}
+
+/// The long side `max(m, n)` of a same-shape batch's matrices (0 for an empty batch): the rows
+/// of the Gaussian start Ω of the randomized routes ([`ShortFirst`]).
+pub(crate) fn long_side(batch: &[MatrixRef<'_>]) -> usize {
+    batch.first().map_or(0, |w| w.rows().max(w.cols()))
 }
 
 /// `f` on every matrix of `batch`, in parallel on the current rayon pool; a failure becomes
@@ -313,47 +324,300 @@ fn subtract(y: &mut [f32], basis: &[Vec<f32>], coefs: &[Vec<f32>], m: usize, b: 
                 faer::Par::Seq,
             );
         }
+        clear_upper();
     });
 }
 
-/// The block Krylov range finder (randomized block Lanczos with full re-orthogonalisation):
-/// an orthonormal basis `Q = [Q₀ … Q_d]` (`m × (d+1)b`, returned as its blocks, `f32`) of
-/// `span[W·Ω, (W·Wᵀ)·W·Ω, …, (W·Wᵀ)^d·W·Ω]` for `omega` (`n × b`), and `Bᵀ = Wᵀ·Q`
-/// (`n × (d+1)b`, row-major `f32`), which the iteration computes anyway: block `i` of `Bᵀ`
-/// is `Zᵢ = Wᵀ·Qᵢ`, and the next block is `W·Zᵢ` with every earlier block projected out
-/// twice (orthonormalised between the two projections, so that what leaks back through
-/// `R⁻¹` is removed by the second).
+/// A matrix seen short side first: `A = W` (`s × l`, `s = m ≤ l = n`) when `W` is wide or
+/// square, `A = Wᵀ` (a view, no copy) when it is tall. The block Krylov basis is built for `A`,
+/// so it lives on the short side of every matrix, where orthonormalising it is cheap, and
+/// `Bᵀ = Aᵀ·Q` on the long side. Every backend factorizes this orientation, from a Gaussian
+/// start `Ω` of `l` rows.
+#[derive(Clone, Copy)]
+pub(crate) struct ShortFirst<'a> {
+    w: MatrixRef<'a>,
+    /// `A = Wᵀ`.
+    tall: bool,
+}
+
+/// Columns of `A` per panel of the passes over its long side: one panel (`s × PANEL`,
+/// 768 KB for `s = 768`) stays in a core's L2 cache between the two products of
+/// [`ShortFirst::fused`].
+const PANEL: usize = 256;
+
+/// Matrices of more bytes than this take a Krylov block's two products in one pass
+/// ([`ShortFirst::fused`]). Smaller ones stay in the last-level cache between two passes,
+/// where the two large products are faster than the fused panels' small ones.
+const FUSE_MIN_BYTES: usize = 32 << 20;
+
+/// Columns of `A` per task of the passes over its long side: about an eighth of it, whole
+/// panels, at most 4096. A function of `l` only, so partial sums are added in the same
+/// order on any pool.
+fn long_chunk(l: usize) -> usize {
+    l.div_ceil(8).next_multiple_of(PANEL).clamp(PANEL, 4096)
+}
+
+/// Adds row-major partial results of the same length in order.
+fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; len];
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// A row-major `rows × cols` view of `slice` whose rows start `ld` elements apart.
 ///
-/// Each block costs one product with `W` and one with `Wᵀ`, `2(d+1)b·2mn` flops in all,
+/// faer 0.24.4's `MatMut::from_row_major_slice_with_stride_mut` builds a column-major view
+/// (it passes the row stride as the column stride); the column-major constructor, transposed,
+/// is right.
+fn strided_rows_mut(
+    slice: &mut [f32],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+) -> faer::MatMut<'_, f32> {
+    faer::MatMut::from_column_major_slice_with_stride_mut(slice, cols, rows, ld).transpose_mut()
+}
+
+/// `x · y` written into columns `col..col + y.ncols()` of the row-major `out`
+/// (`x.nrows() × ld`), in fixed blocks of rows ([`super::dense::row_chunk`]).
+fn rows_into(x: MatRef<'_, f32>, y: MatRef<'_, f32>, out: &mut [f32], ld: usize, col: usize) {
+    let (rows, c) = (x.nrows(), y.ncols());
+    if rows == 0 || c == 0 {
+        return;
+    }
+    let ch = super::dense::row_chunk(rows);
+    out.par_chunks_mut(ch * ld).enumerate().for_each(|(t, oc)| {
+        let r = oc.len() / ld;
+        faer::linalg::matmul::matmul(
+            strided_rows_mut(&mut oc[col..], r, c, ld),
+            faer::Accum::Replace,
+            x.subrows(t * ch, r),
+            y,
+            1.0f32,
+            Par::Seq,
+        );
+        clear_upper();
+    });
+}
+
+impl<'a> ShortFirst<'a> {
+    pub(crate) fn new(w: MatrixRef<'a>) -> Self {
+        ShortFirst {
+            w,
+            tall: w.rows() > w.cols(),
+        }
+    }
+
+    /// `(s, l)`: the short and the long side.
+    fn dims(&self) -> (usize, usize) {
+        let (m, n) = self.w.shape();
+        if self.tall {
+            (n, m)
+        } else {
+            (m, n)
+        }
+    }
+
+    fn a(&self) -> MatRef<'a, f32> {
+        if self.tall {
+            self.w.faer().transpose()
+        } else {
+            self.w.faer()
+        }
+    }
+
+    /// `A·X` (`s × c`, row-major) for `x` (`l × c`, any strides). Wide: blocks of rows of
+    /// `W`. Tall: panels of rows of `W` (columns of `A`), partial products added in order.
+    fn times(&self, x: MatRef<'_, f32>) -> Vec<f32> {
+        let (s, l) = self.dims();
+        let c = x.ncols();
+        if !self.tall {
+            return mul_rows(self.w.faer(), x);
+        }
+        if s == 0 || l == 0 || c == 0 {
+            return vec![0.0f32; s * c];
+        }
+        let a = self.a();
+        let ch = long_chunk(l);
+        let parts: Vec<Vec<f32>> = (0..l.div_ceil(ch))
+            .into_par_iter()
+            .map(|t| {
+                let mut y = vec![0.0f32; s * c];
+                let cols = ch.min(l - t * ch);
+                for p0 in (0..cols).step_by(PANEL) {
+                    let (j, pc) = (t * ch + p0, PANEL.min(cols - p0));
+                    faer::linalg::matmul::matmul(
+                        faer::MatMut::from_row_major_slice_mut(&mut y, s, c),
+                        faer::Accum::Add,
+                        a.subcols(j, pc),
+                        x.subrows(j, pc),
+                        1.0f32,
+                        Par::Seq,
+                    );
+                }
+                clear_upper();
+                y
+            })
+            .collect();
+        sum_in_order(parts, s * c)
+    }
+
+    /// `Z = Aᵀ·Q` into columns `col..col + c` of `bt` (`l × ld`, row-major), for `q`
+    /// (`s × c`, row-major), by blocks of rows of `Aᵀ`.
+    fn t_times_into(&self, q: &[f32], c: usize, bt: &mut [f32], ld: usize, col: usize) {
+        let (s, _) = self.dims();
+        rows_into(
+            self.a().transpose(),
+            MatRef::from_row_major_slice(q, s, c),
+            bt,
+            ld,
+            col,
+        );
+    }
+
+    /// `Z = Aᵀ·Q` into columns `col..col + c` of `bt` (`l × ld`, row-major) and `Y = A·Z`
+    /// (`s × c`, returned row-major), for `q` (`s × c`, row-major). Large matrices
+    /// ([`FUSE_MIN_BYTES`]) in one pass over `A`: panel by panel of [`PANEL`] columns,
+    /// `Zₚ = Aₚᵀ·Q`, then `Y += Aₚ·Zₚ` while the panel is in cache; tasks are fixed runs of
+    /// panels whose partial `Y`s are added in order. Others in two passes.
+    fn times_t_times(
+        &self,
+        q: &[f32],
+        c: usize,
+        bt: &mut [f32],
+        ld: usize,
+        col: usize,
+    ) -> Vec<f32> {
+        let (s, l) = self.dims();
+        if s * l * 4 < FUSE_MIN_BYTES {
+            self.t_times_into(q, c, bt, ld, col);
+            return self.times(MatRef::from_row_major_slice_with_stride(
+                &bt[col..],
+                l,
+                c,
+                ld,
+            ));
+        }
+        self.fused(q, c, bt, ld, col)
+    }
+
+    /// [`ShortFirst::times_t_times`] in one pass, whatever the size.
+    fn fused(&self, q: &[f32], c: usize, bt: &mut [f32], ld: usize, col: usize) -> Vec<f32> {
+        use faer::reborrow::{Reborrow, ReborrowMut};
+        let (s, l) = self.dims();
+        if s == 0 || l == 0 || c == 0 {
+            return vec![0.0f32; s * c];
+        }
+        let a = self.a();
+        let qm = MatRef::from_row_major_slice(q, s, c);
+        let ch = long_chunk(l);
+        let parts: Vec<Vec<f32>> = bt
+            .par_chunks_mut(ch * ld)
+            .enumerate()
+            .map(|(t, zc)| {
+                let cols = zc.len() / ld;
+                let mut y = vec![0.0f32; s * c];
+                let mut ym = faer::MatMut::from_row_major_slice_mut(&mut y, s, c);
+                for p0 in (0..cols).step_by(PANEL) {
+                    let pc = PANEL.min(cols - p0);
+                    let ap = a.subcols(t * ch + p0, pc);
+                    let mut zp = strided_rows_mut(&mut zc[p0 * ld + col..], pc, c, ld);
+                    faer::linalg::matmul::matmul(
+                        zp.rb_mut(),
+                        faer::Accum::Replace,
+                        ap.transpose(),
+                        qm,
+                        1.0f32,
+                        Par::Seq,
+                    );
+                    faer::linalg::matmul::matmul(
+                        ym.rb_mut(),
+                        faer::Accum::Add,
+                        ap,
+                        zp.rb(),
+                        1.0f32,
+                        Par::Seq,
+                    );
+                }
+                clear_upper();
+                y
+            })
+            .collect();
+        sum_in_order(parts, s * c)
+    }
+}
+
+/// `xᵀ·y` (`x.ncols() × y.ncols()`, row-major) of two matrices with `rows` rows (any
+/// strides), summed over fixed blocks of rows in block order.
+fn mul_tn(x: MatRef<'_, f32>, y: MatRef<'_, f32>) -> Vec<f32> {
+    const CH: usize = 4096;
+    let (rows, a, c) = (x.nrows(), x.ncols(), y.ncols());
+    let parts: Vec<Vec<f32>> = (0..rows.div_ceil(CH))
+        .into_par_iter()
+        .map(|t| {
+            let r = CH.min(rows - t * CH);
+            let mut p = vec![0.0f32; a * c];
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(&mut p, a, c),
+                faer::Accum::Replace,
+                x.subrows(t * CH, r).transpose(),
+                y.subrows(t * CH, r),
+                1.0f32,
+                Par::Seq,
+            );
+            clear_upper();
+            p
+        })
+        .collect();
+    sum_in_order(parts, a * c)
+}
+
+/// The block Krylov range finder (randomized block Lanczos with full re-orthogonalisation) of
+/// `A` ([`ShortFirst`], `s × l`): an orthonormal basis `Q = [Q₀ … Q_d]` (`s × (d+1)b`,
+/// returned as its blocks, `f32`) of `span[A·Ω, (A·Aᵀ)·A·Ω, …, (A·Aᵀ)^d·A·Ω]` for `omega`
+/// (`l × b`, row-major), and `Bᵀ = Aᵀ·Q` (`l × (d+1)b`, row-major `f32`), which the
+/// iteration computes anyway: block `i` of `Bᵀ` is `Zᵢ = Aᵀ·Qᵢ`, and the next block is `A·Zᵢ`
+/// (the same pass over a large `A`, [`ShortFirst::times_t_times`]) with every earlier block
+/// projected out twice (orthonormalised between the two projections, so that what leaks back
+/// through `R⁻¹` is removed by the second).
+///
+/// Each block costs one product with `A` and one with `Aᵀ`, `2(d+1)b·2ls` flops in all,
 /// `Bᵀ` included; for the same accuracy this is 55–65 % of subspace iteration with `q = 2`
 /// and `b = r + 10` (docs/PERF.md).
 fn krylov(
-    w: MatrixRef<'_>,
-    omega: MatRef<'_, f32>,
+    a: ShortFirst<'_>,
+    omega: &[f32],
+    b: usize,
     depth: usize,
 ) -> Result<(Vec<Vec<f32>>, Vec<f32>), String> {
-    let (m, n) = w.shape();
-    let b = omega.ncols();
-    let a = w.faer();
+    let (s, l) = a.dims();
+    let k = (depth + 1) * b;
     let mut blocks: Vec<Vec<f32>> = Vec::with_capacity(depth + 1);
-    // Zᵢ = Wᵀ·Qᵢ (n × b each): the blocks of Bᵀ.
-    let mut zs: Vec<Vec<f32>> = Vec::with_capacity(depth + 1);
-    let y = mul_rows(a, omega);
-    let mut q = orth(&y, m, b, Orth::Final)?;
+    // Bᵀ (l × k), filled block by block: Zᵢ = Aᵀ·Qᵢ in columns ib..(i+1)b.
+    let mut bt = vec![0.0f32; l * k];
+    let y = a.times(MatRef::from_row_major_slice(omega, l, b));
+    let mut q = orth(&y, s, b, Orth::Final)?;
     for i in 0..=depth {
-        zs.push(mul_t(w.data(), m, n, &q, b));
-        blocks.push(q);
         if i == depth {
+            a.t_times_into(&q, b, &mut bt, k, i * b);
+            blocks.push(q);
             break;
         }
-        let z = &zs[i];
-        let mut y = mul_rows(a, MatRef::from_row_major_slice(z, n, b));
-        // The first projection's coefficients from the n side: Qⱼᵀ·y = Qⱼᵀ·W·Wᵀ·Qᵢ = Zⱼᵀ·Zᵢ.
-        let coefs: Vec<Vec<f32>> = zs.iter().map(|zj| mul_t(zj, n, b, z, b)).collect();
-        subtract(&mut y, &blocks, &coefs, m, b);
-        q = orth_against(y, &blocks, m, b, i)?;
+        let mut y = a.times_t_times(&q, b, &mut bt, k, i * b);
+        blocks.push(q);
+        // The first projection's coefficients from the long side: Qⱼᵀ·y = Qⱼᵀ·A·Aᵀ·Qᵢ = Zⱼᵀ·Zᵢ,
+        // for every j ≤ i in one product.
+        let done = MatRef::from_row_major_slice_with_stride(&bt, l, (i + 1) * b, k);
+        let all = mul_tn(done, done.subcols(i * b, b));
+        let coefs: Vec<Vec<f32>> = all.chunks(b * b).map(<[f32]>::to_vec).collect();
+        subtract(&mut y, &blocks, &coefs, s, b);
+        q = orth_against(y, &blocks, s, b, i)?;
     }
-    Ok((blocks, join_blocks(&zs, n, b)))
+    Ok((blocks, bt))
 }
 
 /// Most re-orthogonalisations of one Krylov block after the first projection.
@@ -424,56 +688,91 @@ fn join_blocks(blocks: &[Vec<f32>], m: usize, b: usize) -> Vec<f32> {
     out
 }
 
-/// Randomized rank-`rank` factors of `w` from the block Krylov basis started at `omega`
-/// (`n × b`) with `depth` further blocks ([`KrylovShape`]): the SVD of `B = Qᵀ·W`
-/// truncated to `rank`.
+/// Randomized rank-`rank` factors of `w` from the block Krylov basis of its short-side-first
+/// view `A` ([`ShortFirst`]) started at `omega` (`l × b`, row-major, `l = max(m, n)`) with
+/// `depth` further blocks ([`KrylovShape`]): the SVD of `B = Qᵀ·A` truncated to `rank`,
+/// `A ≈ (Q·U_B)·S·V_Bᵀ`, transposed back for a tall `W`.
 pub(crate) fn lowrank_one(
     w: MatrixRef<'_>,
     rank: usize,
-    omega: MatRef<'_, f32>,
+    omega: &[f32],
+    b: usize,
     depth: usize,
 ) -> Result<Factors, String> {
     let (m, n) = w.shape();
-    let b = omega.ncols();
-    let (blocks, bt) = krylov(w, omega, depth)?;
+    let a = ShortFirst::new(w);
+    let (s, l) = a.dims();
+    let (blocks, bt) = krylov(a, omega, b, depth)?;
     let k = blocks.len() * b;
-    let q = join_blocks(&blocks, m, b);
+    let q = join_blocks(&blocks, s, b);
     drop(blocks);
-    let bt = to_f64(&bt);
-    // Bᵀ = Vb S Ubᵀ  ⇔  B = Ub S Vbᵀ.
-    let (vb, s, ub) = small_svd(&bt, n, k, rank, true)?;
-    let r = rank.min(s.len());
-    // U = Q · Ub[:, :r] (f32: Q is orthonormal to f32 rounding already).
-    let ub_r: Vec<f32> = (0..k)
-        .flat_map(|i| (0..r).map(move |j| (i, j)))
-        .map(|(i, j)| ub[(i, j)] as f32)
-        .collect();
-    let u = mul_rows(
-        MatRef::from_row_major_slice(&q, m, k),
-        MatRef::from_row_major_slice(&ub_r, k, r),
+    let (long, sig, ub) = small_factors(&bt, l, k, rank)?;
+    drop(bt);
+    let r = sig.len();
+    // The short side: Q · U_B[:, :r] (Q is orthonormal to f32 rounding already).
+    let short = mul_rows(
+        MatRef::from_row_major_slice(&q, s, k),
+        MatRef::from_row_major_slice(&ub, k, r),
     );
-    let mut vt = vec![0.0f32; r * n];
-    for l in 0..r {
-        for j in 0..n {
-            vt[l * n + j] = vb[(j, l)] as f32;
-        }
-    }
-    Ok(finish(u, &s[..r], vt, m, n, r))
+    let (u, vt) = if a.tall {
+        (long, transpose_rm(&short, s, r))
+    } else {
+        (short, transpose_rm(&long, l, r))
+    };
+    Ok(finish(u, &sig, vt, m, n, r))
 }
 
-/// The top `kk` singular values of `w` from the block Krylov basis started at `omega`
-/// (`n × b`) with `depth` further blocks.
+/// `(V_B, σ, U_B)` of [`small_factors`], the vectors row-major `f32`.
+type SmallFactors = (Vec<f32>, Vec<f64>, Vec<f32>);
+
+/// The rank-`rank` SVD of `B` from `Bᵀ` (`l × k`, row-major `f32`) as `(V_B, σ, U_B)`:
+/// `V_B` (`l × r`) and `U_B` (`k × r`) row-major `f32`, through the eigendecomposition of
+/// the `k × k` Gram `B·Bᵀ` accumulated in `f64` (`B·Bᵀ = U_B Σ² U_Bᵀ`, `V_B = Bᵀ·U_B·Σ⁻¹`,
+/// the product in `f32` as on the GPU); σ accurate to ~`u·σ₁²/σᵢ`. Falls back to the dense
+/// `f64` SVD of `Bᵀ` when a kept σ is below the Gram's resolution floor (1e-7·σ₁: a
+/// numerically rank-deficient sketch), whose vectors the Gram cannot give.
+fn small_factors(bt: &[f32], l: usize, k: usize, rank: usize) -> Result<SmallFactors, String> {
+    let g = gram(bt, l, k);
+    let top = top_eigen(&g, k, rank.min(k))?;
+    if top.inv.contains(&0.0) {
+        let (vb, sig, ub) = svd_f64(MatRef::from_row_major_slice(&to_f64(bt), l, k), true)?;
+        let r = rank.min(sig.len());
+        let rm = |x: &faer::Mat<f64>, rows: usize| -> Vec<f32> {
+            (0..rows)
+                .flat_map(|i| (0..r).map(move |j| x[(i, j)] as f32))
+                .collect()
+        };
+        return Ok((rm(&vb, l), sig[..r].to_vec(), rm(&ub, k)));
+    }
+    let r = top.sig.len();
+    let mut es = vec![0.0f32; k * r];
+    for a in 0..k {
+        for j in 0..r {
+            es[a * r + j] = (top.e[(a, j)] * top.inv[j]) as f32;
+        }
+    }
+    let long = mul_rows(
+        MatRef::from_row_major_slice(bt, l, k),
+        MatRef::from_row_major_slice(&es, k, r),
+    );
+    Ok((long, top.sig, top.short))
+}
+
+/// The top `kk` singular values of `w` from the block Krylov basis of its short-side-first
+/// view ([`ShortFirst`]) started at `omega` (`l × b`, row-major) with `depth` further blocks.
 pub(crate) fn spectrum_one(
     w: MatrixRef<'_>,
     kk: usize,
-    omega: MatRef<'_, f32>,
+    omega: &[f32],
+    b: usize,
     depth: usize,
 ) -> Result<Vec<f32>, String> {
-    let (blocks, bt) = krylov(w, omega, depth)?;
-    let k = blocks.len() * omega.ncols();
-    let bt = to_f64(&bt);
-    let (_, s, _) = small_svd(&bt, w.cols(), k, kk, false)?;
-    Ok(s.iter().take(kk).map(|&x| x as f32).collect())
+    let a = ShortFirst::new(w);
+    let (blocks, bt) = krylov(a, omega, b, depth)?;
+    let k = blocks.len() * b;
+    let g = gram(&bt, a.dims().1, k);
+    let s = gram_singular_values(&g, k).map_err(|e| e.to_string())?;
+    Ok(s.into_iter().take(kk).collect())
 }
 
 /// The SVD of `Bᵀ` (`n × k`, row-major `f64`) as `svd_f64` gives it — `(V_B, σ, U_B)` — with
@@ -554,8 +853,9 @@ pub(crate) fn finish(
     n: usize,
     r: usize,
 ) -> Factors {
-    for l in 0..r {
-        let row = &vt[l * n..(l + 1) * n];
+    let mut flip = vec![false; r];
+    for (l, f) in flip.iter_mut().enumerate() {
+        let row = &mut vt[l * n..(l + 1) * n];
         let mut best = 0usize;
         for (j, v) in row.iter().enumerate() {
             if v.abs() > row[best].abs() {
@@ -563,13 +863,20 @@ pub(crate) fn finish(
             }
         }
         if n > 0 && row[best] < 0.0 {
-            for v in &mut vt[l * n..(l + 1) * n] {
+            *f = true;
+            for v in row.iter_mut() {
                 *v = -*v;
             }
-            for i in 0..m {
-                u[i * r + l] = -u[i * r + l];
-            }
         }
+    }
+    if flip.contains(&true) {
+        u.par_chunks_mut(r.max(1)).for_each(|row| {
+            for (v, &f) in row.iter_mut().zip(&flip) {
+                if f {
+                    *v = -*v;
+                }
+            }
+        });
     }
     Factors {
         u: Matrix {
@@ -648,7 +955,12 @@ pub(crate) fn top_eigen_seq(g: &[f64], s_dim: usize, rank: usize) -> Result<TopE
 
 fn top_eigen_par(g: &[f64], s_dim: usize, rank: usize, par: Par) -> Result<TopEigen, String> {
     let gm = MatRef::from_row_major_slice(g, s_dim, s_dim);
-    let (vals, e) = super::eigen::top_eigenpairs(gm, rank, par)?;
+    let got = super::eigen::top_eigenpairs(gm, rank, par);
+    match par {
+        Par::Seq => clear_upper(),
+        _ => clear_upper_all(),
+    }
+    let (vals, e) = got?;
     let r = vals.len();
     let sig: Vec<f64> = vals.iter().map(|&v| v.max(0.0).sqrt()).collect();
     let floor = sig.first().copied().unwrap_or(0.0) * 1e-7;
@@ -720,27 +1032,98 @@ mod tests {
     /// the zero matrix.
     #[test]
     fn krylov_basis_is_orthonormal_when_the_space_runs_out() {
-        let (m, n, b, depth) = (600, 300, 10, 4);
-        let x = gaussian_f32(5, m, 2);
-        let y = gaussian_f32(6, 2, n);
-        let low = Matrix::from_fn(m, n, |i, j| x[i * 2] * y[j] + x[i * 2 + 1] * y[n + j]).unwrap();
-        let random = Matrix::new(m, n, gaussian_f32(7, m, n)).unwrap();
-        let zero = Matrix::zeros(m, n);
-        let om = gaussian_f32(0, n, b);
-        for (name, w) in [("random", &random), ("rank 2", &low), ("zero", &zero)] {
-            let om = MatRef::from_row_major_slice(&om, n, b);
-            let (blocks, bt) = krylov(w.view(), om, depth).unwrap();
-            let k = blocks.len() * b;
-            assert_eq!((blocks.len(), bt.len()), (depth + 1, n * k));
-            let q = join_blocks(&blocks, m, b);
-            let dev = max_dev_from_identity(&gram(&q, m, k), k);
-            assert!(dev < 1e-5, "{name}: max |QᵀQ − I| = {dev:e}");
-            // Bᵀ = Wᵀ·Q.
-            let want = mul_t(w.data(), m, n, &q, k);
-            let scale = want.iter().fold(1.0f32, |a, v| a.max(v.abs()));
-            for (g, w) in bt.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-5 * scale, "{name}: Bᵀ {g} vs {w}");
+        let (b, depth) = (10, 4);
+        // Tall (the basis on the 300 side, A = Wᵀ) and wide (A = W).
+        for (m, n) in [(600, 300), (300, 700)] {
+            let x = gaussian_f32(5, m, 2);
+            let y = gaussian_f32(6, 2, n);
+            let low =
+                Matrix::from_fn(m, n, |i, j| x[i * 2] * y[j] + x[i * 2 + 1] * y[n + j]).unwrap();
+            let random = Matrix::new(m, n, gaussian_f32(7, m, n)).unwrap();
+            let zero = Matrix::zeros(m, n);
+            let (s, l) = (m.min(n), m.max(n));
+            let om = gaussian_f32(0, l, b);
+            for (name, w) in [("random", &random), ("rank 2", &low), ("zero", &zero)] {
+                let a = ShortFirst::new(w.view());
+                assert_eq!(a.dims(), (s, l));
+                let (blocks, bt) = krylov(a, &om, b, depth).unwrap();
+                let k = blocks.len() * b;
+                assert_eq!((blocks.len(), bt.len()), (depth + 1, l * k));
+                let q = join_blocks(&blocks, s, b);
+                let dev = max_dev_from_identity(&gram(&q, s, k), k);
+                assert!(dev < 1e-5, "{m}×{n} {name}: max |QᵀQ − I| = {dev:e}");
+                // Bᵀ = Aᵀ·Q, against a plain product with the explicit A.
+                let at = if m > n {
+                    w.data().to_vec()
+                } else {
+                    transpose_rm(w.data(), m, n)
+                };
+                let want = mul_rows(
+                    MatRef::from_row_major_slice(&at, l, s),
+                    MatRef::from_row_major_slice(&q, s, k),
+                );
+                let scale = want.iter().fold(1.0f32, |a, v| a.max(v.abs()));
+                for (g, w) in bt.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * scale,
+                        "{m}×{n} {name}: Bᵀ {g} vs {w}"
+                    );
+                }
             }
+        }
+    }
+
+    /// The fused pass gives the two products of the separate passes (to `f32` rounding), for
+    /// both orientations and a long side that is not a whole number of panels; the columns of
+    /// `Bᵀ` around the block it writes are left alone.
+    #[test]
+    fn fused_pass_matches_two_products() {
+        for (m, n) in [(1300, 70), (70, 1300), (64, 64)] {
+            let w = Matrix::new(m, n, gaussian_f32(11, m, n)).unwrap();
+            let a = ShortFirst::new(w.view());
+            let (s, l) = a.dims();
+            let (c, ld, col) = (5, 12, 3);
+            let q = gaussian_f32(12, s, c);
+            let mut bt = vec![7.0f32; l * ld];
+            let y = a.fused(&q, c, &mut bt, ld, col);
+            let mut bt2 = vec![7.0f32; l * ld];
+            a.t_times_into(&q, c, &mut bt2, ld, col);
+            let y2 = a.times(MatRef::from_row_major_slice_with_stride(
+                &bt2[col..],
+                l,
+                c,
+                ld,
+            ));
+            // Against the explicit A.
+            let at = if m > n {
+                w.data().to_vec()
+            } else {
+                transpose_rm(w.data(), m, n)
+            };
+            let z3 = mul_rows(
+                MatRef::from_row_major_slice(&at, l, s),
+                MatRef::from_row_major_slice(&q, s, c),
+            );
+            for i in 0..l {
+                for j in 0..ld {
+                    let (g, g2) = (bt[i * ld + j], bt2[i * ld + j]);
+                    if (col..col + c).contains(&j) {
+                        let want = z3[i * c + j - col];
+                        assert!(
+                            (g - want).abs() <= 1e-4,
+                            "{m}×{n} Z ({i}, {j}): {g} vs {want}, two-pass {g2}"
+                        );
+                        assert!((g2 - want).abs() <= 1e-4, "{m}×{n} Z: {g2} vs {want}");
+                    } else {
+                        assert_eq!((g, g2), (7.0, 7.0), "{m}×{n}: column {j} written");
+                    }
+                }
+            }
+            let scale = y2.iter().fold(1.0f32, |a, v| a.max(v.abs()));
+            for (g, w) in y.iter().zip(&y2) {
+                assert!((g - w).abs() <= 1e-5 * scale, "{m}×{n} Y: {g} vs {w}");
+            }
+            assert_eq!(y.len(), s * c);
         }
     }
 

@@ -32,10 +32,11 @@ const NM_MASK_WGSL: &str = include_str!("../../../shaders/nm_mask.wgsl");
 const NORMS_WGSL: &str = include_str!("../../../shaders/norms.wgsl");
 pub(super) const CHOL_WGSL: &str = include_str!("../../../shaders/chol.wgsl");
 const GRAM2_WGSL: &str = include_str!("../../../shaders/gram2.wgsl");
+const TRANSPOSE_WGSL: &str = include_str!("../../../shaders/transpose.wgsl");
 
 /// Every shader file, by name (for the naga validation tests).
 #[cfg(test)]
-pub(super) const SHADERS: [(&str, &str); 7] = [
+pub(super) const SHADERS: [(&str, &str); 8] = [
     ("gemm.wgsl", GEMM_WGSL),
     ("reduce.wgsl", REDUCE_WGSL),
     ("histogram.wgsl", HISTOGRAM_WGSL),
@@ -43,6 +44,7 @@ pub(super) const SHADERS: [(&str, &str); 7] = [
     ("norms.wgsl", NORMS_WGSL),
     ("chol.wgsl", CHOL_WGSL),
     ("gram2.wgsl", GRAM2_WGSL),
+    ("transpose.wgsl", TRANSPOSE_WGSL),
 ];
 
 /// Default memory budget on a software (CPU) adapter such as lavapipe.
@@ -153,8 +155,12 @@ pub(super) enum Kernel {
     Chol {
         f64: bool,
     },
-    /// Gram matrices accumulated in double-`f32` (shaders/gram2.wgsl).
+    /// Gram matrices accumulated in double-`f32` (shaders/gram2.wgsl) …
     Gram2,
+    /// … and the sum of their row splits (its `combine`).
+    Gram2Combine,
+    /// Out-of-place transposes of row blocks (shaders/transpose.wgsl).
+    Transpose,
 }
 
 /// The device and everything created on it.
@@ -706,6 +712,7 @@ impl Ctx {
             "norms" => NORMS_WGSL.to_string(),
             "chol" => super::gemm::chol_source(f64, self.chol_kmax)?,
             "gram2" => GRAM2_WGSL.to_string(),
+            "transpose" => TRANSPOSE_WGSL.to_string(),
             _ => return Err(device_err(format!("unknown shader {file}"))),
         };
         let module = self.checked(&format!("compiling {file}.wgsl"), || {
@@ -762,6 +769,8 @@ impl Ctx {
             Kernel::ColSq => ("norms", false, "col_sq", vec![]),
             Kernel::Chol { f64 } => ("chol", f64, "main", vec![]),
             Kernel::Gram2 => ("gram2", false, "main", vec![]),
+            Kernel::Gram2Combine => ("gram2", false, "combine", vec![]),
+            Kernel::Transpose => ("transpose", false, "main", vec![]),
         };
         let module = self.module(file, f64)?;
         let pipeline = self.checked(&format!("creating the {k:?} pipeline"), || {

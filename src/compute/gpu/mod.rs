@@ -64,9 +64,12 @@
 //! resident for its whole factorization; the concurrent jobs of [`Backend::lowrank_many`]
 //! share it. Uploads keep up to 1/8 of it in host staging buffers for reuse.
 //! A tensor larger than one storage binding (lavapipe: 128 MiB; GPT-2's 50257 × 768 `f32` table
-//! is 154 MB) is split into blocks of rows. Not split: the column-side buffers of one matrix
-//! (the `n × k` sketch products, the `min(m, n)²` Gram of the Gram path) must each fit one
-//! binding — at 128 MiB that is `n · k ≤ 32 M` elements — else the call fails with
+//! is 154 MB) is split into blocks of rows (the randomized path stores a tall matrix transposed,
+//! short side first as the CPU factorizes it: uploaded by blocks of its rows, transposed on the
+//! device into blocks of the transpose's rows). Not split: the long-side buffers of one matrix
+//! (the `max(m, n) × k` products `Bᵀ`) must each fit one binding — at 128 MiB that is
+//! `max(m, n) · k ≤ 32 M` elements — else the batch runs on the CPU backend (same algorithm,
+//! logged); the `min(m, n)²` Gram of the Gram path must fit too, else the call fails with
 //! [`ComputeError::Device`].
 //!
 //! # Determinism
@@ -293,6 +296,15 @@ impl Backend for Gpu {
             LowrankRoute::Gram => return rsvd::gram_path(&self.ctx, batch, rank),
             LowrankRoute::Sketch(shape) => shape,
         };
+        if !rsvd::randomized_fits(&self.ctx, dims, shape) {
+            tracing::info!(
+                "gpu: the {}×{} randomized SVD's long-side buffers exceed one binding of {}                  bytes: this batch runs on the CPU",
+                dims.0,
+                dims.1,
+                self.ctx.binding_limit
+            );
+            return Cpu.lowrank(batch, rank, opts);
+        }
         let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Factors(rank))
             .map_err(|e| match check_all_finite(batch) {
                 // A non-finite input is reported first, as on the CPU, whatever failed.
@@ -384,6 +396,15 @@ impl Backend for Gpu {
             SpectrumRoute::Exact(kk) => return per_matrix(batch, |w| exact_spectrum(w, kk)),
             SpectrumRoute::Sketch { kk, shape } => (kk, shape),
         };
+        if !rsvd::randomized_fits(&self.ctx, batch[0].shape(), shape) {
+            tracing::info!(
+                "gpu: the {:?} spectrum's long-side buffers exceed one binding of {} bytes: \
+                 this batch runs on the CPU",
+                batch[0].shape(),
+                self.ctx.binding_limit
+            );
+            return Cpu.spectrum_with(batch, k, opts);
+        }
         let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Spectrum(kk))?;
         Ok(got.into_iter().filter_map(rsvd::Got::spectrum).collect())
     }

@@ -1,9 +1,11 @@
 //! Randomized SVD, spectra and the Gram-eigendecomposition path on the GPU.
 //!
-//! The algorithm is the CPU backend's (see `compute::rsvd`): the same Ω (from
-//! `rng::gaussian_f32` and the seed), the same block Krylov basis (block width, depth, two
-//! block Gram–Schmidt projections with a Cholesky-QR2 orthonormalisation after each). What
-//! runs where:
+//! The algorithm is the CPU backend's (see `compute::rsvd`): the matrix short side first (a
+//! tall group is uploaded by blocks of its rows and transposed on the device,
+//! shaders/transpose.wgsl, so that everything below runs on `A = Wᵀ` and the m side of this
+//! file is the short side), the same Ω (from `rng::gaussian_f32` and the seed), the same
+//! block Krylov basis (block width, depth, two block Gram–Schmidt projections with a
+//! Cholesky-QR2 orthonormalisation after each). What runs where:
 //! - on the GPU, in `f32`: `W·X`, `Wᵀ·X`, `Y·R⁻¹`, the projections `Y −= Qⱼ·(Qⱼᵀ·Y)`, `Q·U_B`
 //!   (the GEMM of gemm.wgsl, batched over the matrices of a group);
 //! - on the GPU, accumulated in `f64` where the adapter has `SHADER_F64`: the Gram matrices
@@ -27,8 +29,8 @@ use crate::compute::dense::{cholesky_upper, inv_upper, to_f64};
 use crate::compute::rng::gaussian_f32;
 use crate::compute::rsvd::{
     finish, gram_factors, gram_one, gram_singular_values, max_dev_from_identity, per_matrix,
-    shifted_cholesky, small_svd, svd_basis, top_eigen_seq, KrylovShape, Orth, MAX_PASSES,
-    MAX_REORTH, ONE_PASS_KAPPA, REORTH_KEEP, RESTART_SEED,
+    shifted_cholesky, small_svd, svd_basis, top_eigen_seq, transpose_rm, KrylovShape, Orth,
+    MAX_PASSES, MAX_REORTH, ONE_PASS_KAPPA, REORTH_KEEP, RESTART_SEED,
 };
 use crate::compute::{ComputeError, Factors, MatrixRef, SvdOptions};
 
@@ -111,6 +113,35 @@ pub(super) fn randomized_needs(m: usize, n: usize, shape: KrylovShape) -> Needs 
             + 16,
         shared: 4 * n64 * b,
     }
+}
+
+/// [`randomized_needs`] of `m × n` matrices short side first (the CPU's `rsvd::ShortFirst`:
+/// the basis on the short side, Ω and `Bᵀ` on the long side; a tall group is stored
+/// transposed, and holds its upload until then).
+fn short_first_needs((m, n): (usize, usize), shape: KrylovShape) -> Needs {
+    let mut needs = randomized_needs(m.min(n), m.max(n), shape);
+    if m > n {
+        needs.per_matrix += 4 * (m * n) as u64;
+    }
+    needs
+}
+
+/// The [`Plan`] of the randomized path for `count` matrices `m × n`: groups of matrices and
+/// blocks of the rows of their short-side-first view.
+pub(super) fn randomized_plan(
+    ctx: &Ctx,
+    count: usize,
+    (m, n): (usize, usize),
+    shape: KrylovShape,
+) -> GpuResult<Plan> {
+    plan(ctx, count, m.min(n), &short_first_needs((m, n), shape))
+}
+
+/// Whether the randomized path can take `m × n` matrices on this device: the long-side
+/// buffers of one matrix (`Bᵀ`, `max(m, n) × k`) are not split, so each must fit one binding.
+pub(super) fn randomized_fits(ctx: &Ctx, (m, n): (usize, usize), shape: KrylovShape) -> bool {
+    let needs = short_first_needs((m, n), shape);
+    needs.side_bytes <= ctx.binding_limit && needs.row_bytes <= ctx.binding_limit
 }
 
 pub(super) fn plan(ctx: &Ctx, count: usize, m: usize, needs: &Needs) -> GpuResult<Plan> {
@@ -214,6 +245,17 @@ struct Group<'c> {
     w: Vec<wgpu::Buffer>,
     /// Whether every uploaded element is finite (checked while copying).
     finite: bool,
+    /// Tall matrices uploaded as they are, to be stored transposed by [`Group::orient`]
+    /// before any product.
+    pending: Option<Pending>,
+}
+
+/// A group of tall `m × n` matrices uploaded by blocks of their rows (`[g][rows][n]` per
+/// buffer), not yet transposed.
+struct Pending {
+    bufs: Vec<wgpu::Buffer>,
+    blocks: Vec<(usize, usize)>,
+    cols: usize,
 }
 
 /// The CPU's error for the first non-finite element of `mats` (matrix `i` is `at(i)` of the
@@ -262,7 +304,80 @@ impl<'c> Group<'c> {
             blocks: blocks.to_vec(),
             w: w.into_iter().map(|(b, _)| b).collect(),
             finite,
+            pending: None,
         })
+    }
+
+    /// The group of the randomized path, short side first (the CPU's `rsvd::ShortFirst`):
+    /// wide matrices as they are ([`Group::upload`], `blocks` over their rows); tall `m × n`
+    /// ones as `A = Wᵀ` (`n × m`, `blocks` over its `n` rows), uploaded by blocks of their own
+    /// rows and transposed on the device by [`Group::orient`], which must run first.
+    fn upload_short_first(
+        ctx: &'c Ctx,
+        mats: &[MatrixRef<'_>],
+        blocks: &[(usize, usize)],
+    ) -> GpuResult<Self> {
+        let (m, n) = mats[0].shape();
+        if m <= n {
+            return Self::upload(ctx, mats, blocks);
+        }
+        let g = mats.len();
+        let per_row = (g * n * 4) as u64;
+        let rows = (ctx.binding_limit / per_row.max(1)).clamp(1, m as u64) as usize;
+        let up = Self::upload(ctx, mats, &self::blocks(m, rows))?;
+        Ok(Group {
+            ctx,
+            g,
+            n: m,
+            blocks: blocks.to_vec(),
+            w: Vec::new(),
+            finite: up.finite,
+            pending: Some(Pending {
+                bufs: up.w,
+                blocks: up.blocks,
+                cols: n,
+            }),
+        })
+    }
+
+    /// Records the transposes of a group from [`Group::upload_short_first`] (nothing for wide
+    /// matrices): every block of `A = Wᵀ`'s rows from every block of `W`'s rows
+    /// (shaders/transpose.wgsl); `W`'s buffers are released once the commands have run.
+    fn orient(&mut self, s: &mut Session<'_>) -> GpuResult<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let (l, sd) = (self.n, p.cols);
+        let u = |v: usize| {
+            u32::try_from(v).map_err(|_| device_err(format!("transpose: {v} exceeds 32 bits")))
+        };
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for &(c0, rc) in &self.blocks {
+            let buf = self
+                .ctx
+                .buffer((self.g * rc * l * 4) as u64, "transposed weights")?;
+            for (src, &(r0, rw)) in p.bufs.iter().zip(&p.blocks) {
+                let params = [
+                    u(rw)?,
+                    u(rc)?,
+                    u(sd)?,
+                    u(rw * sd)?,
+                    u(c0)?,
+                    u(l)?,
+                    u(rc * l)?,
+                    u(r0)?,
+                ];
+                s.dispatch(
+                    Kernel::Transpose,
+                    &params,
+                    &[src, &buf],
+                    (u(rc.div_ceil(16))?, u(rw.div_ceil(16))?, u(self.g)?),
+                )?;
+            }
+            out.push(buf);
+        }
+        self.w = out;
+        Ok(())
     }
 
     /// An m-side set with `cols` columns.
@@ -878,6 +993,34 @@ impl<'c> Group<'c> {
     }
 }
 
+/// The short-side-first view of every matrix of `mats` as the randomized path stores it on
+/// the device ([`Group::upload_short_first`] and [`Group::orient`] with the plan's blocks),
+/// read back: per matrix `A = W` or `Wᵀ`, row-major.
+#[cfg(test)]
+pub(super) fn short_first_on_device(
+    ctx: &Ctx,
+    mats: &[MatrixRef<'_>],
+    shape: KrylovShape,
+) -> GpuResult<Vec<Vec<f32>>> {
+    let plan = randomized_plan(ctx, mats.len(), mats[0].shape(), shape)?;
+    let mut out = Vec::with_capacity(mats.len());
+    for group in mats.chunks(plan.g) {
+        out.extend(ctx.run(|| {
+            let mut grp = Group::upload_short_first(ctx, group, &plan.blocks[..])?;
+            let mut s = Session::new(ctx);
+            grp.orient(&mut s)?;
+            let set = Tall {
+                bufs: grp.w.clone(),
+                rows: grp.blocks.iter().map(|b| b.1).collect(),
+                cols: grp.n,
+                f64: false,
+            };
+            grp.read_all::<f32>(&mut s, &set)
+        })?);
+    }
+    Ok(out)
+}
+
 /// `‖R‖_F · ‖R⁻¹‖_F`, an upper bound of κ₂(R) (at most `k` times it) that costs `O(k²)`
 /// given `R⁻¹`; `∞` when not finite. Used to decide the single pass of an iterate, so it
 /// never takes one where the CPU's exact κ₂ test would not.
@@ -938,8 +1081,9 @@ pub(super) fn randomized(
     want: Want,
 ) -> GpuResult<Vec<Got>> {
     let (m, n) = batch[0].shape();
-    let plan = plan(ctx, batch.len(), m, &randomized_needs(m, n, shape))?;
-    let omega_buf = ctx.sketch(opts.seed, n, shape.block)?;
+    let l = m.max(n);
+    let plan = randomized_plan(ctx, batch.len(), (m, n), shape)?;
+    let omega_buf = ctx.sketch(opts.seed, l, shape.block)?;
     let mut out = Vec::with_capacity(batch.len());
     tracing::trace!("gpu rsvd {m}×{n}: sketch ready");
     for (gi, mats) in batch.chunks(plan.g).enumerate() {
@@ -1048,8 +1192,18 @@ pub(super) struct Gram2 {
     pub(super) acc: bool,
 }
 
+/// Rows per split of a double-`f32` Gram over many rows (shaders/gram2.wgsl's split-K: each
+/// entry's sum is a chain of dependent roundings, so long sums leave the device idle) …
+const GRAM2_CHUNK: usize = 512;
+/// … from this many rows, in at most this many splits, whose partial pairs take at most an
+/// eighth of the memory budget and one binding.
+const GRAM2_SPLIT_FROM: usize = 1024;
+const GRAM2_MAX_SPLITS: usize = 32;
+
 /// Records shaders/gram2.wgsl for `g` matrices: the upper triangle of each `XᵀX` as
-/// double-`f32` `(s, c)` pairs into `out` (`[g][k][k][2]` `f32`).
+/// double-`f32` `(s, c)` pairs into `out` (`[g][k][k][2]` `f32`). Without `acc`, a Gram over
+/// at least [`GRAM2_SPLIT_FROM`] rows is summed in splits of about [`GRAM2_CHUNK`] rows (a
+/// function of the shape and the device's limits) that its `combine` adds in order.
 pub(super) fn record_gram2(
     s: &mut Session<'_>,
     x: &wgpu::Buffer,
@@ -1072,6 +1226,17 @@ pub(super) fn record_gram2(
     u(last, "element offset")?;
     u(g * a.k * a.k * 2, "output size")?;
     let tiles = u(a.k.div_ceil(32), "tiles")?;
+    let per_split = (g * a.k * a.k * 8).max(1) as u64;
+    let room = (s.ctx.budget / 8).min(s.ctx.binding_limit) / per_split;
+    let splits = if a.acc || a.n < GRAM2_SPLIT_FROM {
+        1
+    } else {
+        a.n.div_ceil(GRAM2_CHUNK)
+            .min(GRAM2_MAX_SPLITS)
+            .min(room as usize)
+            .max(1)
+    };
+    let chunk = a.n.div_ceil(splits);
     let params = [
         u(a.n, "rows")?,
         u(a.k, "columns")?,
@@ -1081,13 +1246,43 @@ pub(super) fn record_gram2(
         a.tr as u32,
         a.acc as u32,
         0,
+        u(splits, "splits")?,
+        u(chunk, "rows per split")?,
     ];
+    if splits == 1 {
+        return s.dispatch(
+            Kernel::Gram2,
+            &params,
+            &[x, out],
+            (tiles, tiles, u(g, "matrices")?),
+        );
+    }
+    let parts = s.ctx.buffer(
+        (g * splits * a.k * a.k * 8) as u64,
+        "double-f32 Gram row splits",
+    )?;
+    u(g * splits * a.k * a.k * 2, "split output size")?;
     s.dispatch(
         Kernel::Gram2,
         &params,
-        &[x, out],
-        (tiles, tiles, u(g, "matrices")?),
-    )
+        &[x, &parts],
+        (tiles, tiles, u(g * splits, "matrices × splits")?),
+    )?;
+    let entries = (g * a.k * a.k) as u64;
+    let (gx, gy) = s.ctx.grid(entries.div_ceil(64))?;
+    let combine = [
+        0,
+        u(a.k, "columns")?,
+        0,
+        u(g, "matrices")?,
+        0,
+        0,
+        0,
+        0,
+        u(splits, "splits")?,
+        0,
+    ];
+    s.dispatch(Kernel::Gram2Combine, &combine, &[&parts, out], (gx, gy, 1))
 }
 
 /// Gram `i` (`k × k`, row-major `f64`, symmetric) from shaders/gram2.wgsl's pairs `raw`
@@ -1123,10 +1318,12 @@ fn resident_group(
     base: usize,
 ) -> GpuResult<Vec<Option<Got>>> {
     let (m, n) = mats[0].shape();
+    let tall = m > n;
+    let (sd, l) = (m.min(n), m.max(n));
     let (b, k) = (shape.block, shape.width());
     let t0 = std::time::Instant::now();
     // The upload, outside the device lock: it may overlap another thread's device work.
-    let grp = ctx.scoped(|| Group::upload(ctx, mats, blocks))?;
+    let mut grp = ctx.scoped(|| Group::upload_short_first(ctx, mats, blocks))?;
     if !grp.finite {
         return Err(non_finite(mats, |i| base + i));
     }
@@ -1135,13 +1332,14 @@ fn resident_group(
     let (grp, q, bt, grams, states) = ctx.run(|| {
         let res = Resident::new(ctx, grp.g, b)?;
         let mut s = Session::new(ctx);
+        grp.orient(&mut s)?;
         let (q, bt) = grp.krylov(&mut s, omega, shape, Some(&res))?;
         let pairs = ctx.buffer((grp.g * k * k * 8) as u64, "Gram of Bᵀ")?;
         let at = Gram2 {
-            n,
+            n: l,
             k,
             ld: k,
-            stride: n * k,
+            stride: l * k,
             off: 0,
             tr: false,
             acc: false,
@@ -1238,45 +1436,78 @@ fn resident_group(
             }
         }
     }
-    // Device section 2: U = Q·E, Vᵀ = (E·Σ⁻¹)ᵀ·B (Bᵀ's buffer read transposed).
-    let (us, vts) = ctx.run(|| {
+    // Device section 2: the short side Q·E and the long side (E·Σ⁻¹)ᵀ·B, as Vᵀ (r × l) for
+    // a wide group (Bᵀ's buffer read transposed) and as U = Bᵀ·E·Σ⁻¹ (l × r) for a tall one.
+    let (shorts, longs) = ctx.run(|| {
         let e_buf = ctx.upload(&[&e[..]], "small singular vectors")?;
         let es_buf = ctx.upload(&[&es[..]], "small singular vectors")?;
         let mut s = Session::new(ctx);
-        let u = record_u(&grp, &mut s, &q, &e_buf, k, r)?;
-        let vt = grp.side(r, n, false)?;
-        let gv = Gemm::new(
-            Operand::new(&es_buf, r, k * r).t(),
-            Operand::new(&bt.bufs[0], k, n * k).t(),
-            Output::new(&vt.bufs[0], 0, n, r * n),
-            (r, n, k),
-            grp.g,
-        );
-        record(&mut s, &gv)?;
-        let mut got = grp.read_sets::<f32>(&mut s, &[&u, &vt])?;
-        let vts = got.pop().unwrap_or_default();
-        let us = got.pop().unwrap_or_default();
-        Ok((us, vts))
+        let short = record_u(&grp, &mut s, &q, &e_buf, k, r)?;
+        let long = if tall {
+            let u = grp.side(l, r, false)?;
+            let gu = Gemm::new(
+                Operand::new(&bt.bufs[0], k, l * k),
+                Operand::new(&es_buf, r, k * r),
+                Output::new(&u.bufs[0], 0, r, l * r),
+                (l, r, k),
+                grp.g,
+            );
+            record(&mut s, &gu)?;
+            u
+        } else {
+            let vt = grp.side(r, l, false)?;
+            let gv = Gemm::new(
+                Operand::new(&es_buf, r, k * r).t(),
+                Operand::new(&bt.bufs[0], k, l * k).t(),
+                Output::new(&vt.bufs[0], 0, l, r * l),
+                (r, l, k),
+                grp.g,
+            );
+            record(&mut s, &gv)?;
+            vt
+        };
+        let mut got = grp.read_sets::<f32>(&mut s, &[&short, &long])?;
+        let longs = got.pop().unwrap_or_default();
+        let shorts = got.pop().unwrap_or_default();
+        Ok((shorts, longs))
     })?;
     tracing::debug!(
         "gpu rsvd: U = Q·E, Vᵀ = Σ⁻¹Eᵀ·B {:.4} s",
         t2.elapsed().as_secs_f64()
     );
-    if us.len() != g || vts.len() != g {
+    if shorts.len() != g || longs.len() != g {
         return Err(device_err("a factor was not read back"));
     }
     // CPU, in parallel: the factors with normalised signs.
     let done: Vec<Option<Factors>> = smalls
         .into_par_iter()
-        .zip(us)
-        .zip(vts)
-        .map(|((sm, u), vt)| {
+        .zip(shorts)
+        .zip(longs)
+        .map(|((sm, short), long)| {
             let Some(Small::Vectors(top)) = sm else {
                 return None;
             };
             let rr = top.sig.len();
-            let u = if rr == r { u } else { trim_cols(&u, m, r, rr) };
-            let vt = if rr == r { vt } else { vt[..rr * n].to_vec() };
+            let short = if rr == r {
+                short
+            } else {
+                trim_cols(&short, sd, r, rr)
+            };
+            let (u, vt) = if tall {
+                let u = if rr == r {
+                    long
+                } else {
+                    trim_cols(&long, l, r, rr)
+                };
+                (u, transpose_rm(&short, sd, rr))
+            } else {
+                let vt = if rr == r {
+                    long
+                } else {
+                    long[..rr * l].to_vec()
+                };
+                (short, vt)
+            };
             Some(finish(u, &top.sig, vt, m, n, rr))
         })
         .collect();
@@ -1314,18 +1545,21 @@ fn careful_group(
 ) -> GpuResult<Vec<Got>> {
     let (b, k) = (shape.block, shape.width());
     let (m, n) = mats[0].shape();
+    let tall = m > n;
+    let (sd, l) = (m.min(n), m.max(n));
     let r = factor_rank(want);
-    // Device section 1: upload, the Krylov basis and Bᵀ = Wᵀ·Q (n × k per matrix).
+    // Device section 1: upload, the Krylov basis and Bᵀ = Aᵀ·Q (l × k per matrix).
     let t0 = std::time::Instant::now();
     let (grp, q, bts) = ctx.run(|| {
-        let grp = Group::upload(ctx, mats, blocks)?;
+        let mut grp = Group::upload_short_first(ctx, mats, blocks)?;
         if !grp.finite {
             return Err(non_finite(mats, |i| index[i]));
         }
         let t_up = t0.elapsed().as_secs_f64();
         let mut s = Session::new(ctx);
+        grp.orient(&mut s)?;
         let (q, bt) = grp.krylov(&mut s, omega, shape, None)?;
-        let bts: Vec<f32> = s.read(&bt.bufs[0], 0, (grp.g * n * k) as u64)?;
+        let bts: Vec<f32> = s.read(&bt.bufs[0], 0, (grp.g * l * k) as u64)?;
         tracing::debug!(
             "gpu rsvd {}×{m}×{n} b={b} k={k} (careful): upload {t_up:.4} s, Krylov basis and \
              Bᵀ {:.4} s",
@@ -1336,9 +1570,9 @@ fn careful_group(
     })?;
     // CPU, in parallel: the SVDs of Bᵀ.
     let xs: Vec<Vec<f64>> = (0..grp.g)
-        .map(|i| to_f64(&bts[i * n * k..(i + 1) * n * k]))
+        .map(|i| to_f64(&bts[i * l * k..(i + 1) * l * k]))
         .collect();
-    let svds = small_svds(&xs, n, k, want, index)?;
+    let svds = small_svds(&xs, l, k, want, index)?;
     let mut out = Vec::with_capacity(grp.g);
     match want {
         Want::Spectrum(kk) => {
@@ -1359,15 +1593,25 @@ fn careful_group(
                 let u = record_u(&grp, &mut s, &q, &ub_buf, k, r)?;
                 grp.read_all::<f32>(&mut s, &u)
             })?;
-            for (u, (vb, sv, _)) in us.into_iter().zip(&svds) {
+            for (short, (vb, sv, _)) in us.into_iter().zip(&svds) {
                 let rr = r.min(sv.len());
-                let u = if rr == r { u } else { trim_cols(&u, m, r, rr) };
-                let mut vt = vec![0.0f32; rr * n];
-                for l in 0..rr {
-                    for j in 0..n {
-                        vt[l * n + j] = vb[(j, l)] as f32;
+                let short = if rr == r {
+                    short
+                } else {
+                    trim_cols(&short, sd, r, rr)
+                };
+                // V_B (l × rr), row-major.
+                let mut long = vec![0.0f32; l * rr];
+                for i in 0..l {
+                    for c in 0..rr {
+                        long[i * rr + c] = vb[(i, c)] as f32;
                     }
                 }
+                let (u, vt) = if tall {
+                    (long, transpose_rm(&short, sd, rr))
+                } else {
+                    (short, transpose_rm(&long, l, rr))
+                };
                 out.push(Got::Factors(finish(u, &sv[..rr], vt, m, n, rr)));
             }
         }

@@ -357,6 +357,7 @@ fn every_shader_runs_on_the_device() {
         ("column norms", ran(&|k| *k == K::ColSq)),
         ("Cholesky-QR step", ran(&|k| matches!(k, K::Chol { .. }))),
         ("double-f32 Gram", ran(&|k| *k == K::Gram2)),
+        ("transpose", ran(&|k| *k == K::Transpose)),
     ] {
         // A hardware adapter runs without f64 shaders unless asked (GpuOptions::prefer_f64);
         // norms then run on the CPU.
@@ -721,13 +722,24 @@ fn resident_path_and_careful_redo() {
 /// shaders/gram2.wgsl: the Gram of `f32` columns accumulated in double-`f32` agrees with the
 /// CPU's `f64` Gram to `f64`-like accuracy (far below one `f32` rounding), for a batch, a
 /// side that is not a multiple of the tile, and columns of very different scales; the same
-/// from the matrices stored transposed, and from their rows in two buffers (accumulated).
+/// from the matrices stored transposed, and from their rows in two buffers (accumulated); with
+/// 10001 rows, summed in row splits and combined (split-K).
 #[test]
 fn double_f32_gram_matches_f64() {
-    use super::rsvd::{record_gram2, Gram2};
     let Some(gpu) = gpu() else { return };
+    for n in [3001, 10001] {
+        double_f32_gram_case(gpu, n);
+    }
+    let combined = gpu.ctx.dispatches.lock().unwrap().clone();
+    assert!(combined
+        .get(&super::device::Kernel::Gram2Combine)
+        .is_some_and(|&c| c > 0));
+}
+
+fn double_f32_gram_case(gpu: &Gpu, n: usize) {
+    use super::rsvd::{record_gram2, Gram2};
     let ctx = &gpu.ctx;
-    let (n, k, g) = (3001usize, 37usize, 2usize);
+    let (k, g) = (37usize, 2usize);
     let mut xs: Vec<f32> = Vec::with_capacity(g * n * k);
     for z in 0..g {
         let x = gaussian(50 + z as u64, n, k);
@@ -811,8 +823,8 @@ fn double_f32_gram_matches_f64() {
                 }
             }
         }
-        eprintln!("double-f32 Gram ({what}): worst |ΔG_ab| / √(G_aa G_bb) = {worst:.2e}");
-        assert!(worst < 1e-10, "{what}: {worst:e}");
+        eprintln!("double-f32 Gram ({what}, {n} rows): worst |ΔG_ab| / √(G_aa G_bb) = {worst:.2e}");
+        assert!(worst < 1e-10, "{what}, {n} rows: {worst:e}");
     }
     // Same sums in the same order: the transposed read gives the same bits.
     assert_eq!(runs[0], runs[1]);
@@ -928,6 +940,38 @@ fn lowrank_many_matches_lowrank() {
     assert_eq!(pool.install(|| gpu.lowrank_many(&jobs, &o).unwrap()), many);
 }
 
+/// shaders/transpose.wgsl against the host: tall matrices stored short side first, a group of
+/// two in one block and (64 KiB bindings) one at a time from 4 uploaded blocks into 4 blocks
+/// of the transpose; wide ones untouched. Bit-identical (a copy).
+#[test]
+fn transposed_upload_matches_host() {
+    let shape = crate::compute::KrylovShape { block: 5, depth: 4 };
+    let mats = [gaussian(21, 600, 96), gaussian(22, 600, 96)];
+    let wide = [gaussian(23, 96, 600)];
+    for gpu in [gpu(), split_gpu()].into_iter().flatten() {
+        for group in [&mats[..], &wide[..]] {
+            let views: Vec<MatrixRef<'_>> = group.iter().map(Matrix::view).collect();
+            let got = super::rsvd::short_first_on_device(&gpu.ctx, &views, shape).unwrap();
+            assert_eq!(got.len(), group.len());
+            for (w, a) in group.iter().zip(&got) {
+                let want = if w.rows() > w.cols() {
+                    w.transpose()
+                } else {
+                    w.clone()
+                };
+                assert_eq!(
+                    a,
+                    &want.data,
+                    "{}×{} on {:?}",
+                    w.rows(),
+                    w.cols(),
+                    gpu.binding_limit()
+                );
+            }
+        }
+    }
+}
+
 /// Same input → bit-identical output; a matrix gets the same bits alone or in a batch, and
 /// in groups cut by a small budget.
 #[test]
@@ -945,22 +989,17 @@ fn deterministic_and_batch_independent() {
     let alone = gpu.lowrank(&views[2..], 12, &o).unwrap();
     assert_eq!(alone[0], a[2]);
     let Some(small) = open(GpuOptions {
-        memory_budget: Some(1200 * 1024),
+        memory_budget: Some(1400 * 1024),
         ..Default::default()
     }) else {
         return;
     };
-    // Groups of two, then one.
+    // Groups of two, then one (each matrix needs ~660 KB: its transpose, the upload it is
+    // made from, the Krylov basis and Bᵀ).
     let LowrankRoute::Sketch(shape) = o.lowrank_route((500, 120), 12) else {
         panic!("500 × 120 at rank 12 takes the randomized path");
     };
-    let plan = super::rsvd::plan(
-        &small.ctx,
-        3,
-        500,
-        &super::rsvd::randomized_needs(500, 120, shape),
-    )
-    .unwrap();
+    let plan = super::rsvd::randomized_plan(&small.ctx, 3, (500, 120), shape).unwrap();
     assert_eq!((plan.g, plan.blocks.len()), (2, 1));
     let grouped = small.lowrank(&views, 12, &o).unwrap();
     assert_eq!(grouped, a);
@@ -1108,17 +1147,16 @@ fn row_split_path_matches_cpu() {
         exact_below: 16,
         ..SvdOptions::default()
     };
-    let LowrankRoute::Sketch(shape) = o.lowrank_route((2000, 96), 8) else {
-        panic!("2000 × 96 at rank 8 takes the randomized path");
+    let LowrankRoute::Sketch(shape) = o.lowrank_route((600, 96), 8) else {
+        panic!("600 × 96 at rank 8 takes the randomized path");
     };
-    let plan = super::rsvd::plan(
-        &gpu.ctx,
-        4,
-        2000,
-        &super::rsvd::randomized_needs(2000, 96, shape),
-    )
-    .unwrap();
-    assert_eq!((plan.g, plan.blocks.len(), plan.blocks[0].1), (1, 12, 170));
+    // Short side first: 96 × 600 (each row 2400 bytes) in blocks of 27 rows, one matrix at a
+    // time; a tall 600 × 96 goes up in blocks of 170 of its rows and is transposed into them.
+    let plan = super::rsvd::randomized_plan(&gpu.ctx, 4, (600, 96), shape).unwrap();
+    assert_eq!((plan.g, plan.blocks.len(), plan.blocks[0].1), (1, 4, 27));
+    assert!(super::rsvd::randomized_fits(&gpu.ctx, (600, 96), shape));
+    // 2000 × 96: Bᵀ (2000 × 25, 200 KB) exceeds the binding; the batch runs on the CPU.
+    assert!(!super::rsvd::randomized_fits(&gpu.ctx, (2000, 96), shape));
     // GEMM: A is 150×200 (120 KB), B 200×90: pieces along every dimension.
     let a = gaussian(1, 150, 200);
     let b = gaussian(2, 200, 90);
@@ -1128,10 +1166,15 @@ fn row_split_path_matches_cpu() {
         check_gemm(gpu, &x, &y, ta, tb);
     }
     let sigma: Vec<f64> = (0..96).map(|i| 0.95f64.powi(i)).collect();
-    // Randomized path: tall 2000×96 (768 KB, 12 blocks) and wide 96×600 (4 blocks; its Bᵀ,
-    // 600 × 25, just fits the binding).
-    let tall = with_spectrum(11, 2000, 96, &sigma);
+    // Randomized path: tall 600×96 (230 KB: uploaded in 4 blocks, transposed into 4) and wide
+    // 96×600 (4 blocks); their Bᵀ, 600 × 25, just fits the binding.
+    let tall = with_spectrum(11, 600, 96, &sigma);
     let wide = with_spectrum(12, 96, 600, &sigma);
+    let long = with_spectrum(13, 2000, 96, &sigma);
+    assert_eq!(
+        gpu.lowrank(&[long.view()], 8, &o).unwrap(),
+        Cpu.lowrank(&[long.view()], 8, &o).unwrap()
+    );
     for w in [&tall, &wide] {
         let g = gpu.lowrank(&[w.view()], 8, &o).unwrap().remove(0);
         let c = Cpu.lowrank(&[w.view()], 8, &o).unwrap().remove(0);
