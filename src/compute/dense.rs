@@ -105,26 +105,33 @@ const REDUCE_CHUNK: usize = 4096;
 
 /// `aᵀ · x` (`n × k`, row-major) for `a` (`m × n`) and `x` (`m × k`), both row-major slices.
 ///
-/// Tall `a` (more than two [`REDUCE_CHUNK`]s of rows) is cut into fixed blocks of rows whose
-/// partial products are added in block order, so every task streams whole rows of `a`; other
-/// shapes use [`mul_rows`] over blocks of columns of `a`.
+/// Tall `a` (more than two [`REDUCE_CHUNK`]s of rows) goes through [`mul_tn`], so every task
+/// streams whole rows of `a`; other shapes use [`mul_rows`] over blocks of columns of `a`.
 pub(crate) fn mul_t(a: &[f32], m: usize, n: usize, x: &[f32], k: usize) -> Vec<f32> {
     let am = MatRef::from_row_major_slice(a, m, n);
     let xm = MatRef::from_row_major_slice(x, m, k);
     if m <= 2 * REDUCE_CHUNK || n == 0 || k == 0 {
         return mul_rows(am.transpose(), xm);
     }
-    let parts: Vec<Vec<f32>> = (0..m.div_ceil(REDUCE_CHUNK))
+    mul_tn(am, xm)
+}
+
+/// `xᵀ · y` (`x.ncols() × y.ncols()`, row-major) of two matrices with the same rows (any
+/// strides): fixed blocks of [`REDUCE_CHUNK`] rows, whose partial products are added in block
+/// order.
+pub(crate) fn mul_tn(x: MatRef<'_, f32>, y: MatRef<'_, f32>) -> Vec<f32> {
+    let (rows, a, c) = (x.nrows(), x.ncols(), y.ncols());
+    let parts: Vec<Vec<f32>> = (0..rows.div_ceil(REDUCE_CHUNK))
         .into_par_iter()
-        .map(|c| {
-            let r0 = c * REDUCE_CHUNK;
-            let rows = REDUCE_CHUNK.min(m - r0);
-            let mut p = vec![0.0f32; n * k];
+        .map(|t| {
+            let r0 = t * REDUCE_CHUNK;
+            let r = REDUCE_CHUNK.min(rows - r0);
+            let mut p = vec![0.0f32; a * c];
             matmul(
-                MatMut::from_row_major_slice_mut(&mut p, n, k),
+                MatMut::from_row_major_slice_mut(&mut p, a, c),
                 Accum::Replace,
-                am.subrows(r0, rows).transpose(),
-                xm.subrows(r0, rows),
+                x.subrows(r0, r).transpose(),
+                y.subrows(r0, r),
                 1.0,
                 Par::Seq,
             );
@@ -132,7 +139,12 @@ pub(crate) fn mul_t(a: &[f32], m: usize, n: usize, x: &[f32], k: usize) -> Vec<f
             p
         })
         .collect();
-    let mut out = vec![0.0f32; n * k];
+    sum_in_order(parts, a * c)
+}
+
+/// Adds row-major partial results of the same length in order.
+pub(crate) fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; len];
     for p in parts {
         for (o, v) in out.iter_mut().zip(p) {
             *o += v;

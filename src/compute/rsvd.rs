@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::check::{check_batch, check_rank, numerical, use_exact};
 use super::dense::{
-    cholesky_upper, clear_upper, clear_upper_all, gram, inv_upper, mul_rows, mul_t, svd_f64, sweep,
-    to_f64,
+    cholesky_upper, clear_upper, clear_upper_all, gram, inv_upper, mul_rows, mul_t, mul_tn,
+    sum_in_order, svd_f64, sweep, to_f64,
 };
 use super::{ComputeError, Factors, Matrix, MatrixRef, SvdOptions};
 
@@ -357,17 +357,6 @@ fn long_chunk(l: usize) -> usize {
     l.div_ceil(8).next_multiple_of(PANEL).clamp(PANEL, 4096)
 }
 
-/// Adds row-major partial results of the same length in order.
-fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; len];
-    for p in parts {
-        for (o, v) in out.iter_mut().zip(p) {
-            *o += v;
-        }
-    }
-    out
-}
-
 /// A row-major `rows × cols` view of `slice` whose rows start `ld` elements apart.
 ///
 /// faer 0.24.4's `MatMut::from_row_major_slice_with_stride_mut` builds a column-major view
@@ -549,31 +538,6 @@ impl<'a> ShortFirst<'a> {
             .collect();
         sum_in_order(parts, s * c)
     }
-}
-
-/// `xᵀ·y` (`x.ncols() × y.ncols()`, row-major) of two matrices with `rows` rows (any
-/// strides), summed over fixed blocks of rows in block order.
-fn mul_tn(x: MatRef<'_, f32>, y: MatRef<'_, f32>) -> Vec<f32> {
-    const CH: usize = 4096;
-    let (rows, a, c) = (x.nrows(), x.ncols(), y.ncols());
-    let parts: Vec<Vec<f32>> = (0..rows.div_ceil(CH))
-        .into_par_iter()
-        .map(|t| {
-            let r = CH.min(rows - t * CH);
-            let mut p = vec![0.0f32; a * c];
-            faer::linalg::matmul::matmul(
-                faer::MatMut::from_row_major_slice_mut(&mut p, a, c),
-                faer::Accum::Replace,
-                x.subrows(t * CH, r).transpose(),
-                y.subrows(t * CH, r),
-                1.0f32,
-                Par::Seq,
-            );
-            clear_upper();
-            p
-        })
-        .collect();
-    sum_in_order(parts, a * c)
 }
 
 /// The block Krylov range finder (randomized block Lanczos with full re-orthogonalisation) of
@@ -1027,6 +991,15 @@ mod tests {
     use crate::compute::rng::gaussian_f32;
     use crate::compute::Matrix;
 
+    /// `Aᵀ` of [`ShortFirst`] as a row-major copy (`l × s`): `W` itself when tall.
+    fn explicit_at(w: &Matrix) -> Vec<f32> {
+        if w.rows() > w.cols() {
+            w.data().to_vec()
+        } else {
+            transpose_rm(w.data(), w.rows(), w.cols())
+        }
+    }
+
     /// The Krylov basis stays orthonormal across blocks for a random matrix, one of rank 2
     /// (the space is exhausted after the first block: later blocks are rounding noise) and
     /// the zero matrix.
@@ -1053,11 +1026,7 @@ mod tests {
                 let dev = max_dev_from_identity(&gram(&q, s, k), k);
                 assert!(dev < 1e-5, "{m}×{n} {name}: max |QᵀQ − I| = {dev:e}");
                 // Bᵀ = Aᵀ·Q, against a plain product with the explicit A.
-                let at = if m > n {
-                    w.data().to_vec()
-                } else {
-                    transpose_rm(w.data(), m, n)
-                };
+                let at = explicit_at(w);
                 let want = mul_rows(
                     MatRef::from_row_major_slice(&at, l, s),
                     MatRef::from_row_major_slice(&q, s, k),
@@ -1095,11 +1064,7 @@ mod tests {
                 ld,
             ));
             // Against the explicit A.
-            let at = if m > n {
-                w.data().to_vec()
-            } else {
-                transpose_rm(w.data(), m, n)
-            };
+            let at = explicit_at(&w);
             let z3 = mul_rows(
                 MatRef::from_row_major_slice(&at, l, s),
                 MatRef::from_row_major_slice(&q, s, c),
