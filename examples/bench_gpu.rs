@@ -204,8 +204,10 @@ fn main() -> anyhow::Result<()> {
         env_or_unset("HCC_GPU_UNCHECKED")
     ));
     out.line(&format!(
-        "| f64 shaders / timestamps | {} / {} |",
+        "| f64 shaders / f64 Grams / timestamps | {} / {} (HCC_GPU_F64_GRAM: {}) / {} |",
         gpu.has_f64(),
+        gpu.has_f64_gram(),
+        env_or_unset("HCC_GPU_F64_GRAM"),
         gpu.has_timestamps()
     ));
     out.line(&format!(

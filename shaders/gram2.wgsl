@@ -82,15 +82,24 @@ fn finish(z: u32, a: u32, b: u32, e: vec2<f32>) {
     }
 }
 
-// (s, c) + u·v: the rounded product by TwoSum, its rounding error by Dekker's product from
-// 12-bit halves (uh + ul = u, vh + vl = v; the products of halves are exact), so that no
-// fused multiply-add (which a driver may split) and no splitting constant is needed.
+// Whether `fma` is fused (one rounding) on this device: WGSL lets an implementation round the
+// product first, so the host sets this only after `probe` has shown it exact here.
+override FUSED: bool = false;
+
+// (s, c) + u·v: the rounded product by TwoSum, its rounding error exactly — by one fused
+// multiply-add where FUSED, else by Dekker's product from 12-bit halves (uh + ul = u,
+// vh + vl = v; the products of halves are exact), which needs no splitting constant.
 fn add_product(e: vec2<f32>, u: f32, uh: f32, ul: f32, v: f32, vh: f32, vl: f32) -> vec2<f32> {
     let prod = opaque(u * v);
-    let e1 = opaque(opaque(uh * vh) - prod);
-    let e2 = opaque(e1 + opaque(uh * vl));
-    let e3 = opaque(e2 + opaque(ul * vh));
-    let err = opaque(e3 + opaque(ul * vl));
+    var err: f32;
+    if (FUSED) {
+        err = opaque(fma(u, v, -prod));
+    } else {
+        let e1 = opaque(opaque(uh * vh) - prod);
+        let e2 = opaque(e1 + opaque(uh * vl));
+        let e3 = opaque(e2 + opaque(ul * vh));
+        err = opaque(e3 + opaque(ul * vl));
+    }
     let t = opaque(e.x + prod);
     let zz = opaque(t - e.x);
     let lost = opaque(opaque(e.x - opaque(t - zz)) + opaque(prod - zz));
@@ -208,4 +217,16 @@ fn combine(
         sum = add_pair(sum, vec2<f32>(x[o], x[o + 1u]));
     }
     finish(z, a, b, sum);
+}
+
+// The rounding error of each product x[2i]·x[2i + 1] by `fma`, into out[i] (i < n): the host
+// compares it with the exact error to learn whether `fma` is fused here (FUSED).
+@compute @workgroup_size(64, 1, 1)
+fn probe(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i < p.n) {
+        let u = x[2u * i];
+        let v = x[2u * i + 1u];
+        out[i] = opaque(fma(u, v, -opaque(u * v)));
+    }
 }

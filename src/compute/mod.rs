@@ -531,7 +531,7 @@ pub trait Backend: Send + Sync {
     /// [`Backend::lowrank`] of several batches (`jobs[j]`: a same-shape batch and its rank;
     /// shapes may differ between jobs): output `j` is what `lowrank(jobs[j].0, jobs[j].1, opts)`
     /// gives, bit for bit. A backend may overlap the jobs' work (the GPU backend runs up to
-    /// four at a time, so that one job's uploads and CPU steps overlap the others' device
+    /// eight at a time, so that one job's uploads and CPU steps overlap the others' device
     /// work). On failure, the error of the first failing job in order.
     fn lowrank_many(
         &self,

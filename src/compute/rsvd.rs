@@ -810,12 +810,35 @@ pub(crate) fn exact_spectrum(w: MatrixRef<'_>, kk: usize) -> Result<Vec<f32>, St
 /// `vt`, the entry of largest magnitude (first on ties) is made positive, flipping the
 /// matching column of `u`. `u` is `m × r`, `s` has `r` values, `vt` is `r × n`.
 pub(crate) fn finish(
-    mut u: Vec<f32>,
+    u: Vec<f32>,
     s: &[f64],
-    mut vt: Vec<f32>,
+    vt: Vec<f32>,
     m: usize,
     n: usize,
     r: usize,
+) -> Factors {
+    finish_on(u, s, vt, (m, n, r), true)
+}
+
+/// [`finish`] without the rayon pool (`u`'s flips on this thread): for callers whose pool is
+/// busy with other work queued first (the GPU backend's concurrent jobs).
+pub(crate) fn finish_seq(
+    u: Vec<f32>,
+    s: &[f64],
+    vt: Vec<f32>,
+    m: usize,
+    n: usize,
+    r: usize,
+) -> Factors {
+    finish_on(u, s, vt, (m, n, r), false)
+}
+
+fn finish_on(
+    mut u: Vec<f32>,
+    s: &[f64],
+    mut vt: Vec<f32>,
+    (m, n, r): (usize, usize, usize),
+    par: bool,
 ) -> Factors {
     let mut flip = vec![false; r];
     for (l, f) in flip.iter_mut().enumerate() {
@@ -834,13 +857,18 @@ pub(crate) fn finish(
         }
     }
     if flip.contains(&true) {
-        u.par_chunks_mut(r.max(1)).for_each(|row| {
+        let flip_row = |row: &mut [f32]| {
             for (v, &f) in row.iter_mut().zip(&flip) {
                 if f {
                     *v = -*v;
                 }
             }
-        });
+        };
+        if par {
+            u.par_chunks_mut(r.max(1)).for_each(flip_row);
+        } else {
+            u.chunks_mut(r.max(1)).for_each(flip_row);
+        }
     }
     Factors {
         u: Matrix {

@@ -32,11 +32,12 @@ const NM_MASK_WGSL: &str = include_str!("../../../shaders/nm_mask.wgsl");
 const NORMS_WGSL: &str = include_str!("../../../shaders/norms.wgsl");
 pub(super) const CHOL_WGSL: &str = include_str!("../../../shaders/chol.wgsl");
 const GRAM2_WGSL: &str = include_str!("../../../shaders/gram2.wgsl");
+const GRAM64_WGSL: &str = include_str!("../../../shaders/gram64.wgsl");
 const TRANSPOSE_WGSL: &str = include_str!("../../../shaders/transpose.wgsl");
 
 /// Every shader file, by name (for the naga validation tests).
 #[cfg(test)]
-pub(super) const SHADERS: [(&str, &str); 8] = [
+pub(super) const SHADERS: [(&str, &str); 9] = [
     ("gemm.wgsl", GEMM_WGSL),
     ("reduce.wgsl", REDUCE_WGSL),
     ("histogram.wgsl", HISTOGRAM_WGSL),
@@ -44,6 +45,7 @@ pub(super) const SHADERS: [(&str, &str); 8] = [
     ("norms.wgsl", NORMS_WGSL),
     ("chol.wgsl", CHOL_WGSL),
     ("gram2.wgsl", GRAM2_WGSL),
+    ("gram64.wgsl", GRAM64_WGSL),
     ("transpose.wgsl", TRANSPOSE_WGSL),
 ];
 
@@ -155,10 +157,18 @@ pub(super) enum Kernel {
     Chol {
         f64: bool,
     },
-    /// Gram matrices accumulated in double-`f32` (shaders/gram2.wgsl) …
-    Gram2,
-    /// … and the sum of their row splits (its `combine`).
+    /// Gram matrices accumulated in double-`f32` (shaders/gram2.wgsl; `fused`: products' errors
+    /// by `fma`, where [`Ctx::fused_fma`]) …
+    Gram2 {
+        fused: bool,
+    },
+    /// … and the sum of their row splits (its `combine`); its `probe` of `fma`.
     Gram2Combine,
+    Gram2Probe,
+    /// Gram matrices accumulated in `f64` (shaders/gram64.wgsl; [`Ctx::f64_gram`]) …
+    Gram64,
+    /// … and the sum of their row splits.
+    Gram64Combine,
     /// Out-of-place transposes of row blocks (shaders/transpose.wgsl).
     Transpose,
 }
@@ -177,6 +187,10 @@ pub(super) struct Ctx {
     pub(super) budget: u64,
     /// Whether shaders may use `f64` (the SHADER_F64 feature is enabled).
     pub(super) f64: bool,
+    /// Whether the Grams of the rSVD's small problems are accumulated in `f64`
+    /// (shaders/gram64.wgsl) instead of double-`f32` (shaders/gram2.wgsl): where `f64` shaders
+    /// are used ([`Ctx::f64`]), or where `HCC_GPU_F64_GRAM` says so.
+    pub(super) f64_gram: bool,
     /// Whether the device has `TIMESTAMP_QUERY` (GPU times in [`super::Gpu::bench_gemm`]).
     pub(super) timestamps: bool,
     pub(super) tiles: GemmTiles,
@@ -204,6 +218,12 @@ pub(super) struct Ctx {
     /// [`Ctx::staging_max`]): reusing them saves allocating and first-touching host memory on
     /// every upload.
     staging: Mutex<Vec<Staging>>,
+    /// Read-back staging buffers (`MAP_READ`, unmapped) kept for the next downloads, at most
+    /// [`Ctx::staging_max`] chunks' worth of bytes: a fresh host-visible buffer costs its
+    /// allocation and the first touch of every page, which made downloads run at 1–2.5 GB/s.
+    read_staging: Mutex<Vec<wgpu::Buffer>>,
+    /// Whether `fma` is fused on this device ([`Ctx::fused_fma`], probed on first use).
+    fused_fma: std::sync::OnceLock<bool>,
     /// With `HCC_GPU_PROFILE=1` on an adapter with timestamps: GPU time per kernel.
     pub(super) profile: Option<Mutex<Profile>>,
     /// Matrices the randomized SVD redid on its careful path (tests check which path ran).
@@ -296,10 +316,22 @@ impl Ctx {
         let want_f64 = !opts.disable_f64
             && !env("HCC_GPU_NO_F64")
             && (info.software || opts.prefer_f64 || env("HCC_GPU_F64"));
-        let f64 = want_f64 && adapter.features().contains(wgpu::Features::SHADER_F64);
+        let has_f64 = adapter.features().contains(wgpu::Features::SHADER_F64);
+        let f64 = want_f64 && has_f64;
+        // The small Grams in f64 (shaders/gram64.wgsl) where f64 shaders are used at all: on
+        // an H200 through Vulkan they ran at 0.9 TFLOP/s, 2.2x slower than the double-f32
+        // kernel (docs/PERF.md). HCC_GPU_F64_GRAM=1/0 forces the choice (for measurements).
+        let f64_gram = has_f64
+            && !opts.disable_f64
+            && !env("HCC_GPU_NO_F64")
+            && match std::env::var("HCC_GPU_F64_GRAM").as_deref() {
+                Ok("1") => true,
+                Ok("0") => false,
+                _ => f64,
+            };
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let mut features = wgpu::Features::empty();
-        if f64 {
+        if f64 || f64_gram {
             features |= wgpu::Features::SHADER_F64;
         }
         if timestamps {
@@ -368,6 +400,7 @@ impl Ctx {
             hw_binding_limit,
             budget,
             f64,
+            f64_gram,
             timestamps,
             tiles,
             narrow: (opts.gemm_tiles.is_none() && std::env::var_os("HCC_GEMM_TILES").is_none())
@@ -389,6 +422,8 @@ impl Ctx {
             upload_nanos: std::sync::atomic::AtomicU64::new(0),
             sketches: Mutex::new(HashMap::new()),
             staging: Mutex::new(Vec::new()),
+            read_staging: Mutex::new(Vec::new()),
+            fused_fma: std::sync::OnceLock::new(),
             profile: (timestamps && env("HCC_GPU_PROFILE")).then(|| Mutex::new(Profile::default())),
             #[cfg(test)]
             careful: std::sync::atomic::AtomicU64::new(0),
@@ -541,6 +576,118 @@ impl Ctx {
     /// counted in the budget, which bounds device memory).
     fn staging_max(&self) -> usize {
         (self.budget / 8 / STAGING_CHUNK) as usize
+    }
+
+    /// Whether WGSL's `fma` rounds once on this device (the spec lets it round the product
+    /// first), so that shaders/gram2.wgsl may take each product's rounding error from it:
+    /// probed on first use by computing the errors of 256 seeded products of `f32`s and
+    /// comparing them with the exact ones (`f64` arithmetic on the host). `false` where the
+    /// probe fails or any error differs — the same answer on every run on one device and
+    /// driver, so the bits of the results are too. `HCC_GPU_FMA=0` skips the probe (`false`).
+    pub(super) fn fused_fma(&self) -> bool {
+        *self.fused_fma.get_or_init(|| {
+            if std::env::var("HCC_GPU_FMA").is_ok_and(|v| v == "0") {
+                return false;
+            }
+            // Inside error scopes of its own, without taking the device lock (the caller may
+            // hold it: this runs inside device sections) and without consuming an error that
+            // another thread's section left for its own scope to report.
+            let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let got = self.probe_fma();
+            let failed = pollster::block_on(oom.pop()).is_some()
+                | pollster::block_on(validation.pop()).is_some();
+            tracing::debug!("gpu: fused fma probe: {got:?} (errors: {failed})");
+            !failed && got.unwrap_or(false)
+        })
+    }
+
+    fn probe_fma(&self) -> GpuResult<bool> {
+        const N: usize = 256;
+        // Products whose rounding error is rarely zero: values of both signs in [1, 2) times
+        // powers of two from 2⁻⁸ to 2⁷ (no subnormal errors). Sequential: no rayon inside a
+        // device section.
+        let xs: Vec<f32> = (0..2 * N)
+            .map(|i| {
+                let u = crate::compute::rng::uniform(0x05ee_df4a, i as u64, 0);
+                let sign = if i % 3 == 0 { -1.0 } else { 1.0 };
+                (sign * (1.0 + u) * 2f64.powi((i % 16) as i32 - 8)) as f32
+            })
+            .collect();
+        let want: Vec<u32> = (0..N)
+            .map(|i| {
+                let (u, v) = (xs[2 * i], xs[2 * i + 1]);
+                // Exact: u·v has 48 significant bits, and the error of its f32 rounding is an
+                // f32.
+                ((u as f64 * v as f64 - (u * v) as f64) as f32).to_bits()
+            })
+            .collect();
+        if want.iter().all(|&w| w == 0) {
+            return Ok(false);
+        }
+        let x = self.upload(&[&xs[..]], "fma probe")?;
+        let out = self.buffer((N * 4) as u64, "fma probe errors")?;
+        let mut s = Session::new(self);
+        let params = [N as u32, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        s.dispatch(
+            Kernel::Gram2Probe,
+            &params,
+            &[&x, &out],
+            (N.div_ceil(64) as u32, 1, 1),
+        )?;
+        let got: Vec<u32> = s.read(&out, 0, N as u64)?;
+        Ok(got == want)
+    }
+
+    /// A read-back staging buffer of at least `size` bytes: the smallest pooled one that is at
+    /// most twice as large (or one [`READ_STAGING_GRAIN`] larger), else a new one of `size`
+    /// rounded up to the grain, so that later reads of similar sizes can reuse it.
+    fn take_read_staging(&self, size: u64) -> GpuResult<wgpu::Buffer> {
+        {
+            let mut pool = self
+                .read_staging
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let fits = |b: &wgpu::Buffer| {
+                b.size() >= size && b.size() <= (2 * size).max(size + READ_STAGING_GRAIN)
+            };
+            let best = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| fits(b))
+                .min_by_key(|(_, b)| b.size())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                return Ok(pool.swap_remove(i));
+            }
+        }
+        let size = size.next_multiple_of(READ_STAGING_GRAIN);
+        self.checked("staging buffer", || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read staging"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Returns an unmapped read-back staging buffer to the pool; the oldest ones leave it when
+    /// it holds more than [`Ctx::staging_max`] chunks' worth of bytes.
+    fn give_read_staging(&self, buf: wgpu::Buffer) {
+        let mut pool = self
+            .read_staging
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let cap = self.staging_max() as u64 * STAGING_CHUNK;
+        if buf.size() > cap {
+            return;
+        }
+        pool.push(buf);
+        let mut total: u64 = pool.iter().map(|b| b.size()).sum();
+        while total > cap && !pool.is_empty() {
+            total -= pool.remove(0).size();
+        }
     }
 
     /// `n` staging buffers of [`STAGING_CHUNK`] bytes, mapped for writing: pooled ones whose
@@ -712,6 +859,7 @@ impl Ctx {
             "norms" => NORMS_WGSL.to_string(),
             "chol" => super::gemm::chol_source(f64, self.chol_kmax)?,
             "gram2" => GRAM2_WGSL.to_string(),
+            "gram64" => GRAM64_WGSL.to_string(),
             "transpose" => TRANSPOSE_WGSL.to_string(),
             _ => return Err(device_err(format!("unknown shader {file}"))),
         };
@@ -768,8 +916,11 @@ impl Ctx {
             Kernel::RowSq => ("norms", false, "row_sq", vec![]),
             Kernel::ColSq => ("norms", false, "col_sq", vec![]),
             Kernel::Chol { f64 } => ("chol", f64, "main", vec![]),
-            Kernel::Gram2 => ("gram2", false, "main", vec![]),
+            Kernel::Gram2 { fused } => ("gram2", false, "main", vec![("FUSED", flag(fused))]),
             Kernel::Gram2Combine => ("gram2", false, "combine", vec![]),
+            Kernel::Gram2Probe => ("gram2", false, "probe", vec![]),
+            Kernel::Gram64 => ("gram64", true, "main", vec![]),
+            Kernel::Gram64Combine => ("gram64", true, "combine", vec![]),
             Kernel::Transpose => ("transpose", false, "main", vec![]),
         };
         let module = self.module(file, f64)?;
@@ -902,6 +1053,144 @@ pub(super) fn as_job_worker<T>(share: u64, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// The order in which the jobs of one `Gpu::lowrank_many` call make their first upload
+/// ([`in_turn`]): the number of jobs that have made theirs (or ended without one).
+#[derive(Default)]
+pub(super) struct Turns {
+    next: Mutex<usize>,
+    moved: std::sync::Condvar,
+}
+
+impl Turns {
+    /// Marks job `ticket`'s turn as taken (its first upload is done, or the job ended).
+    pub(super) fn pass(&self, ticket: usize) {
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        if *next <= ticket {
+            *next = ticket + 1;
+        }
+        self.moved.notify_all();
+    }
+}
+
+thread_local! {
+    /// This thread's job and its place in the upload order (see [`in_turn`]).
+    static TICKET: std::cell::RefCell<Option<(Arc<Turns>, usize)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, job `ticket` of `turns`, on this thread (a `Gpu::lowrank_many` worker); the turn
+/// is passed when `f` returns if its first upload did not pass it.
+pub(super) fn as_job<T>(turns: &Arc<Turns>, ticket: usize, f: impl FnOnce() -> T) -> T {
+    /// Clears the ticket and passes the turn however `f` ends (a panic included).
+    struct Done<'a>(&'a Turns, usize);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            TICKET.with(|c| c.borrow_mut().take());
+            self.0.pass(self.1);
+        }
+    }
+    TICKET.with(|c| *c.borrow_mut() = Some((turns.clone(), ticket)));
+    let _done = Done(turns, ticket);
+    f()
+}
+
+/// Passes this thread's job's turn now (for a job that will not upload: a route that runs on
+/// the CPU), so that the jobs after it need not wait for it to end.
+pub(super) fn pass_turn() {
+    if let Some((turns, ticket)) = TICKET.with(|c| c.borrow_mut().take()) {
+        turns.pass(ticket);
+    }
+}
+
+/// Runs `f`, an upload, after the uploads of the jobs before this thread's (their first
+/// ones; a job's later uploads and uploads outside `Gpu::lowrank_many` run at once). The
+/// concurrent jobs' uploads would otherwise share the bus and all end late: in order, the
+/// first job's device work starts after its own upload, and the CPU work that follows each
+/// job's device section starts early. Waits at most [`TURN_WAIT`] for the jobs before.
+pub(super) fn in_turn<T>(f: impl FnOnce() -> T) -> T {
+    let Some((turns, ticket)) = TICKET.with(|c| c.borrow_mut().take()) else {
+        return f();
+    };
+    {
+        let deadline = std::time::Instant::now() + TURN_WAIT;
+        let mut next = turns.next.lock().unwrap_or_else(PoisonError::into_inner);
+        while *next < ticket {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            next = turns
+                .moved
+                .wait_timeout(next, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+    let out = f();
+    turns.pass(ticket);
+    out
+}
+
+/// `f(0), …, f(n − 1)` on the rayon pool as one task each, started in the order of the calls
+/// across threads (`rayon::in_place_scope_fifo` from outside the pool injects them into the
+/// global queue in order; `scope_fifo` would run its body on one worker and queue them there): the
+/// eigendecompositions of the job whose device section ended first finish first, so that its
+/// last device section and read back overlap the others' CPU work instead of all jobs ending
+/// together (`par_iter`'s work stealing interleaves concurrent jobs' tasks arbitrarily).
+pub(super) fn fifo_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<Option<T>> {
+    let slots: Vec<Mutex<Option<T>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    rayon::in_place_scope_fifo(|scope| {
+        for i in 0..n {
+            let (slots, f) = (&slots, &f);
+            scope.spawn_fifo(move |_| {
+                let got = f(i);
+                *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(got);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+        .collect()
+}
+
+/// `f` applied to every item on scoped threads (at most the host's parallelism, each a
+/// contiguous run of items), results in order: for short parallel work on a job's critical
+/// path, which on the rayon pool would queue behind the eigendecompositions of every job
+/// ([`fifo_map`]).
+pub(super) fn scoped_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16);
+    if items.len() < 2 || threads < 2 {
+        return items.into_iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let mut parts: Vec<Vec<T>> = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        parts.push(items.by_ref().take(per).collect());
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+/// The longest [`in_turn`] waits for the jobs before (a safety net: each passes its turn when
+/// its first upload ends, or when it ends).
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Ctx {
     /// The memory budget for operations planned on this thread (see [`with_budget_share`]).
     pub(super) fn budget_here(&self) -> u64 {
@@ -914,6 +1203,10 @@ pub(super) const PARALLEL_UPLOAD: u64 = 4 << 20;
 
 /// Bytes per staging buffer of [`Ctx::upload_parallel`] (a multiple of 4).
 pub(super) const STAGING_CHUNK: u64 = 4 << 20;
+
+/// Read-back staging buffers are created in multiples of this many bytes (reuse across reads
+/// of nearby sizes).
+const READ_STAGING_GRAIN: u64 = 1 << 20;
 
 /// A pooled staging buffer and the state of its mapping for the next upload.
 struct Staging {
@@ -1278,28 +1571,23 @@ impl<'c> Session<'c> {
                 continue;
             }
             let size = bytes.next_multiple_of(4);
-            let s = self.ctx.checked("staging buffer", || {
-                self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("staging"),
-                    size,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            })?;
+            let s = self.ctx.take_read_staging(size)?;
             self.enc()
                 .copy_buffer_to_buffer(buf, first * el, &s, 0, Some(size));
             staging.push(Some((s, bytes)));
         }
         // Make sure something is submitted even when nothing was recorded.
         self.enc();
-        self.flush()?;
+        let t_all = std::time::Instant::now();
+        let t_submitted = self.flush_timed()?;
         let (tx, rx) = mpsc::channel();
         for (i, s) in staging.iter().enumerate() {
-            if let Some((s, _)) = s {
+            if let Some((s, bytes)) = s {
                 let tx = tx.clone();
-                s.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                    let _ = tx.send((i, r));
-                });
+                s.slice(..bytes.next_multiple_of(4))
+                    .map_async(wgpu::MapMode::Read, move |r| {
+                        let _ = tx.send((i, r));
+                    });
             }
         }
         drop(tx);
@@ -1329,21 +1617,29 @@ impl<'c> Session<'c> {
                 }
             }
         }
+        let t_mapped = t_all.elapsed().as_secs_f64();
+        let bytes: u64 = staging.iter().flatten().map(|(_, b)| *b).sum();
         for (i, s) in staging.into_iter().enumerate() {
             match s {
                 None => take(i, &[]),
                 Some((s, bytes)) => {
                     {
                         let view = s
-                            .slice(..)
+                            .slice(..bytes.next_multiple_of(4))
                             .get_mapped_range()
                             .map_err(|e| device_err(format!("reading a download: {e}")))?;
                         take(i, &view[..bytes as usize]);
                     }
                     s.unmap();
+                    self.ctx.give_read_staging(s);
                 }
             }
         }
+        tracing::trace!(
+            "read back {bytes} bytes: submission done {t_submitted:.4} s, mapped {t_mapped:.4} \
+             s, copied {:.4} s",
+            t_all.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 

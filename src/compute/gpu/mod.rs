@@ -84,10 +84,14 @@
 //! serialised by a lock, and a section never waits on rayon, so nested parallelism cannot
 //! deadlock; the CPU steps between sections (SVDs of `Bᵀ`, eigendecompositions, applying
 //! masks) run in parallel on the current rayon pool. Uploads run outside the lock.
-//! [`Backend::lowrank_many`] runs up to four jobs on threads of its own whose sections skip
+//! [`Backend::lowrank_many`] runs up to eight jobs on threads of its own whose sections skip
 //! the lock (each job plans within its share of the budget; a download waits for its own
 //! mapping, not for the device to be idle), so that one job's uploads, recording and CPU
-//! steps overlap the others' device work; the results are the bits each job gets alone.
+//! steps overlap the others' device work; the results are the bits each job gets alone. The
+//! jobs go smallest first and keep that order where they compete: each one's first upload
+//! waits for the uploads of the jobs before it, and their eigendecompositions queue in that
+//! order on the rayon pool; short host steps on a job's critical path (read backs, assembly)
+//! run on scoped threads instead of behind that queue.
 //!
 //! # Benchmarks
 //! [`Gpu::bench_gemm`] times the GEMM kernel alone (operands resident; wall time around submit
@@ -221,6 +225,12 @@ impl Gpu {
         self.ctx.f64
     }
 
+    /// Whether the randomized SVD's small Grams are accumulated in `f64` on the device
+    /// (shaders/gram64.wgsl) rather than in double-`f32` (shaders/gram2.wgsl).
+    pub fn has_f64_gram(&self) -> bool {
+        self.ctx.f64_gram
+    }
+
     /// The GEMM tile configuration in use.
     pub fn tiles(&self) -> GemmTiles {
         self.ctx.tiles
@@ -292,17 +302,22 @@ impl Backend for Gpu {
             check_all_finite(batch)?;
         }
         let shape = match route {
-            LowrankRoute::Exact => return per_matrix(batch, |w| exact_one(w, rank)),
+            LowrankRoute::Exact => {
+                device::pass_turn();
+                return per_matrix(batch, |w| exact_one(w, rank));
+            }
             LowrankRoute::Gram => return rsvd::gram_path(&self.ctx, batch, rank),
             LowrankRoute::Sketch(shape) => shape,
         };
         if !rsvd::randomized_fits(&self.ctx, dims, shape) {
             tracing::info!(
-                "gpu: the {}×{} randomized SVD's long-side buffers exceed one binding of {}                  bytes: this batch runs on the CPU",
+                "gpu: the {}×{} randomized SVD's long-side buffers exceed one binding of {} \
+                 bytes: this batch runs on the CPU",
                 dims.0,
                 dims.1,
                 self.ctx.binding_limit
             );
+            device::pass_turn();
             return Cpu.lowrank(batch, rank, opts);
         }
         let got = rsvd::randomized(&self.ctx, batch, shape, opts, rsvd::Want::Factors(rank))
@@ -314,10 +329,11 @@ impl Backend for Gpu {
         Ok(got.into_iter().filter_map(rsvd::Got::factors).collect())
     }
 
-    /// Up to four jobs at a time (`HCC_GPU_JOBS` sets another number), on threads that take
-    /// the jobs largest first, each planning within its share of the memory budget; their
+    /// Up to eight jobs at a time (`HCC_GPU_JOBS` sets another number), on threads that take
+    /// the jobs smallest first, each planning within its share of the memory budget; their
     /// device sections do not wait for each other, so that one job's uploads, recording and CPU
-    /// steps (eigendecompositions, assembly) overlap the others' device work. Every matrix
+    /// steps (eigendecompositions, assembly) overlap the others' device work, and their first
+    /// uploads and their eigendecompositions run in job order (see the module docs). Every matrix
     /// gets the bits it gets alone. Called on a rayon worker, the jobs run in turn. A device
     /// error that no error scope caught (rare) may be reported by another job than the one
     /// that caused it.
@@ -334,15 +350,36 @@ impl Backend for Gpu {
                 .map(|&(batch, rank)| self.lowrank(batch, rank, opts))
                 .collect();
         }
-        let workers = self.concurrent_jobs().min(jobs.len());
-        // The largest jobs first (the shortest schedule when the last job to start is small).
+        // Each job plans its groups within budget / workers but takes at least one matrix:
+        // fewer workers where the largest jobs' single matrices (with their working buffers,
+        // about 4x their bytes) would not fit the budget together.
+        let mut one_matrix: Vec<u64> = jobs
+            .iter()
+            .map(|(batch, _)| {
+                batch
+                    .first()
+                    .map_or(0, |w| 16 * (w.rows() * w.cols()) as u64)
+            })
+            .collect();
+        one_matrix.sort_unstable_by(|a, b| b.cmp(a));
+        let mut workers = self.concurrent_jobs().min(jobs.len());
+        while workers > 1 && one_matrix.iter().take(workers).sum::<u64>() > self.ctx.budget {
+            workers -= 1;
+        }
+        // The smallest jobs first: their device sections are short, so the CPU's
+        // eigendecompositions start early and the device's later sections overlap them (the
+        // two-stage flow shop's rule; on GPT-2 small at rank 256: 0.24–0.25 s against 0.28–0.30
+        // s largest first, docs/PERF.md). The jobs start together and queue for their uploads
+        // and eigendecompositions in this order (device::in_turn, device::fifo_map).
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by_key(|&j| {
             let (batch, rank) = jobs[j];
             let size = batch.first().map_or(0, |w| w.rows() * w.cols());
-            std::cmp::Reverse(batch.len() * size * rank.max(1))
+            batch.len() * size * rank.max(1)
         });
         let next = std::sync::atomic::AtomicUsize::new(0);
+        // The jobs' first uploads run in the order the jobs start (device::in_turn).
+        let turns = std::sync::Arc::new(device::Turns::default());
         type Slot = Option<Result<Vec<Factors>, ComputeError>>;
         let slots: std::sync::Mutex<Vec<Slot>> =
             std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
@@ -355,7 +392,7 @@ impl Backend for Gpu {
                             break;
                         };
                         let (batch, rank) = jobs[j];
-                        let got = self.lowrank(batch, rank, opts);
+                        let got = device::as_job(&turns, i, || self.lowrank(batch, rank, opts));
                         slots
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)[j] = Some(got);
@@ -371,12 +408,13 @@ impl Backend for Gpu {
             .collect()
     }
 
-    /// 4, or what `HCC_GPU_JOBS` says (1–8).
+    /// 8, or what `HCC_GPU_JOBS` says (1–8). Jobs beyond the first wait in line for their
+    /// uploads and CPU work, so more workers cost only their share of the memory budget.
     fn concurrent_jobs(&self) -> usize {
         std::env::var("HCC_GPU_JOBS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(4)
+            .unwrap_or(8)
             .clamp(1, 8)
     }
 

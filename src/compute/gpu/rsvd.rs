@@ -10,8 +10,10 @@
 //!   (the GEMM of gemm.wgsl, batched over the matrices of a group);
 //! - on the GPU, accumulated in `f64` where the adapter has `SHADER_F64`: the Gram matrices
 //!   `YᵀY` of Cholesky-QR (else in `f32`, with the check described at `Group::orth`), the Gram of
-//!   the short side (else in double-`f32`, shaders/gram2.wgsl) and the long-side products of
-//!   the Gram path (else in `f32`);
+//!   the short side and the long-side products of the Gram path (else in `f32`);
+//! - on the GPU, the Grams of the small problems (`B·Bᵀ` from `Bᵀ`, and the Gram path's short
+//!   side without `f64` GEMMs): in `f64` where the adapter runs it fast (`Ctx::f64_gram`,
+//!   shaders/gram64.wgsl), else in double-`f32` (shaders/gram2.wgsl);
 //! - on the CPU, in `f64`: the `k × k` Cholesky factorizations and triangular inverses, the SVD
 //!   of `Bᵀ` (`n × k`), the eigendecompositions of the Gram path.
 //!
@@ -28,9 +30,9 @@ use super::gemm::{record, Gemm, Operand, Output};
 use crate::compute::dense::{cholesky_upper, inv_upper, to_f64};
 use crate::compute::rng::gaussian_f32;
 use crate::compute::rsvd::{
-    finish, gram_factors, gram_one, gram_singular_values, max_dev_from_identity, per_matrix,
-    shifted_cholesky, small_svd, svd_basis, top_eigen_seq, transpose_rm, KrylovShape, Orth,
-    MAX_PASSES, MAX_REORTH, ONE_PASS_KAPPA, REORTH_KEEP, RESTART_SEED,
+    finish, finish_seq, gram_factors, gram_one, gram_singular_values, max_dev_from_identity,
+    per_matrix, shifted_cholesky, small_svd, svd_basis, top_eigen_seq, transpose_rm, KrylovShape,
+    Orth, MAX_PASSES, MAX_REORTH, ONE_PASS_KAPPA, REORTH_KEEP, RESTART_SEED,
 };
 use crate::compute::{ComputeError, Factors, MatrixRef, SvdOptions};
 
@@ -105,7 +107,7 @@ pub(super) fn randomized_needs(m: usize, n: usize, shape: KrylovShape) -> Needs 
         row_bytes: 4 * n64.max(k),
         side_bytes: (4 * n64 * k).max(8 * k * k),
         // W, the m-side blocks and U; Bᵀ and V on the n side; projection coefficients, the
-        // Cholesky-QR buffers (f64 Grams at most), the Gram of Bᵀ (double-f32 pairs).
+        // Cholesky-QR buffers (f64 Grams at most), the Gram of Bᵀ (8 bytes an entry).
         per_matrix: 4 * (m64 * n64 + m64 * (2 * k + 2 * b) + 2 * n64 * k)
             + 4 * k * b
             + 28 * b * b
@@ -229,12 +231,42 @@ impl Resident {
 type Mode<'r> = Option<&'r Resident>;
 
 /// Appends the elements in `src` (bytes of `T`s) to `dst`: one copy where `src` is aligned.
-fn append<T: bytemuck::Pod>(dst: &mut Vec<T>, src: &[u8]) {
-    match bytemuck::try_cast_slice::<u8, T>(src) {
-        Ok(v) => dst.extend_from_slice(v),
-        Err(_) => dst.extend(bytemuck::pod_collect_to_vec::<u8, T>(src)),
+/// Copies every `(dst, src)` pair (equal lengths), by pieces of at most [`COPY_PIECE`] bytes
+/// spread over the host's threads when there are at least [`PARALLEL_COPY`] bytes (scoped
+/// threads: no rayon inside a device section). Reads from mapped staging memory run at
+/// 1–2 GB/s on one thread on the NVIDIA machines measured, ~10 GB/s on 16.
+pub(super) fn copy_pieces(pairs: Vec<(&mut [u8], &[u8])>) {
+    let total: usize = pairs.iter().map(|(d, _)| d.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16);
+    if total < PARALLEL_COPY || threads < 2 {
+        for (d, s) in pairs {
+            d.copy_from_slice(s);
+        }
+        return;
     }
+    let mut pieces: Vec<(&mut [u8], &[u8])> = Vec::new();
+    for (d, s) in pairs {
+        for (dp, sp) in d.chunks_mut(COPY_PIECE).zip(s.chunks(COPY_PIECE)) {
+            pieces.push((dp, sp));
+        }
+    }
+    let per_thread = pieces.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for part in pieces.chunks_mut(per_thread) {
+            scope.spawn(move || {
+                for (d, s) in part.iter_mut() {
+                    d.copy_from_slice(s);
+                }
+            });
+        }
+    });
 }
+
+/// [`copy_pieces`]' piece size and the total from which it uses several threads.
+const COPY_PIECE: usize = 1 << 20;
+const PARALLEL_COPY: usize = 4 << 20;
 
 /// One group of matrices resident on the device.
 struct Group<'c> {
@@ -538,42 +570,38 @@ impl<'c> Group<'c> {
             .iter()
             .map(|t| {
                 (0..self.g)
-                    .map(|_| Vec::with_capacity(t.total_rows() * t.cols))
+                    .map(|_| vec![T::zeroed(); t.total_rows() * t.cols])
                     .collect()
             })
             .collect();
         let el = std::mem::size_of::<T>();
+        let mut got = 0usize;
         s.read_with::<T>(&reads, |ri, bytes| {
             let (si, blk) = owner[ri];
             let t = sets[si];
             let per = t.rows[blk] * t.cols * el;
-            // Blocks arrive in order, so each matrix's rows are appended in order. Large reads
-            // are copied by several threads (scoped: no rayon inside a device section).
-            let mats = &mut out[si];
-            let chunks = bytes.chunks(per.max(1));
-            if bytes.len() >= 8 << 20 && mats.len() > 1 {
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let mut pairs: Vec<(&mut Vec<T>, &[u8])> = mats.iter_mut().zip(chunks).collect();
-                let per_thread = pairs.len().div_ceil(threads.max(1)).max(1);
-                std::thread::scope(|scope| {
-                    for part in pairs.chunks_mut(per_thread) {
-                        scope.spawn(move || {
-                            for (dst, src) in part.iter_mut() {
-                                append(dst, src);
-                            }
-                        });
-                    }
-                });
-            } else {
-                for (dst, src) in mats.iter_mut().zip(chunks) {
-                    append(dst, src);
-                }
+            // Matrix z's rows of this block start after the rows of the blocks before it.
+            let first = t.rows[..blk].iter().sum::<usize>() * t.cols * el;
+            if per == 0 {
+                got += 1;
+                return;
             }
+            if bytes.len() != per * self.g {
+                return;
+            }
+            got += 1;
+            let pairs = out[si]
+                .iter_mut()
+                .zip(bytes.chunks(per))
+                .map(|(dst, src)| {
+                    let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut dst[..]);
+                    (&mut dst[first..first + per], src)
+                })
+                .collect();
+            copy_pieces(pairs);
         })?;
-        for (t, mats) in sets.iter().zip(&out) {
-            if mats.iter().any(|v| v.len() != t.total_rows() * t.cols) {
-                return Err(device_err("a read back is incomplete"));
-            }
+        if got != reads.len() {
+            return Err(device_err("a read back is incomplete"));
         }
         Ok(out)
     }
@@ -1200,20 +1228,62 @@ const GRAM2_CHUNK: usize = 512;
 const GRAM2_SPLIT_FROM: usize = 1024;
 const GRAM2_MAX_SPLITS: usize = 32;
 
-/// Records shaders/gram2.wgsl for `g` matrices: the upper triangle of each `XᵀX` as
-/// double-`f32` `(s, c)` pairs into `out` (`[g][k][k][2]` `f32`). Without `acc`, a Gram over
-/// at least [`GRAM2_SPLIT_FROM`] rows is summed in splits of about [`GRAM2_CHUNK`] rows (a
-/// function of the shape and the device's limits) that its `combine` adds in order.
-pub(super) fn record_gram2(
+/// Records the Gram kernel the device uses for `g` matrices ([`Ctx::f64_gram`]: shaders/
+/// gram64.wgsl, else gram2.wgsl): the upper triangle of each `XᵀX` into `out` (`[g][k][k]`
+/// entries of 8 bytes: an `f64`, or a double-`f32` `(s, c)` pair; [`gram_from_words`] reads
+/// either). Without `acc`, a Gram over at least [`GRAM2_SPLIT_FROM`] rows is summed in splits of
+/// about [`GRAM2_CHUNK`] rows (a function of the shape and the device's limits) that the
+/// kernel's `combine` adds in order.
+pub(super) fn record_gram(
     s: &mut Session<'_>,
     x: &wgpu::Buffer,
     out: &wgpu::Buffer,
     a: &Gram2,
     g: usize,
 ) -> GpuResult<()> {
+    let f64 = s.ctx.f64_gram;
+    record_gram_as(s, x, out, a, g, f64)
+}
+
+/// [`record_gram`] with the kernel chosen: gram64.wgsl where `f64` (the device must have
+/// `SHADER_F64`), else gram2.wgsl (with `fma` where [`Ctx::fused_fma`]).
+pub(super) fn record_gram_as(
+    s: &mut Session<'_>,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    a: &Gram2,
+    g: usize,
+    f64: bool,
+) -> GpuResult<()> {
+    let main = if f64 {
+        Kernel::Gram64
+    } else {
+        Kernel::Gram2 {
+            fused: s.ctx.fused_fma(),
+        }
+    };
+    record_gram_with(s, x, out, a, g, main)
+}
+
+/// [`record_gram`] by the given kernel (`Kernel::Gram64` or `Kernel::Gram2`).
+pub(super) fn record_gram_with(
+    s: &mut Session<'_>,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    a: &Gram2,
+    g: usize,
+    main: Kernel,
+) -> GpuResult<()> {
+    let f64 = main == Kernel::Gram64;
+    let combine_kernel = if f64 {
+        Kernel::Gram64Combine
+    } else {
+        Kernel::Gram2Combine
+    };
+    // gram64.wgsl's tiles are 64 × 64, gram2.wgsl's 32 × 32.
+    let side = if f64 { 64 } else { 32 };
     let u = |v: usize, what: &str| {
-        u32::try_from(v)
-            .map_err(|_| device_err(format!("double-f32 Gram: {what} {v} exceeds 32 bits")))
+        u32::try_from(v).map_err(|_| device_err(format!("Gram: {what} {v} exceeds 32 bits")))
     };
     // One past the largest element read: (n − 1, k − 1) of the last matrix.
     let last = a.off
@@ -1225,7 +1295,7 @@ pub(super) fn record_gram2(
         };
     u(last, "element offset")?;
     u(g * a.k * a.k * 2, "output size")?;
-    let tiles = u(a.k.div_ceil(32), "tiles")?;
+    let tiles = u(a.k.div_ceil(side), "tiles")?;
     let per_split = (g * a.k * a.k * 8).max(1) as u64;
     let room = (s.ctx.budget / 8).min(s.ctx.binding_limit) / per_split;
     let splits = if a.acc || a.n < GRAM2_SPLIT_FROM {
@@ -1250,20 +1320,14 @@ pub(super) fn record_gram2(
         u(chunk, "rows per split")?,
     ];
     if splits == 1 {
-        return s.dispatch(
-            Kernel::Gram2,
-            &params,
-            &[x, out],
-            (tiles, tiles, u(g, "matrices")?),
-        );
+        return s.dispatch(main, &params, &[x, out], (tiles, tiles, u(g, "matrices")?));
     }
-    let parts = s.ctx.buffer(
-        (g * splits * a.k * a.k * 8) as u64,
-        "double-f32 Gram row splits",
-    )?;
+    let parts = s
+        .ctx
+        .buffer((g * splits * a.k * a.k * 8) as u64, "Gram row splits")?;
     u(g * splits * a.k * a.k * 2, "split output size")?;
     s.dispatch(
-        Kernel::Gram2,
+        main,
         &params,
         &[x, &parts],
         (tiles, tiles, u(g * splits, "matrices × splits")?),
@@ -1282,17 +1346,23 @@ pub(super) fn record_gram2(
         u(splits, "splits")?,
         0,
     ];
-    s.dispatch(Kernel::Gram2Combine, &combine, &[&parts, out], (gx, gy, 1))
+    s.dispatch(combine_kernel, &combine, &[&parts, out], (gx, gy, 1))
 }
 
-/// Gram `i` (`k × k`, row-major `f64`, symmetric) from shaders/gram2.wgsl's pairs `raw`
-/// (`f32` bits): `s + c` of each upper-triangle pair, mirrored.
-fn gram_from_pairs(raw: &[u32], i: usize, k: usize) -> Vec<f64> {
+/// Gram `i` (`k × k`, row-major `f64`, symmetric) from the upper triangles [`record_gram`]
+/// wrote, read back as words `raw`: `f64` values where `f64` (shaders/gram64.wgsl), else
+/// double-`f32` pairs `(s, c)` taken as `s + c` (shaders/gram2.wgsl); mirrored.
+pub(super) fn gram_from_words(raw: &[u32], i: usize, k: usize, f64: bool) -> Vec<f64> {
     let mut gm = vec![0.0f64; k * k];
     for a in 0..k {
         for c in a..k {
             let o = 2 * (i * k * k + a * k + c);
-            let v = f32::from_bits(raw[o]) as f64 + f32::from_bits(raw[o + 1]) as f64;
+            let (w0, w1) = (raw[o], raw[o + 1]);
+            let v = if f64 {
+                f64::from_bits(u64::from(w0) | (u64::from(w1) << 32))
+            } else {
+                f32::from_bits(w0) as f64 + f32::from_bits(w1) as f64
+            };
             gm[a * k + c] = v;
             gm[c * k + a] = v;
         }
@@ -1300,11 +1370,39 @@ fn gram_from_pairs(raw: &[u32], i: usize, k: usize) -> Vec<f64> {
     gm
 }
 
+/// The `g` Grams (`k × k`, row-major `f64`, symmetric) from the mapped bytes of the upper
+/// triangles [`record_gram`] wrote ([`gram_from_words`]), converted on several threads.
+fn grams_from_bytes(bytes: &[u8], g: usize, k: usize, f64: bool) -> Vec<Vec<f64>> {
+    let words: std::borrow::Cow<'_, [u32]> = match bytemuck::try_cast_slice(bytes) {
+        Ok(w) => std::borrow::Cow::Borrowed(w),
+        Err(_) => std::borrow::Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
+    };
+    if words.len() < 2 * g * k * k {
+        return Vec::new();
+    }
+    let mut out: Vec<Vec<f64>> = vec![Vec::new(); g];
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16);
+    let per_thread = g.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (t, part) in out.chunks_mut(per_thread).enumerate() {
+            let words = &words;
+            scope.spawn(move || {
+                for (j, gm) in part.iter_mut().enumerate() {
+                    *gm = gram_from_words(words, t * per_thread + j, k, f64);
+                }
+            });
+        }
+    });
+    out
+}
+
 /// One group on the resident path (Krylov blocks of at most `ctx.chol_kmax` columns): upload,
 /// the Krylov basis and `Bᵀ = Wᵀ·Q` with every orthonormalisation on the device
-/// ([`Group::orth_resident`]), and the Gram `B·Bᵀ` of `Bᵀ`'s columns in double-`f32`
-/// (shaders/gram2.wgsl, near the accuracy of the CPU's `f64` one); one read back of the Grams and the
-/// flags. On the CPU, in `f64`, the eigendecomposition of each Gram (the CPU's `small_svd`:
+/// ([`Group::orth_resident`]), and the Gram `B·Bᵀ` of `Bᵀ`'s columns ([`record_gram`]: in
+/// `f64`, or double-`f32` near the accuracy of the CPU's `f64` one); one read back of the Grams
+/// and the flags. On the CPU, in `f64`, the eigendecomposition of each Gram (the CPU's `small_svd`:
 /// `B·Bᵀ = E Σ² Eᵀ`); then `U = Q·E` and `V = Bᵀ·E·Σ⁻¹` on the device and a second read
 /// back. `None` for a matrix the device flagged, or whose sketch is numerically
 /// rank-deficient (a kept σ below the Gram's resolution: the careful path's dense SVD).
@@ -1323,7 +1421,8 @@ fn resident_group(
     let (b, k) = (shape.block, shape.width());
     let t0 = std::time::Instant::now();
     // The upload, outside the device lock: it may overlap another thread's device work.
-    let mut grp = ctx.scoped(|| Group::upload_short_first(ctx, mats, blocks))?;
+    let mut grp =
+        super::device::in_turn(|| ctx.scoped(|| Group::upload_short_first(ctx, mats, blocks)))?;
     if !grp.finite {
         return Err(non_finite(mats, |i| base + i));
     }
@@ -1344,13 +1443,19 @@ fn resident_group(
             tr: false,
             acc: false,
         };
-        record_gram2(&mut s, &bt.bufs[0], &pairs, &at, grp.g)?;
-        let mut got = s.read_many::<u32>(&[
-            (&pairs, 0, (grp.g * k * k * 2) as u64),
-            (&res.state, 0, 4 * grp.g as u64),
-        ])?;
-        let states = got.pop().unwrap_or_default();
-        let raw = got.pop().unwrap_or_default();
+        record_gram(&mut s, &bt.bufs[0], &pairs, &at, grp.g)?;
+        let f64_gram = ctx.f64_gram;
+        let (mut raw, mut states) = (Vec::new(), Vec::new());
+        s.read_with::<u32>(
+            &[
+                (&pairs, 0, (grp.g * k * k * 2) as u64),
+                (&res.state, 0, 4 * grp.g as u64),
+            ],
+            |i, bytes| match i {
+                0 => raw = grams_from_bytes(bytes, grp.g, k, f64_gram),
+                _ => states = bytemuck::pod_collect_to_vec::<u8, u32>(bytes),
+            },
+        )?;
         tracing::debug!(
             "gpu rsvd {}×{m}×{n} b={b} k={k} (resident): upload {t_up:.4} s, Krylov basis, Bᵀ \
              and its Gram {:.4} s",
@@ -1361,7 +1466,7 @@ fn resident_group(
     })?;
     let t1 = std::time::Instant::now();
     let g = grp.g;
-    if states.len() < 4 * g || grams.len() < 2 * g * k * k {
+    if states.len() < 4 * g || grams.len() != g {
         return Err(device_err("the Krylov state was not read back"));
     }
     let flagged: Vec<bool> = (0..g).map(|i| states[4 * i + 1] != 0).collect();
@@ -1369,30 +1474,46 @@ fn resident_group(
     // CPU, in parallel: the eigendecompositions (`None`: rank-deficient, careful path).
     enum Small {
         Values(Vec<f32>),
-        Vectors(crate::compute::rsvd::TopEigen),
+        /// The eigenpairs, and `E` and `E·Σ⁻¹` (`k × r`, row-major `f32`) for the device.
+        Vectors(crate::compute::rsvd::TopEigen, Vec<f32>, Vec<f32>),
     }
-    let smalls: Vec<Option<Small>> = (0..g)
-        .into_par_iter()
-        .map(|i| -> GpuResult<Option<Small>> {
-            if flagged[i] {
-                return Ok(None);
+    // E and E·Σ⁻¹ as the device takes them, made in the eigendecomposition's own task (on the
+    // job's critical path, extra threads would wait behind the other jobs' tasks).
+    let for_device = |top: crate::compute::rsvd::TopEigen| {
+        let mut e = vec![0.0f32; k * r];
+        let mut es = vec![0.0f32; k * r];
+        for l in 0..top.sig.len().min(r) {
+            let col = top.e.col(l);
+            for a in 0..k {
+                let v = col[a];
+                e[a * r + l] = v as f32;
+                es[a * r + l] = (v * top.inv[l]) as f32;
             }
-            let gm = gram_from_pairs(&grams, i, k);
-            if !gm.iter().all(|v| v.is_finite()) {
-                return Ok(None);
-            }
-            // An eigensolver failure goes to the careful path (the SVD of Bᵀ) too.
-            Ok(match want {
-                Want::Spectrum(kk) => gram_singular_values(&gm, k)
-                    .ok()
-                    .map(|v| Small::Values(v.into_iter().take(*kk).collect())),
-                Want::Factors(_) => top_eigen_seq(&gm, k, r)
-                    .ok()
-                    .filter(|top| !top.inv.contains(&0.0))
-                    .map(Small::Vectors),
-            })
+        }
+        Small::Vectors(top, e, es)
+    };
+    let smalls: Vec<Option<Small>> = super::device::fifo_map(g, |i| -> GpuResult<Option<Small>> {
+        if flagged[i] {
+            return Ok(None);
+        }
+        let gm = &grams[i];
+        if !gm.iter().all(|v| v.is_finite()) {
+            return Ok(None);
+        }
+        // An eigensolver failure goes to the careful path (the SVD of Bᵀ) too.
+        Ok(match want {
+            Want::Spectrum(kk) => gram_singular_values(gm, k)
+                .ok()
+                .map(|v| Small::Values(v.into_iter().take(*kk).collect())),
+            Want::Factors(_) => top_eigen_seq(gm, k, r)
+                .ok()
+                .filter(|top| !top.inv.contains(&0.0))
+                .map(for_device),
         })
-        .collect::<GpuResult<Vec<_>>>()?;
+    })
+    .into_iter()
+    .map(|got| got.unwrap_or_else(|| Err(device_err("an eigendecomposition did not run"))))
+    .collect::<GpuResult<Vec<_>>>()?;
     let mut out: Vec<Option<Got>> = (0..g).map(|_| None).collect();
     let flagged_count = flagged.iter().filter(|&&f| f).count();
     if flagged_count > 0 {
@@ -1423,24 +1544,26 @@ fn resident_group(
     }
     let t2 = std::time::Instant::now();
     // Per matrix of the group (zeros for the others): E and E·Σ⁻¹, k × r.
-    let mut e = vec![0.0f32; g * k * r];
-    let mut es = vec![0.0f32; g * k * r];
-    for (i, sm) in smalls.iter().enumerate() {
-        if let Some(Small::Vectors(top)) = sm {
-            for a in 0..k {
-                for l in 0..r {
-                    let v = top.e[(a, l)];
-                    e[i * k * r + a * r + l] = v as f32;
-                    es[i * k * r + a * r + l] = (v * top.inv[l]) as f32;
-                }
+    let zeros = vec![0.0f32; k * r];
+    let (mut e, mut es): (Vec<&[f32]>, Vec<&[f32]>) = (Vec::new(), Vec::new());
+    for sm in &smalls {
+        match sm {
+            Some(Small::Vectors(_, ei, esi)) => {
+                e.push(ei);
+                es.push(esi);
+            }
+            _ => {
+                e.push(&zeros);
+                es.push(&zeros);
             }
         }
     }
+    let t_prep = t2.elapsed().as_secs_f64();
     // Device section 2: the short side Q·E and the long side (E·Σ⁻¹)ᵀ·B, as Vᵀ (r × l) for
     // a wide group (Bᵀ's buffer read transposed) and as U = Bᵀ·E·Σ⁻¹ (l × r) for a tall one.
-    let (shorts, longs) = ctx.run(|| {
-        let e_buf = ctx.upload(&[&e[..]], "small singular vectors")?;
-        let es_buf = ctx.upload(&[&es[..]], "small singular vectors")?;
+    let (shorts, longs, t_rec) = ctx.run(|| {
+        let e_buf = ctx.upload(&e, "small singular vectors")?;
+        let es_buf = ctx.upload(&es, "small singular vectors")?;
         let mut s = Session::new(ctx);
         let short = record_u(&grp, &mut s, &q, &e_buf, k, r)?;
         let long = if tall {
@@ -1466,51 +1589,49 @@ fn resident_group(
             record(&mut s, &gv)?;
             vt
         };
+        let t_rec = t2.elapsed().as_secs_f64();
         let mut got = grp.read_sets::<f32>(&mut s, &[&short, &long])?;
         let longs = got.pop().unwrap_or_default();
         let shorts = got.pop().unwrap_or_default();
-        Ok((shorts, longs))
+        Ok((shorts, longs, t_rec))
     })?;
     tracing::debug!(
-        "gpu rsvd: U = Q·E, Vᵀ = Σ⁻¹Eᵀ·B {:.4} s",
+        "gpu rsvd: U = Q·E, Vᵀ = Σ⁻¹Eᵀ·B {:.4} s (E {t_prep:.4} s, uploads and recording until \
+         {t_rec:.4} s)",
         t2.elapsed().as_secs_f64()
     );
     if shorts.len() != g || longs.len() != g {
         return Err(device_err("a factor was not read back"));
     }
     // CPU, in parallel: the factors with normalised signs.
-    let done: Vec<Option<Factors>> = smalls
-        .into_par_iter()
-        .zip(shorts)
-        .zip(longs)
-        .map(|((sm, short), long)| {
-            let Some(Small::Vectors(top)) = sm else {
-                return None;
-            };
-            let rr = top.sig.len();
-            let short = if rr == r {
-                short
+    let parts: Vec<_> = smalls.into_iter().zip(shorts).zip(longs).collect();
+    let done: Vec<Option<Factors>> = super::device::scoped_map(parts, |((sm, short), long)| {
+        let Some(Small::Vectors(top, _, _)) = sm else {
+            return None;
+        };
+        let rr = top.sig.len();
+        let short = if rr == r {
+            short
+        } else {
+            trim_cols(&short, sd, r, rr)
+        };
+        let (u, vt) = if tall {
+            let u = if rr == r {
+                long
             } else {
-                trim_cols(&short, sd, r, rr)
+                trim_cols(&long, l, r, rr)
             };
-            let (u, vt) = if tall {
-                let u = if rr == r {
-                    long
-                } else {
-                    trim_cols(&long, l, r, rr)
-                };
-                (u, transpose_rm(&short, sd, rr))
+            (u, transpose_rm(&short, sd, rr))
+        } else {
+            let vt = if rr == r {
+                long
             } else {
-                let vt = if rr == r {
-                    long
-                } else {
-                    long[..rr * l].to_vec()
-                };
-                (short, vt)
+                long[..rr * l].to_vec()
             };
-            Some(finish(u, &top.sig, vt, m, n, rr))
-        })
-        .collect();
+            (short, vt)
+        };
+        Some(finish_seq(u, &top.sig, vt, m, n, rr))
+    });
     for (slot, f) in out.iter_mut().zip(done) {
         if let Some(f) = f {
             *slot = Some(Got::Factors(f));
@@ -1551,7 +1672,7 @@ fn careful_group(
     // Device section 1: upload, the Krylov basis and Bᵀ = Aᵀ·Q (l × k per matrix).
     let t0 = std::time::Instant::now();
     let (grp, q, bts) = ctx.run(|| {
-        let mut grp = Group::upload_short_first(ctx, mats, blocks)?;
+        let mut grp = super::device::in_turn(|| Group::upload_short_first(ctx, mats, blocks))?;
         if !grp.finite {
             return Err(non_finite(mats, |i| index[i]));
         }
@@ -1658,11 +1779,12 @@ fn short_gram_f64(
     Ok(gram)
 }
 
-/// The short-side Grams of a group as read back: `f64` (`[g][sd][sd]`), or double-`f32` pairs
-/// of the upper triangles (`[g][sd][sd][2]` `f32` bits).
+/// The short-side Grams of a group as read back: `f64` (`[g][sd][sd]`), or the upper
+/// triangles [`record_gram`] wrote (`[g][sd][sd]` entries of two words; `true`: `f64` values,
+/// else double-`f32` pairs).
 enum ShortGrams {
     F64(Vec<f64>),
-    Pairs(Vec<u32>),
+    Upper(Vec<u32>, bool),
 }
 
 impl ShortGrams {
@@ -1670,7 +1792,7 @@ impl ShortGrams {
     fn get(&self, i: usize, sd: usize) -> Vec<f64> {
         match self {
             ShortGrams::F64(all) => all[i * sd * sd..(i + 1) * sd * sd].to_vec(),
-            ShortGrams::Pairs(raw) => gram_from_pairs(raw, i, sd),
+            ShortGrams::Upper(raw, f64) => gram_from_words(raw, i, sd, *f64),
         }
     }
 }
@@ -1683,8 +1805,8 @@ fn short_grams_fit(ctx: &Ctx, m: usize, n: usize, blocks: usize) -> bool {
 }
 
 /// The short-side Gram of every matrix of the group, read back: accumulated in `f64` where
-/// the device has it (the GEMM), else in double-`f32` (shaders/gram2.wgsl; within ~1e-13
-/// relative of the `f64` one). Needs [`short_grams_fit`].
+/// the device has `f64` GEMMs, else by [`record_gram`] (`f64` where [`Ctx::f64_gram`], else
+/// double-`f32` within ~1e-13 relative of the `f64` one). Needs [`short_grams_fit`].
 fn short_grams(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuResult<ShortGrams> {
     let (g, sd) = (grp.g, m.min(n));
     if grp.ctx.f64 {
@@ -1693,12 +1815,12 @@ fn short_grams(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuR
     }
     if !short_grams_fit(grp.ctx, m, n, grp.blocks.len()) {
         return Err(device_err(
-            "the double-f32 Gram of a wide matrix needs it in one row block",
+            "the upper-triangle Gram of a wide matrix needs it in one row block",
         ));
     }
     let pairs = grp
         .ctx
-        .buffer((g * sd * sd * 8) as u64, "short-side Gram (double-f32)")?;
+        .buffer((g * sd * sd * 8) as u64, "short-side Gram (upper triangle)")?;
     if m <= n {
         // The Gram of W's rows: X = Wᵀ (n × m), read transposed.
         let at = Gram2 {
@@ -1710,7 +1832,7 @@ fn short_grams(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuR
             tr: true,
             acc: false,
         };
-        record_gram2(s, &grp.w[0], &pairs, &at, g)?;
+        record_gram(s, &grp.w[0], &pairs, &at, g)?;
     } else {
         for (b, &(_, rows)) in grp.blocks.iter().enumerate() {
             let at = Gram2 {
@@ -1722,14 +1844,13 @@ fn short_grams(grp: &Group<'_>, s: &mut Session<'_>, m: usize, n: usize) -> GpuR
                 tr: false,
                 acc: b > 0,
             };
-            record_gram2(s, &grp.w[b], &pairs, &at, g)?;
+            record_gram(s, &grp.w[b], &pairs, &at, g)?;
         }
     }
-    Ok(ShortGrams::Pairs(s.read(
-        &pairs,
-        0,
-        (g * sd * sd * 2) as u64,
-    )?))
+    Ok(ShortGrams::Upper(
+        s.read(&pairs, 0, (g * sd * sd * 2) as u64)?,
+        grp.ctx.f64_gram,
+    ))
 }
 
 /// Top-`rank` factors through the Gram matrix of the short side (the CPU's `rsvd::gram_one`
@@ -1766,6 +1887,7 @@ pub(super) fn gram_path(
     };
     let plan = plan(ctx, batch.len(), m, &needs)?;
     if !short_grams_fit(ctx, m, n, plan.blocks.len()) {
+        super::device::pass_turn();
         return per_matrix(batch, |w| gram_one(w, rank));
     }
     let f64 = ctx.f64;
@@ -1775,7 +1897,7 @@ pub(super) fn gram_path(
         // Device section 1: upload, short-side Grams.
         let t0 = std::time::Instant::now();
         // The upload, outside the device lock: it may overlap another thread's device work.
-        let grp = ctx.scoped(|| Group::upload(ctx, mats, &plan.blocks))?;
+        let grp = super::device::in_turn(|| ctx.scoped(|| Group::upload(ctx, mats, &plan.blocks)))?;
         let t_up = t0.elapsed().as_secs_f64();
         let (grp, gs) = ctx.run(|| {
             let mut s = Session::new(ctx);
@@ -1792,25 +1914,25 @@ pub(super) fn gram_path(
         // the same bits alone or in a batch).
         // Per matrix: eigenvectors E (s × r), σ, and E·diag(1/σ) for the long side.
         type Eig = (Vec<f64>, Vec<f32>, Vec<f32>);
-        let eigs: Vec<Result<Eig, ComputeError>> = (0..grp.g)
-            .into_par_iter()
-            .map(|i| {
-                let g = gs.get(i, sd);
-                let top = top_eigen_seq(&g, sd, r).map_err(|reason| ComputeError::Numerical {
-                    index: base + i,
-                    reason,
-                })?;
-                let mut scaled = vec![0.0f32; sd * r];
-                for a in 0..sd {
-                    for l in 0..r {
-                        scaled[a * r + l] = (top.e[(a, l)] * top.inv[l]) as f32;
-                    }
+        let eigs: Vec<Option<Result<Eig, ComputeError>>> = super::device::fifo_map(grp.g, |i| {
+            let g = gs.get(i, sd);
+            let top = top_eigen_seq(&g, sd, r).map_err(|reason| ComputeError::Numerical {
+                index: base + i,
+                reason,
+            })?;
+            let mut scaled = vec![0.0f32; sd * r];
+            for a in 0..sd {
+                for l in 0..r {
+                    scaled[a * r + l] = (top.e[(a, l)] * top.inv[l]) as f32;
                 }
-                Ok((top.sig, top.short, scaled))
-            })
-            .collect();
+            }
+            Ok((top.sig, top.short, scaled))
+        });
         drop(gs);
-        let eigs = eigs.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let eigs = eigs
+            .into_iter()
+            .map(|got| got.unwrap_or_else(|| Err(device_err("an eigendecomposition did not run"))))
+            .collect::<Result<Vec<_>, _>>()?;
         tracing::debug!(
             "gpu gram path: CPU eigendecompositions {:.4} s",
             t1.elapsed().as_secs_f64()

@@ -356,13 +356,18 @@ fn every_shader_runs_on_the_device() {
         ("row norms", ran(&|k| *k == K::RowSq)),
         ("column norms", ran(&|k| *k == K::ColSq)),
         ("Cholesky-QR step", ran(&|k| matches!(k, K::Chol { .. }))),
-        ("double-f32 Gram", ran(&|k| *k == K::Gram2)),
+        ("double-f32 Gram", ran(&|k| matches!(k, K::Gram2 { .. }))),
+        ("f64 Gram", ran(&|k| *k == K::Gram64)),
         ("transpose", ran(&|k| *k == K::Transpose)),
     ] {
         // A hardware adapter runs without f64 shaders unless asked (GpuOptions::prefer_f64);
-        // norms then run on the CPU.
+        // norms then run on the CPU. The small Grams take one of two kernels (Ctx::f64_gram;
+        // the other is exercised by `small_grams_match_f64`).
         let needs_f64 = what.contains("f64") || what.contains("norms");
-        if needs_f64 && !gpu.has_f64() {
+        if (needs_f64 && !gpu.has_f64() && what != "f64 Gram")
+            || (what == "f64 Gram" && !gpu.has_f64_gram())
+            || (what == "double-f32 Gram" && gpu.has_f64_gram())
+        {
             continue;
         }
         assert!(n > 0, "{what} never ran: {counts:?}");
@@ -719,25 +724,45 @@ fn resident_path_and_careful_redo() {
     }
 }
 
-/// shaders/gram2.wgsl: the Gram of `f32` columns accumulated in double-`f32` agrees with the
-/// CPU's `f64` Gram to `f64`-like accuracy (far below one `f32` rounding), for a batch, a
-/// side that is not a multiple of the tile, and columns of very different scales; the same
-/// from the matrices stored transposed, and from their rows in two buffers (accumulated); with
-/// 10001 rows, summed in row splits and combined (split-K).
+/// shaders/gram2.wgsl and gram64.wgsl: the Gram of `f32` columns accumulated in double-`f32`
+/// or in `f64` agrees with the CPU's `f64` Gram to `f64`-like accuracy (far below one `f32`
+/// rounding), for a batch, a side that is not a multiple of the tile, and columns of very
+/// different scales; the same from the matrices stored transposed, and from their rows in two
+/// buffers (accumulated); with 10001 rows, summed in row splits and combined (split-K).
 #[test]
-fn double_f32_gram_matches_f64() {
+fn small_grams_match_f64() {
     let Some(gpu) = gpu() else { return };
-    for n in [3001, 10001] {
-        double_f32_gram_case(gpu, n);
+    use super::device::Kernel as K;
+    // gram64.wgsl needs SHADER_F64 on the device (enabled for either use of f64).
+    let kernels: &[bool] = if gpu.has_f64() || gpu.has_f64_gram() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let fused = gpu.ctx.fused_fma();
+    eprintln!("fma fused on this device: {fused}");
+    let mut variants = vec![K::Gram2 { fused: false }];
+    if fused {
+        variants.push(K::Gram2 { fused: true });
+    }
+    if kernels.len() == 2 {
+        variants.push(K::Gram64);
+    }
+    for &kernel in &variants {
+        for n in [3001, 10001] {
+            small_gram_case(gpu, n, kernel);
+        }
     }
     let combined = gpu.ctx.dispatches.lock().unwrap().clone();
-    assert!(combined
-        .get(&super::device::Kernel::Gram2Combine)
-        .is_some_and(|&c| c > 0));
+    assert!(combined.get(&K::Gram2Combine).is_some_and(|&c| c > 0));
+    if kernels.len() == 2 {
+        assert!(combined.get(&K::Gram64Combine).is_some_and(|&c| c > 0));
+    }
 }
 
-fn double_f32_gram_case(gpu: &Gpu, n: usize) {
-    use super::rsvd::{record_gram2, Gram2};
+fn small_gram_case(gpu: &Gpu, n: usize, kernel: super::device::Kernel) {
+    use super::rsvd::{gram_from_words, record_gram_with, Gram2};
+    let f64 = kernel == super::device::Kernel::Gram64;
     let ctx = &gpu.ctx;
     let (k, g) = (37usize, 2usize);
     let mut xs: Vec<f32> = Vec::with_capacity(g * n * k);
@@ -787,44 +812,40 @@ fn double_f32_gram_case(gpu: &Gpu, n: usize) {
             for _ in 0..3 {
                 outs.push(ctx.buffer((g * k * k * 8) as u64, "pairs")?);
             }
-            record_gram2(&mut s, &xb, &outs[0], &plain(n, k, n * k, false, false), g)?;
-            record_gram2(&mut s, &tb, &outs[1], &plain(n, n, n * k, true, false), g)?;
-            record_gram2(
-                &mut s,
-                &b0,
-                &outs[2],
-                &plain(cut, k, cut * k, false, false),
-                g,
-            )?;
+            let (x0, x1) = (
+                plain(n, k, n * k, false, false),
+                plain(n, n, n * k, true, false),
+            );
+            record_gram_with(&mut s, &xb, &outs[0], &x0, g, kernel)?;
+            record_gram_with(&mut s, &tb, &outs[1], &x1, g, kernel)?;
+            let top = plain(cut, k, cut * k, false, false);
+            record_gram_with(&mut s, &b0, &outs[2], &top, g, kernel)?;
             let rest = n - cut;
-            record_gram2(
-                &mut s,
-                &b1,
-                &outs[2],
-                &plain(rest, k, rest * k, false, true),
-                g,
-            )?;
+            let bottom = plain(rest, k, rest * k, false, true);
+            record_gram_with(&mut s, &b1, &outs[2], &bottom, g, kernel)?;
             outs.iter()
                 .map(|o| s.read(o, 0, (g * k * k * 2) as u64))
                 .collect()
         })
         .unwrap();
+    let kind = format!("{kernel:?}");
     for (what, got) in ["plain", "transposed", "two row blocks"].iter().zip(&runs) {
         let mut worst = 0.0f64;
         for z in 0..g {
             let want = crate::compute::dense::gram(&xs[z * n * k..(z + 1) * n * k], n, k);
+            let v = gram_from_words(got, z, k, f64);
             for a in 0..k {
                 for b in a..k {
-                    let o = 2 * (z * k * k + a * k + b);
-                    let v = f32::from_bits(got[o]) as f64 + f32::from_bits(got[o + 1]) as f64;
                     let w = want[a * k + b];
                     let scale = (want[a * k + a] * want[b * k + b]).sqrt();
-                    worst = worst.max((v - w).abs() / scale);
+                    worst = worst.max((v[a * k + b] - w).abs() / scale);
                 }
             }
         }
-        eprintln!("double-f32 Gram ({what}, {n} rows): worst |ΔG_ab| / √(G_aa G_bb) = {worst:.2e}");
-        assert!(worst < 1e-10, "{what}, {n} rows: {worst:e}");
+        eprintln!("{kind} Gram ({what}, {n} rows): worst |ΔG_ab| / √(G_aa G_bb) = {worst:.2e}");
+        // f64 sums of exact products: within n·2⁻⁵³ of the CPU's (another order of the sum).
+        let tol = if f64 { 1e-12 } else { 1e-10 };
+        assert!(worst < tol, "{kind}, {what}, {n} rows: {worst:e}");
     }
     // Same sums in the same order: the transposed read gives the same bits.
     assert_eq!(runs[0], runs[1]);
