@@ -17,8 +17,8 @@
 // Long X (split-K): with `splits` > 1, workgroup z = matrix · splits + split sums rows
 // split·chunk … (split + 1)·chunk − 1 only, into slot z of `out` (`[matrix][split][k][k][2]`,
 // never with `acc`), and `combine` then adds each entry's splits in order into the final
-// pairs, so that a Gram of many rows still fills the device. The split is a function of the
-// shape, so the bits are too.
+// pairs, so that a Gram of many rows still fills the device. The split is a function of one
+// matrix's shape (and the device's limits), never of the batch, so the bits are too.
 struct Params {
     n: u32,
     k: u32,
@@ -197,7 +197,9 @@ fn main(
 
 // The final pairs from the splits' (x: `[matrix][split][k][k][2]`): entry (a, b) of matrix
 // z is its splits added in order (`add_pair`), continuing what is in `out` with `acc`. One
-// invocation per entry of the upper triangles; `stride` holds the number of matrices.
+// invocation per entry of the upper triangles; `stride` holds the number of matrices of this
+// sub-batch and `off` the output slot of its first (the host takes the matrices in sub-batches
+// whose partial sums fit, so that the splits depend on the shape alone).
 @compute @workgroup_size(64, 1, 1)
 fn combine(
     @builtin(global_invocation_id) gid: vec3<u32>,
@@ -211,12 +213,12 @@ fn combine(
     if (z >= p.stride || a > b) {
         return;
     }
-    var sum = start(z, a, b);
+    var sum = start(z + p.off, a, b);
     for (var sp = 0u; sp < p.splits; sp++) {
         let o = 2u * ((z * p.splits + sp) * kk + a * p.k + b);
         sum = add_pair(sum, vec2<f32>(x[o], x[o + 1u]));
     }
-    finish(z, a, b, sum);
+    finish(z + p.off, a, b, sum);
 }
 
 // The rounding error of each product x[2i]·x[2i + 1] by `fma`, into out[i] (i < n): the host

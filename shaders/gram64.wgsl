@@ -16,7 +16,7 @@
 // Long X (split-K), as in gram2.wgsl: with `splits` > 1, workgroup z = matrix · splits + split
 // sums rows split·chunk … (split + 1)·chunk − 1 into slot z of `out` (`[matrix][split][k][k]`,
 // never with `acc`), and `combine` adds each entry's splits in order. The split is a function
-// of the shape, so the bits are too.
+// of one matrix's shape (and the device's limits), never of the batch, so the bits are too.
 struct Params {
     n: u32,
     k: u32,
@@ -143,7 +143,7 @@ fn main(
 // The final sums from the splits' (`parts`: `[matrix][split][k][k]` f64):
 // entry (a, b) of matrix z is its splits added in order, continuing what is in `out` with
 // `acc`. One invocation per entry of the upper triangles; `stride` holds the number of
-// matrices.
+// matrices of this sub-batch and `off` the output slot of its first.
 @group(0) @binding(1) var<storage, read> parts: array<f64>;
 
 @compute @workgroup_size(64, 1, 1)
@@ -159,9 +159,9 @@ fn combine(
     if (z >= p.stride || a > b) {
         return;
     }
-    var sum = start(z, a, b);
+    var sum = start(z + p.off, a, b);
     for (var sp = 0u; sp < p.splits; sp++) {
         sum += parts[(z * p.splits + sp) * kk + a * p.k + b];
     }
-    finish(z, a, b, sum);
+    finish(z + p.off, a, b, sum);
 }

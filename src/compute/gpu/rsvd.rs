@@ -1232,7 +1232,8 @@ const GRAM2_MAX_SPLITS: usize = 32;
 /// gram64.wgsl, else gram2.wgsl): the upper triangle of each `XᵀX` into `out` (`[g][k][k]`
 /// entries of 8 bytes: an `f64`, or a double-`f32` `(s, c)` pair; [`gram_from_words`] reads
 /// either). Without `acc`, a Gram over at least [`GRAM2_SPLIT_FROM`] rows is summed in splits of
-/// about [`GRAM2_CHUNK`] rows (a function of the shape and the device's limits) that the
+/// about [`GRAM2_CHUNK`] rows (a function of one matrix's shape and the device's limits, never of
+/// the batch: a batch whose partial sums do not fit is taken in sub-batches) that the
 /// kernel's `combine` adds in order.
 pub(super) fn record_gram(
     s: &mut Session<'_>,
@@ -1296,57 +1297,75 @@ pub(super) fn record_gram_with(
     u(last, "element offset")?;
     u(g * a.k * a.k * 2, "output size")?;
     let tiles = u(a.k.div_ceil(side), "tiles")?;
-    let per_split = (g * a.k * a.k * 8).max(1) as u64;
-    let room = (s.ctx.budget / 8).min(s.ctx.binding_limit) / per_split;
+    // The splits depend on one matrix's shape and the device alone (never on the batch), so
+    // that a matrix's bits are the same alone or in any batch; the matrices are then taken in
+    // sub-batches whose partial sums fit an eighth of the budget and one binding.
+    let limit = (s.ctx.budget / 8).min(s.ctx.binding_limit);
+    let per_split = (a.k * a.k * 8).max(1) as u64;
+    let room = (limit / per_split).max(1) as usize;
     let splits = if a.acc || a.n < GRAM2_SPLIT_FROM {
         1
     } else {
         a.n.div_ceil(GRAM2_CHUNK)
             .min(GRAM2_MAX_SPLITS)
-            .min(room as usize)
+            .min(room)
             .max(1)
     };
     let chunk = a.n.div_ceil(splits);
-    let params = [
-        u(a.n, "rows")?,
-        u(a.k, "columns")?,
-        u(a.ld, "leading dimension")?,
-        u(a.stride, "stride")?,
-        u(a.off, "offset")?,
-        a.tr as u32,
-        a.acc as u32,
-        0,
-        u(splits, "splits")?,
-        u(chunk, "rows per split")?,
-    ];
+    let params = |off: usize| -> GpuResult<[u32; 10]> {
+        Ok([
+            u(a.n, "rows")?,
+            u(a.k, "columns")?,
+            u(a.ld, "leading dimension")?,
+            u(a.stride, "stride")?,
+            u(off, "offset")?,
+            a.tr as u32,
+            a.acc as u32,
+            0,
+            u(splits, "splits")?,
+            u(chunk, "rows per split")?,
+        ])
+    };
     if splits == 1 {
-        return s.dispatch(main, &params, &[x, out], (tiles, tiles, u(g, "matrices")?));
+        return s.dispatch(
+            main,
+            &params(a.off)?,
+            &[x, out],
+            (tiles, tiles, u(g, "matrices")?),
+        );
     }
-    let parts = s
-        .ctx
-        .buffer((g * splits * a.k * a.k * 8) as u64, "Gram row splits")?;
-    u(g * splits * a.k * a.k * 2, "split output size")?;
-    s.dispatch(
-        main,
-        &params,
-        &[x, &parts],
-        (tiles, tiles, u(g * splits, "matrices × splits")?),
+    let per_batch = (room / splits).clamp(1, g);
+    let parts = s.ctx.buffer(
+        (per_batch * splits * a.k * a.k * 8) as u64,
+        "Gram row splits",
     )?;
-    let entries = (g * a.k * a.k) as u64;
-    let (gx, gy) = s.ctx.grid(entries.div_ceil(64))?;
-    let combine = [
-        0,
-        u(a.k, "columns")?,
-        0,
-        u(g, "matrices")?,
-        0,
-        0,
-        0,
-        0,
-        u(splits, "splits")?,
-        0,
-    ];
-    s.dispatch(combine_kernel, &combine, &[&parts, out], (gx, gy, 1))
+    u(per_batch * splits * a.k * a.k * 2, "split output size")?;
+    for z0 in (0..g).step_by(per_batch) {
+        let gb = per_batch.min(g - z0);
+        s.dispatch(
+            main,
+            &params(a.off + z0 * a.stride)?,
+            &[x, &parts],
+            (tiles, tiles, u(gb * splits, "matrices × splits")?),
+        )?;
+        let entries = (gb * a.k * a.k) as u64;
+        let (gx, gy) = s.ctx.grid(entries.div_ceil(64))?;
+        // `combine` writes matrix z of the sub-batch to output slot `off` + z.
+        let combine = [
+            0,
+            u(a.k, "columns")?,
+            0,
+            u(gb, "matrices")?,
+            u(z0, "first matrix")?,
+            0,
+            0,
+            0,
+            u(splits, "splits")?,
+            0,
+        ];
+        s.dispatch(combine_kernel, &combine, &[&parts, out], (gx, gy, 1))?;
+    }
+    Ok(())
 }
 
 /// Gram `i` (`k × k`, row-major `f64`, symmetric) from the upper triangles [`record_gram`]

@@ -760,6 +760,84 @@ fn small_grams_match_f64() {
     }
 }
 
+/// A Gram's row splits depend on one matrix's shape and the device, never on the batch: with a
+/// budget so small that a batch's partial sums do not fit together, the batch is summed in
+/// sub-batches with the same splits, and every matrix gets the bits it gets alone.
+#[test]
+fn small_gram_bits_do_not_depend_on_the_batch() {
+    use super::device::Kernel as K;
+    use super::rsvd::{record_gram_with, Gram2};
+    let Some(gpu) = open(GpuOptions {
+        memory_budget: Some(512 * 1024),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let ctx = &gpu.ctx;
+    // 1100 rows: three splits of one matrix fit an eighth of the budget, not those of four.
+    let (n, k, g) = (1100usize, 40usize, 4usize);
+    let xs = gaussian(77, g * n, k).data;
+    let mut kernels = vec![K::Gram2 { fused: false }];
+    if ctx.fused_fma() {
+        kernels.push(K::Gram2 { fused: true });
+    }
+    if gpu.has_f64() || gpu.has_f64_gram() {
+        kernels.push(K::Gram64);
+    }
+    for kernel in kernels {
+        let at = |off| Gram2 {
+            n,
+            k,
+            ld: k,
+            stride: n * k,
+            off,
+            tr: false,
+            acc: false,
+        };
+        let before = ctx.dispatches.lock().unwrap().clone();
+        let (batch, alone): (Vec<u32>, Vec<Vec<u32>>) = ctx
+            .run(|| {
+                let xb = ctx.upload(&[&xs[..]], "x")?;
+                let out = ctx.buffer((g * k * k * 8) as u64, "batch")?;
+                let mut s = super::device::Session::new(ctx);
+                record_gram_with(&mut s, &xb, &out, &at(0), g, kernel)?;
+                let batch = s.read(&out, 0, (g * k * k * 2) as u64)?;
+                let mut alone = Vec::new();
+                for z in 0..g {
+                    let one = ctx.buffer((k * k * 8) as u64, "alone")?;
+                    record_gram_with(&mut s, &xb, &one, &at(z * n * k), 1, kernel)?;
+                    alone.push(s.read(&one, 0, (k * k * 2) as u64)?);
+                }
+                Ok((batch, alone))
+            })
+            .unwrap();
+        let after = ctx.dispatches.lock().unwrap().clone();
+        let combine = if kernel == K::Gram64 {
+            K::Gram64Combine
+        } else {
+            K::Gram2Combine
+        };
+        let ran =
+            after.get(&combine).copied().unwrap_or(0) - before.get(&combine).copied().unwrap_or(0);
+        // One combine per matrix in the batch (sub-batches of one), one per matrix alone.
+        assert_eq!(ran, 2 * g as u64, "{kernel:?}: sub-batches");
+        for (z, one) in alone.iter().enumerate() {
+            let words = 2 * k * k;
+            // Upper triangles only: the rest is never written.
+            for a in 0..k {
+                for b in a..k {
+                    let o = 2 * (a * k + b);
+                    assert_eq!(
+                        &batch[z * words + o..z * words + o + 2],
+                        &one[o..o + 2],
+                        "{kernel:?}: matrix {z}, entry ({a}, {b})"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn small_gram_case(gpu: &Gpu, n: usize, kernel: super::device::Kernel) {
     use super::rsvd::{gram_from_words, record_gram_with, Gram2};
     let f64 = kernel == super::device::Kernel::Gram64;
