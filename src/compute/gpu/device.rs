@@ -589,16 +589,12 @@ impl Ctx {
             if std::env::var("HCC_GPU_FMA").is_ok_and(|v| v == "0") {
                 return false;
             }
-            // Inside error scopes of its own, without taking the device lock (the caller may
-            // hold it: this runs inside device sections) and without consuming an error that
-            // another thread's section left for its own scope to report.
-            let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-            let got = self.probe_fma();
-            let failed = pollster::block_on(oom.pop()).is_some()
-                | pollster::block_on(validation.pop()).is_some();
-            tracing::debug!("gpu: fused fma probe: {got:?} (errors: {failed})");
-            !failed && got.unwrap_or(false)
+            // In error scopes of its own (`checked`), without taking the device lock (the
+            // caller may hold it: this runs inside device sections) and without consuming an
+            // error that another thread's section left for its own scope to report.
+            let got = self.checked("fma probe", || self.probe_fma());
+            tracing::debug!("gpu: fused fma probe: {got:?}");
+            matches!(got, Ok(Ok(true)))
         })
     }
 

@@ -230,38 +230,23 @@ impl Resident {
 /// decisions on the host (`None`), or entirely on the device.
 type Mode<'r> = Option<&'r Resident>;
 
-/// Appends the elements in `src` (bytes of `T`s) to `dst`: one copy where `src` is aligned.
 /// Copies every `(dst, src)` pair (equal lengths), by pieces of at most [`COPY_PIECE`] bytes
-/// spread over the host's threads when there are at least [`PARALLEL_COPY`] bytes (scoped
-/// threads: no rayon inside a device section). Reads from mapped staging memory run at
-/// 1–2 GB/s on one thread on the NVIDIA machines measured, ~10 GB/s on 16.
+/// spread over the host's threads ([`super::device::scoped_map`]: no rayon inside a device
+/// section) when there are at least [`PARALLEL_COPY`] bytes. Reads from mapped staging memory
+/// run at 1–2 GB/s on one thread on the NVIDIA machines measured, ~10 GB/s on 16.
 pub(super) fn copy_pieces(pairs: Vec<(&mut [u8], &[u8])>) {
     let total: usize = pairs.iter().map(|(d, _)| d.len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16);
-    if total < PARALLEL_COPY || threads < 2 {
+    if total < PARALLEL_COPY {
         for (d, s) in pairs {
             d.copy_from_slice(s);
         }
         return;
     }
-    let mut pieces: Vec<(&mut [u8], &[u8])> = Vec::new();
-    for (d, s) in pairs {
-        for (dp, sp) in d.chunks_mut(COPY_PIECE).zip(s.chunks(COPY_PIECE)) {
-            pieces.push((dp, sp));
-        }
-    }
-    let per_thread = pieces.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        for part in pieces.chunks_mut(per_thread) {
-            scope.spawn(move || {
-                for (d, s) in part.iter_mut() {
-                    d.copy_from_slice(s);
-                }
-            });
-        }
-    });
+    let pieces: Vec<(&mut [u8], &[u8])> = pairs
+        .into_iter()
+        .flat_map(|(d, s)| d.chunks_mut(COPY_PIECE).zip(s.chunks(COPY_PIECE)))
+        .collect();
+    super::device::scoped_map(pieces, |(d, s)| d.copy_from_slice(s));
 }
 
 /// [`copy_pieces`]' piece size and the total from which it uses several threads.
@@ -1242,21 +1227,7 @@ pub(super) fn record_gram(
     a: &Gram2,
     g: usize,
 ) -> GpuResult<()> {
-    let f64 = s.ctx.f64_gram;
-    record_gram_as(s, x, out, a, g, f64)
-}
-
-/// [`record_gram`] with the kernel chosen: gram64.wgsl where `f64` (the device must have
-/// `SHADER_F64`), else gram2.wgsl (with `fma` where [`Ctx::fused_fma`]).
-pub(super) fn record_gram_as(
-    s: &mut Session<'_>,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    a: &Gram2,
-    g: usize,
-    f64: bool,
-) -> GpuResult<()> {
-    let main = if f64 {
+    let main = if s.ctx.f64_gram {
         Kernel::Gram64
     } else {
         Kernel::Gram2 {
@@ -1390,7 +1361,7 @@ pub(super) fn gram_from_words(raw: &[u32], i: usize, k: usize, f64: bool) -> Vec
 }
 
 /// The `g` Grams (`k × k`, row-major `f64`, symmetric) from the mapped bytes of the upper
-/// triangles [`record_gram`] wrote ([`gram_from_words`]), converted on several threads.
+/// triangles [`record_gram`] wrote ([`gram_from_words`]), one matrix per scoped thread.
 fn grams_from_bytes(bytes: &[u8], g: usize, k: usize, f64: bool) -> Vec<Vec<f64>> {
     let words: std::borrow::Cow<'_, [u32]> = match bytemuck::try_cast_slice(bytes) {
         Ok(w) => std::borrow::Cow::Borrowed(w),
@@ -1399,22 +1370,7 @@ fn grams_from_bytes(bytes: &[u8], g: usize, k: usize, f64: bool) -> Vec<Vec<f64>
     if words.len() < 2 * g * k * k {
         return Vec::new();
     }
-    let mut out: Vec<Vec<f64>> = vec![Vec::new(); g];
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16);
-    let per_thread = g.div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (t, part) in out.chunks_mut(per_thread).enumerate() {
-            let words = &words;
-            scope.spawn(move || {
-                for (j, gm) in part.iter_mut().enumerate() {
-                    *gm = gram_from_words(words, t * per_thread + j, k, f64);
-                }
-            });
-        }
-    });
-    out
+    super::device::scoped_map((0..g).collect(), |i| gram_from_words(&words, i, k, f64))
 }
 
 /// One group on the resident path (Krylov blocks of at most `ctx.chol_kmax` columns): upload,
