@@ -531,45 +531,61 @@ impl Ctx {
         what: &str,
     ) -> GpuResult<wgpu::Buffer> {
         let bytes: Vec<&[u8]> = parts.iter().map(|p| bytemuck::cast_slice(p)).collect();
-        Ok(self.upload_bytes(&bytes, what, false)?.0)
+        self.upload_bytes(&bytes, what)
     }
 
-    /// [`Ctx::upload`] of `f32` data that also tells whether every element is finite (checked
-    /// while copying, chunk by chunk, so the weights are read once).
-    pub(super) fn upload_finite(
+    /// A device buffer for a later [`Ctx::fill_finite`] of `bytes`: creating it may take
+    /// milliseconds (the allocator may map new device memory, under a lock that other threads'
+    /// buffer creations wait for), so a job creates it before waiting for its upload's turn.
+    pub(super) fn upload_target(&self, bytes: u64, what: &str) -> GpuResult<wgpu::Buffer> {
+        let size = self.check_size(bytes, what, self.binding_limit)?;
+        self.storage(size, what, false)
+    }
+
+    /// Copies `parts`, one after the other, into `buf` (from [`Ctx::upload_target`], at least
+    /// their size) through staging memory; whether every element is finite.
+    pub(super) fn fill_finite(
         &self,
+        buf: &wgpu::Buffer,
         parts: &[&[f32]],
         what: &str,
-    ) -> GpuResult<(wgpu::Buffer, bool)> {
+    ) -> GpuResult<bool> {
         let bytes: Vec<&[u8]> = parts.iter().map(|p| bytemuck::cast_slice(p)).collect();
-        self.upload_bytes(&bytes, what, true)
+        let total: u64 = bytes.iter().map(|p| p.len() as u64).sum();
+        if total > buf.size() {
+            return Err(device_err(format!(
+                "{what}: {total} bytes do not fit a buffer of {}",
+                buf.size()
+            )));
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(16);
+        self.upload_parallel(buf, &bytes, threads, what, true)
     }
 
-    /// The uploads; with `check`, whether no 4-byte word is a non-finite `f32`.
-    fn upload_bytes(
-        &self,
-        parts: &[&[u8]],
-        what: &str,
-        check: bool,
-    ) -> GpuResult<(wgpu::Buffer, bool)> {
+    /// The uploads, one after the other in one new buffer.
+    fn upload_bytes(&self, parts: &[&[u8]], what: &str) -> GpuResult<wgpu::Buffer> {
         let bytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let size = self.check_size(bytes, what, self.binding_limit)?;
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(16);
         if bytes >= PARALLEL_UPLOAD && threads > 1 {
-            return self.upload_parallel(parts, size, threads, what, check);
+            let buf = self.storage(size, what, false)?;
+            self.upload_parallel(&buf, parts, threads, what, false)?;
+            return Ok(buf);
         }
         let buf = self.storage(size, what, true)?;
-        let finite = {
+        {
             let mut view = buf
                 .slice(..)
                 .get_mapped_range_mut()
                 .map_err(|e| device_err(format!("mapping {what}: {e}")))?;
-            copy_range(parts, 0, bytes as usize, &mut view, check)
-        };
+            copy_range(parts, 0, bytes as usize, &mut view, false);
+        }
         buf.unmap();
-        Ok((buf, finite))
+        Ok(buf)
     }
 
     /// How many staging buffers the pool keeps: 1/8 of the memory budget (host memory, not
@@ -691,7 +707,9 @@ impl Ctx {
     /// buffer's copy may sit behind another job's work), new ones (mapped at creation) for the
     /// rest. Buffers whose mapping failed leave the pool.
     fn take_staging(&self, n: usize) -> Vec<wgpu::Buffer> {
+        let t0 = std::time::Instant::now();
         let _ = self.device.poll(wgpu::PollType::Poll);
+        let t_poll = t0.elapsed().as_secs_f64();
         let mut out = Vec::with_capacity(n);
         {
             let mut pool = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
@@ -705,6 +723,11 @@ impl Ctx {
                 }
             }
         }
+        let pooled = out.len();
+        tracing::trace!(
+            "staging: poll {t_poll:.4} s, {pooled} of {n} pooled after {:.4} s",
+            t0.elapsed().as_secs_f64()
+        );
         while out.len() < n {
             out.push(self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("upload staging"),
@@ -737,25 +760,27 @@ impl Ctx {
     }
 
     /// [`Ctx::upload`] for large data: chunks of [`STAGING_CHUNK`] bytes filled by `threads`
-    /// threads in staging buffers (pooled: see [`Ctx::take_staging`]), then copied into one
-    /// storage buffer on the device. One thread copies into mapped memory at ~5 GB/s. Plain
+    /// threads in staging buffers (pooled: see [`Ctx::take_staging`]), then copied into the
+    /// storage buffer `buf` on the device; whether every element is finite (with `check`). One
+    /// thread copies into mapped memory at ~5 GB/s. Plain
     /// scoped threads, not rayon: this runs inside a device section, which must never wait on
     /// the rayon pool.
     fn upload_parallel(
         &self,
+        buf: &wgpu::Buffer,
         parts: &[&[u8]],
-        size: u64,
         threads: usize,
         what: &str,
         check: bool,
-    ) -> GpuResult<(wgpu::Buffer, bool)> {
+    ) -> GpuResult<bool> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let buf = self.storage(size, what, false)?;
+        let t0 = std::time::Instant::now();
         let chunk = STAGING_CHUNK as usize;
         let ranges: Vec<(usize, usize)> = (0..total.div_ceil(chunk))
             .map(|c| (c * chunk, ((c + 1) * chunk).min(total)))
             .collect();
         let staging = self.take_staging(ranges.len());
+        let t_staged = t0.elapsed().as_secs_f64();
         let threads = threads.min(ranges.len()).max(1);
         // Thread t fills chunks t, t + threads, …
         let filled: Vec<GpuResult<bool>> = std::thread::scope(|scope| {
@@ -786,6 +811,7 @@ impl Ctx {
                 })
                 .collect()
         });
+        let t_filled = t0.elapsed().as_secs_f64();
         for st in &staging {
             st.unmap();
         }
@@ -802,14 +828,19 @@ impl Ctx {
             enc.copy_buffer_to_buffer(
                 st,
                 0,
-                &buf,
+                buf,
                 a as u64,
                 Some(((b - a) as u64).next_multiple_of(4)),
             );
         }
         self.queue.submit([enc.finish()]);
         self.give_staging(staging);
-        Ok((buf, finite))
+        tracing::trace!(
+            "upload {what}: {total} bytes, staging {t_staged:.4} s, filled {t_filled:.4} s, \
+             submitted {:.4} s",
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(finite)
     }
 
     /// The Gaussian sketch `rng::gaussian_f32(seed, rows, cols)` on the device (made and
@@ -1268,6 +1299,9 @@ fn all_finite_words(bytes: &[u8]) -> bool {
 /// A sequence of commands recorded into one encoder and submitted when results are read.
 pub(super) struct Session<'c> {
     pub(super) ctx: &'c Ctx,
+    /// The open compute pass that untimed dispatches share (declared before `enc`, so that it
+    /// ends before the encoder drops). Any other command ends it first ([`Session::enc`]).
+    pass: Option<wgpu::ComputePass<'static>>,
     enc: Option<wgpu::CommandEncoder>,
     stamps: Option<&'c Stamps>,
     /// Dispatches recorded since the last submission (for the trace log).
@@ -1295,6 +1329,7 @@ impl<'c> Session<'c> {
     pub(super) fn new(ctx: &'c Ctx) -> Self {
         Session {
             ctx,
+            pass: None,
             enc: None,
             stamps: None,
             recorded: 0,
@@ -1331,7 +1366,10 @@ impl<'c> Session<'c> {
         self.enc()
     }
 
+    /// The encoder, after ending the shared compute pass (wgpu locks an encoder while a pass
+    /// on it is open).
     fn enc(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
         let device = &self.ctx.device;
         self.enc.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hcc") })
@@ -1425,16 +1463,35 @@ impl<'c> Session<'c> {
             _ => None,
         };
         let device = &self.ctx.device;
-        let enc = self.enc.get_or_insert_with(|| {
+        let Session { pass, enc, .. } = self;
+        let enc = enc.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hcc") })
         });
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes,
+        if timestamp_writes.is_some() {
+            // A timed dispatch gets a pass of its own, whose start and end are stamped.
+            *pass = None;
+            let mut timed = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes,
+            });
+            timed.set_pipeline(&pipeline);
+            timed.set_bind_group(0, &bind, &[]);
+            timed.dispatch_workgroups(groups.0, groups.1, groups.2);
+            return Ok(());
+        }
+        // Untimed dispatches share one pass: wgpu still orders each dispatch after the ones
+        // whose buffers it uses (a usage scope and barriers per dispatch), and a pass per
+        // dispatch cost host time in wgpu and a pass boundary on the device.
+        let shared = pass.get_or_insert_with(|| {
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            })
+            .forget_lifetime()
         });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        shared.set_pipeline(&pipeline);
+        shared.set_bind_group(0, &bind, &[]);
+        shared.dispatch_workgroups(groups.0, groups.1, groups.2);
         Ok(())
     }
 
@@ -1451,6 +1508,7 @@ impl<'c> Session<'c> {
     /// [`Session::flush`], returning the wall time in seconds from the submission to the end
     /// of the wait (0 when nothing was recorded; finishing the encoder is not counted).
     pub(super) fn flush_timed(&mut self) -> GpuResult<f64> {
+        self.pass = None;
         let Some(mut enc) = self.enc.take() else {
             return Ok(0.0);
         };

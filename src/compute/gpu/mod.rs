@@ -330,7 +330,7 @@ impl Backend for Gpu {
     }
 
     /// Up to eight jobs at a time (`HCC_GPU_JOBS` sets another number), on threads that take
-    /// the jobs smallest first, each planning within its share of the memory budget; their
+    /// the jobs in [`job_order`]'s order, each planning within its share of the memory budget; their
     /// device sections do not wait for each other, so that one job's uploads, recording and CPU
     /// steps (eigendecompositions, assembly) overlap the others' device work, and their first
     /// uploads and their eigendecompositions run in job order (see the module docs). Every matrix
@@ -366,17 +366,7 @@ impl Backend for Gpu {
         while workers > 1 && one_matrix.iter().take(workers).sum::<u64>() > self.ctx.budget {
             workers -= 1;
         }
-        // The smallest jobs first: their device sections are short, so the CPU's
-        // eigendecompositions start early and the device's later sections overlap them (the
-        // two-stage flow shop's rule; on GPT-2 small at rank 256: 0.24–0.25 s against 0.28–0.30
-        // s largest first, docs/PERF.md). The jobs start together and queue for their uploads
-        // and eigendecompositions in this order (device::in_turn, device::fifo_map).
-        let mut order: Vec<usize> = (0..jobs.len()).collect();
-        order.sort_by_key(|&j| {
-            let (batch, rank) = jobs[j];
-            let size = batch.first().map_or(0, |w| w.rows() * w.cols());
-            batch.len() * size * rank.max(1)
-        });
+        let order = job_order(jobs, opts);
         let next = std::sync::atomic::AtomicUsize::new(0);
         // The jobs' first uploads run in the order the jobs start (device::in_turn).
         let turns = std::sync::Arc::new(device::Turns::default());
@@ -519,4 +509,64 @@ impl Gpu {
             Cpu.col_norms(w)
         }
     }
+}
+
+/// Seconds of one core per `e³` of an `e × e` eigendecomposition of the top half
+/// ([`crate::compute::eigen`]: ~43 ms at `e = 522`, `r = 256` on one core here and ~47 ms on the
+/// H100 machine's cores; docs/PERF.md). Only the order of magnitude matters: it decides which
+/// stage of [`job_order`]'s flow shop is the bottleneck.
+const EIGEN_SECONDS_PER_CUBE: f64 = 3.0e-10;
+/// Bytes per second of the uploads as they run between concurrent jobs (14–25 GB/s measured on
+/// H100 machines through Vulkan); the same role as [`EIGEN_SECONDS_PER_CUBE`].
+const UPLOAD_BYTES_PER_SECOND: f64 = 15e9;
+
+/// The order in which `lowrank_many` starts its jobs: a two-stage flow shop, the bus and the
+/// device first (uploads in turn, then each job's device work), the host's cores second (the
+/// eigendecompositions, in job order, and the factors' assembly). Whichever stage takes longer
+/// in all decides, as in Johnson's rule:
+///
+/// - the host (large ranks: `g·e³` eigendecomposition flops per job): smallest jobs first, so
+///   that the cores get their first Grams early and the device's later, longer sections overlap
+///   them (GPT-2 small at rank 256: 0.24–0.25 s against 0.28–0.30 s largest first);
+/// - the bus (small ranks, where the eigendecompositions are `k = 140` wide): largest jobs
+///   first, so that what follows the last upload — that job's device section, its small
+///   eigendecompositions and its read back — is the shortest (rank 64: 0.078–0.084 s against
+///   0.087–0.097 s smallest first, docs/PERF.md).
+///
+/// Sizes are `count · m · n · rank`; ties keep the callers' order.
+fn job_order(jobs: &[(&[MatrixRef<'_>], usize)], opts: &SvdOptions) -> Vec<usize> {
+    let threads = rayon::current_num_threads().max(1) as f64;
+    let (mut bus, mut host) = (0.0f64, 0.0f64);
+    for &(batch, rank) in jobs {
+        let Some(w) = batch.first() else { continue };
+        let (m, n) = w.shape();
+        let g = batch.len() as f64;
+        bus += g * (m * n * 4) as f64 / UPLOAD_BYTES_PER_SECOND;
+        if rank == 0 || rank > m.min(n) {
+            continue;
+        }
+        let e = match opts.lowrank_route((m, n), rank) {
+            LowrankRoute::Exact => 0,
+            LowrankRoute::Gram => m.min(n),
+            LowrankRoute::Sketch(shape) => shape.width().min(m.min(n)),
+        } as f64;
+        host += g * e * e * e * EIGEN_SECONDS_PER_CUBE / threads;
+    }
+    let size = |j: usize| {
+        let (batch, rank) = jobs[j];
+        let one = batch.first().map_or(0, |w| w.rows() * w.cols());
+        batch.len() * one * rank.max(1)
+    };
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    if host >= bus {
+        order.sort_by_key(|&j| size(j));
+    } else {
+        order.sort_by_key(|&j| std::cmp::Reverse(size(j)));
+    }
+    tracing::debug!(
+        "gpu: {} jobs, estimated bus {bus:.3} s, host {host:.3} s: {} first",
+        jobs.len(),
+        if host >= bus { "smallest" } else { "largest" }
+    );
+    order
 }

@@ -295,34 +295,20 @@ fn non_finite(mats: &[MatrixRef<'_>], at: impl Fn(usize) -> usize) -> ComputeErr
     }
 }
 
+/// The device buffers of a group's upload, created before its turn ([`Group::reserve`]) and
+/// filled in it ([`Group::fill`]).
+struct Reserved {
+    bufs: Vec<wgpu::Buffer>,
+    /// The row blocks of `W` the buffers hold.
+    up_blocks: Vec<(usize, usize)>,
+    /// A tall group short side first: `W` is to be transposed on the device.
+    transpose: bool,
+}
+
 impl<'c> Group<'c> {
     fn upload(ctx: &'c Ctx, mats: &[MatrixRef<'_>], blocks: &[(usize, usize)]) -> GpuResult<Self> {
-        let t0 = std::time::Instant::now();
-        let n = mats[0].cols();
-        let w = blocks
-            .iter()
-            .map(|&(r0, rows)| {
-                let parts: Vec<&[f32]> = mats
-                    .iter()
-                    .map(|w| &w.data()[r0 * n..(r0 + rows) * n])
-                    .collect();
-                ctx.upload_finite(&parts, "weights")
-            })
-            .collect::<GpuResult<Vec<_>>>()?;
-        ctx.upload_nanos.fetch_add(
-            t0.elapsed().as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let finite = w.iter().all(|(_, f)| *f);
-        Ok(Group {
-            ctx,
-            g: mats.len(),
-            n,
-            blocks: blocks.to_vec(),
-            w: w.into_iter().map(|(b, _)| b).collect(),
-            finite,
-            pending: None,
-        })
+        let r = Self::reserve(ctx, mats, blocks, false)?;
+        Self::fill(ctx, mats, blocks, r)
     }
 
     /// The group of the randomized path, short side first (the CPU's `rsvd::ShortFirst`):
@@ -334,26 +320,86 @@ impl<'c> Group<'c> {
         mats: &[MatrixRef<'_>],
         blocks: &[(usize, usize)],
     ) -> GpuResult<Self> {
+        let r = Self::reserve(ctx, mats, blocks, true)?;
+        Self::fill(ctx, mats, blocks, r)
+    }
+
+    /// Creates the buffers for [`Group::upload`] (or, `short_first`, for
+    /// [`Group::upload_short_first`]) without filling them. Creating a large buffer can take
+    /// milliseconds (new device memory, under the allocator's lock), so a job does it before
+    /// its upload waits for its turn ([`super::device::in_turn`]).
+    fn reserve(
+        ctx: &Ctx,
+        mats: &[MatrixRef<'_>],
+        blocks: &[(usize, usize)],
+        short_first: bool,
+    ) -> GpuResult<Reserved> {
         let (m, n) = mats[0].shape();
-        if m <= n {
-            return Self::upload(ctx, mats, blocks);
-        }
         let g = mats.len();
-        let per_row = (g * n * 4) as u64;
-        let rows = (ctx.binding_limit / per_row.max(1)).clamp(1, m as u64) as usize;
-        let up = Self::upload(ctx, mats, &self::blocks(m, rows))?;
+        let transpose = short_first && m > n;
+        let up_blocks = if transpose {
+            let per_row = (g * n * 4) as u64;
+            let rows = (ctx.binding_limit / per_row.max(1)).clamp(1, m as u64) as usize;
+            self::blocks(m, rows)
+        } else {
+            blocks.to_vec()
+        };
+        let bufs = up_blocks
+            .iter()
+            .map(|&(_, rows)| ctx.upload_target((g * rows * n * 4) as u64, "weights"))
+            .collect::<GpuResult<Vec<_>>>()?;
+        Ok(Reserved {
+            bufs,
+            up_blocks,
+            transpose,
+        })
+    }
+
+    /// Fills the buffers of [`Group::reserve`] (same `mats` and `blocks`) with the weights.
+    fn fill(
+        ctx: &'c Ctx,
+        mats: &[MatrixRef<'_>],
+        blocks: &[(usize, usize)],
+        r: Reserved,
+    ) -> GpuResult<Self> {
+        let t0 = std::time::Instant::now();
+        let (m, n) = mats[0].shape();
+        let g = mats.len();
+        let mut finite = true;
+        for (buf, &(r0, rows)) in r.bufs.iter().zip(&r.up_blocks) {
+            let parts: Vec<&[f32]> = mats
+                .iter()
+                .map(|w| &w.data()[r0 * n..(r0 + rows) * n])
+                .collect();
+            finite &= ctx.fill_finite(buf, &parts, "weights")?;
+        }
+        ctx.upload_nanos.fetch_add(
+            t0.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if r.transpose {
+            return Ok(Group {
+                ctx,
+                g,
+                n: m,
+                blocks: blocks.to_vec(),
+                w: Vec::new(),
+                finite,
+                pending: Some(Pending {
+                    bufs: r.bufs,
+                    blocks: r.up_blocks,
+                    cols: n,
+                }),
+            });
+        }
         Ok(Group {
             ctx,
             g,
-            n: m,
+            n,
             blocks: blocks.to_vec(),
-            w: Vec::new(),
-            finite: up.finite,
-            pending: Some(Pending {
-                bufs: up.w,
-                blocks: up.blocks,
-                cols: n,
-            }),
+            w: r.bufs,
+            finite,
+            pending: None,
         })
     }
 
@@ -1395,9 +1441,11 @@ fn resident_group(
     let (sd, l) = (m.min(n), m.max(n));
     let (b, k) = (shape.block, shape.width());
     let t0 = std::time::Instant::now();
-    // The upload, outside the device lock: it may overlap another thread's device work.
+    // The upload, outside the device lock: it may overlap another thread's device work. Its
+    // buffers are created before its turn, its copies in it.
+    let reserved = ctx.scoped(|| Group::reserve(ctx, mats, blocks, true))?;
     let mut grp =
-        super::device::in_turn(|| ctx.scoped(|| Group::upload_short_first(ctx, mats, blocks)))?;
+        super::device::in_turn(|| ctx.scoped(|| Group::fill(ctx, mats, blocks, reserved)))?;
     if !grp.finite {
         return Err(non_finite(mats, |i| base + i));
     }
@@ -1419,6 +1467,11 @@ fn resident_group(
             acc: false,
         };
         record_gram(&mut s, &bt.bufs[0], &pairs, &at, grp.g)?;
+        tracing::trace!(
+            "gpu rsvd {}×{m}×{n}: recorded {:.4} s after the upload",
+            grp.g,
+            t0.elapsed().as_secs_f64() - t_up
+        );
         let f64_gram = ctx.f64_gram;
         let (mut raw, mut states) = (Vec::new(), Vec::new());
         s.read_with::<u32>(
@@ -1440,6 +1493,7 @@ fn resident_group(
         Ok((grp, q, bt, raw, states))
     })?;
     let t1 = std::time::Instant::now();
+    tracing::trace!("gpu rsvd {}×{m}×{n}: device section 1 returned", grp.g);
     let g = grp.g;
     if states.len() < 4 * g || grams.len() != g {
         return Err(device_err("the Krylov state was not read back"));
@@ -1468,6 +1522,12 @@ fn resident_group(
         Small::Vectors(top, e, es)
     };
     let smalls: Vec<Option<Small>> = super::device::fifo_map(g, |i| -> GpuResult<Option<Small>> {
+        if i == 0 {
+            tracing::trace!(
+                "gpu rsvd {g}×{m}×{n}: first eigendecomposition starts {:.4} s after the section",
+                t1.elapsed().as_secs_f64()
+            );
+        }
         if flagged[i] {
             return Ok(None);
         }
@@ -1872,7 +1932,10 @@ pub(super) fn gram_path(
         // Device section 1: upload, short-side Grams.
         let t0 = std::time::Instant::now();
         // The upload, outside the device lock: it may overlap another thread's device work.
-        let grp = super::device::in_turn(|| ctx.scoped(|| Group::upload(ctx, mats, &plan.blocks)))?;
+        let reserved = ctx.scoped(|| Group::reserve(ctx, mats, &plan.blocks, false))?;
+        let grp = super::device::in_turn(|| {
+            ctx.scoped(|| Group::fill(ctx, mats, &plan.blocks, reserved))
+        })?;
         let t_up = t0.elapsed().as_secs_f64();
         let (grp, gs) = ctx.run(|| {
             let mut s = Session::new(ctx);

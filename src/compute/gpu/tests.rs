@@ -1526,8 +1526,9 @@ fn tall_decaying_spectrum() {
     }
 }
 
-/// Uploads past the parallel-staging threshold arrive byte for byte, whatever the part
-/// boundaries (odd lengths, parts spanning several staging chunks, an empty part).
+/// Weight uploads (`upload_target`, then `fill_finite` through staging chunks filled in
+/// parallel) arrive byte for byte, whatever the part boundaries (odd lengths, parts spanning
+/// several staging chunks, an empty part, a few bytes).
 #[test]
 fn large_uploads_are_staged_in_parallel_and_exact() {
     let Some(gpu) = open(GpuOptions::default()) else {
@@ -1541,6 +1542,7 @@ fn large_uploads_are_staged_in_parallel_and_exact() {
         vec![3_000_001usize, 0, 17, 5_500_003],
         vec![1_200_000, 7],
         vec![12_000_000, 8_000_000],
+        vec![5, 0, 3],
     ]
     .into_iter()
     .enumerate()
@@ -1559,10 +1561,10 @@ fn large_uploads_are_staged_in_parallel_and_exact() {
         }
         let refs: Vec<&[f32]> = parts.iter().map(|p| &p[..]).collect();
         let total: usize = lens.iter().sum();
-        assert!((total * 4) as u64 >= super::device::PARALLEL_UPLOAD);
         let (back, finite): (Vec<f32>, bool) = ctx
             .run(|| {
-                let (buf, finite) = ctx.upload_finite(&refs, "large")?;
+                let buf = ctx.upload_target((total * 4) as u64, "large")?;
+                let finite = ctx.fill_finite(&buf, &refs, "large")?;
                 let mut s = super::device::Session::new(ctx);
                 Ok((s.read(&buf, 0, total as u64)?, finite))
             })
@@ -1577,4 +1579,27 @@ fn large_uploads_are_staged_in_parallel_and_exact() {
             "round {round}"
         );
     }
+}
+
+/// `lowrank_many`'s order follows the bottleneck stage: largest jobs first where the uploads
+/// dominate (small ranks: narrow Krylov bases, cheap eigendecompositions), smallest first
+/// where the host's eigendecompositions do (a Gram route at a large rank); equal sizes keep
+/// the callers' order. No adapter needed.
+#[test]
+fn job_order_follows_the_bottleneck() {
+    let big = vec![0.0f32; 2048 * 1024];
+    let mat = |rows: usize, cols: usize| MatrixRef::new(rows, cols, &big[..rows * cols]).unwrap();
+    let opts = SvdOptions::default();
+    let four: Vec<MatrixRef<'_>> = (0..4).map(|_| mat(1024, 1024)).collect();
+    let one = [mat(2048, 1024)];
+    // Rank 8: 40 MB to upload, eigendecompositions of ~40 × 40.
+    let jobs = [(&four[..], 8), (&four[..], 8), (&one[..], 8)];
+    assert_eq!(super::job_order(&jobs, &opts), vec![0, 1, 2]);
+    // Rank 200 of 512 × 512: four 512 × 512 eigendecompositions against 4 MB of uploads.
+    let small: Vec<MatrixRef<'_>> = (0..4).map(|_| mat(512, 512)).collect();
+    let wide = [mat(512, 1024)];
+    let jobs = [(&wide[..], 200), (&small[..], 200), (&small[..], 200)];
+    assert_eq!(super::job_order(&jobs, &opts), vec![0, 1, 2]);
+    let jobs = [(&small[..], 200), (&wide[..], 200)];
+    assert_eq!(super::job_order(&jobs, &opts), vec![1, 0]);
 }
