@@ -88,10 +88,12 @@
 //! the lock (each job plans within its share of the budget; a download waits for its own
 //! mapping, not for the device to be idle), so that one job's uploads, recording and CPU
 //! steps overlap the others' device work; the results are the bits each job gets alone. The
-//! jobs go smallest first and keep that order where they compete: each one's first upload
-//! waits for the uploads of the jobs before it, and their eigendecompositions queue in that
-//! order on the rayon pool; short host steps on a job's critical path (read backs, assembly)
-//! run on scoped threads instead of behind that queue.
+//! jobs start in the order of the bottleneck stage (`job_order`: smallest first where the
+//! host's eigendecompositions dominate, largest first where the uploads do) and keep it where
+//! they compete: each one's first upload waits for the uploads of the jobs before it (its
+//! buffers are created before it waits: a large buffer may take milliseconds), and their
+//! eigendecompositions queue in that order on the rayon pool; short host steps on a job's
+//! critical path (read backs, assembly) run on scoped threads instead of behind that queue.
 //!
 //! # Benchmarks
 //! [`Gpu::bench_gemm`] times the GEMM kernel alone (operands resident; wall time around submit
