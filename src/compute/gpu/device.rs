@@ -558,22 +558,16 @@ impl Ctx {
                 buf.size()
             )));
         }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(16);
-        self.upload_parallel(buf, &bytes, threads, what, true)
+        self.upload_parallel(buf, &bytes, what, true)
     }
 
     /// The uploads, one after the other in one new buffer.
     fn upload_bytes(&self, parts: &[&[u8]], what: &str) -> GpuResult<wgpu::Buffer> {
         let bytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let size = self.check_size(bytes, what, self.binding_limit)?;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(16);
-        if bytes >= PARALLEL_UPLOAD && threads > 1 {
+        if bytes >= PARALLEL_UPLOAD && host_threads() > 1 {
             let buf = self.storage(size, what, false)?;
-            self.upload_parallel(&buf, parts, threads, what, false)?;
+            self.upload_parallel(&buf, parts, what, false)?;
             return Ok(buf);
         }
         let buf = self.storage(size, what, true)?;
@@ -759,17 +753,15 @@ impl Ctx {
         }
     }
 
-    /// [`Ctx::upload`] for large data: chunks of [`STAGING_CHUNK`] bytes filled by `threads`
-    /// threads in staging buffers (pooled: see [`Ctx::take_staging`]), then copied into the
-    /// storage buffer `buf` on the device; whether every element is finite (with `check`). One
-    /// thread copies into mapped memory at ~5 GB/s. Plain
-    /// scoped threads, not rayon: this runs inside a device section, which must never wait on
-    /// the rayon pool.
+    /// [`Ctx::upload`] for large data: chunks of [`STAGING_CHUNK`] bytes filled by up to
+    /// [`host_threads`] threads in staging buffers (pooled: see [`Ctx::take_staging`]), then
+    /// copied into the storage buffer `buf` on the device; whether every element is finite
+    /// (with `check`). One thread copies into mapped memory at ~5 GB/s. Plain scoped threads,
+    /// not rayon: this runs inside a device section, which must never wait on the rayon pool.
     fn upload_parallel(
         &self,
         buf: &wgpu::Buffer,
         parts: &[&[u8]],
-        threads: usize,
         what: &str,
         check: bool,
     ) -> GpuResult<bool> {
@@ -781,7 +773,7 @@ impl Ctx {
             .collect();
         let staging = self.take_staging(ranges.len());
         let t_staged = t0.elapsed().as_secs_f64();
-        let threads = threads.min(ranges.len()).max(1);
+        let threads = host_threads().min(ranges.len()).max(1);
         // Thread t fills chunks t, t + threads, …
         let filled: Vec<GpuResult<bool>> = std::thread::scope(|scope| {
             let handles: Vec<_> =
@@ -1186,9 +1178,7 @@ pub(super) fn fifo_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<
 /// path, which on the rayon pool would queue behind the eigendecompositions of every job
 /// ([`fifo_map`]).
 pub(super) fn scoped_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16);
+    let threads = host_threads();
     if items.len() < 2 || threads < 2 {
         return items.into_iter().map(f).collect();
     }
@@ -1227,6 +1217,14 @@ impl Ctx {
 
 /// Uploads at least this large are staged by several threads ([`Ctx::upload_parallel`]).
 pub(super) const PARALLEL_UPLOAD: u64 = 4 << 20;
+
+/// Threads for short parallel host work outside rayon (filling an upload's staging chunks,
+/// [`scoped_map`]): the host's parallelism, at most 16.
+fn host_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16)
+}
 
 /// Bytes per staging buffer of [`Ctx::upload_parallel`] (a multiple of 4).
 pub(super) const STAGING_CHUNK: u64 = 4 << 20;

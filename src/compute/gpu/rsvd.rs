@@ -377,29 +377,25 @@ impl<'c> Group<'c> {
             t0.elapsed().as_nanos() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        if r.transpose {
-            return Ok(Group {
-                ctx,
-                g,
-                n: m,
-                blocks: blocks.to_vec(),
-                w: Vec::new(),
-                finite,
-                pending: Some(Pending {
-                    bufs: r.bufs,
-                    blocks: r.up_blocks,
-                    cols: n,
-                }),
-            });
-        }
+        // A tall group short side first holds `A = Wᵀ` (`m` columns) once `orient` has run.
+        let (cols, w, pending) = if r.transpose {
+            let pending = Pending {
+                bufs: r.bufs,
+                blocks: r.up_blocks,
+                cols: n,
+            };
+            (m, Vec::new(), Some(pending))
+        } else {
+            (n, r.bufs, None)
+        };
         Ok(Group {
             ctx,
             g,
-            n,
+            n: cols,
             blocks: blocks.to_vec(),
-            w: r.bufs,
+            w,
             finite,
-            pending: None,
+            pending,
         })
     }
 
